@@ -1,0 +1,234 @@
+"""Configuration of a layernet run: one flat, versioned dataclass saved as ``config.json``.
+
+Defaults follow the paper (Chen, Wu & Merhof, BMVC 2022). Every place where the authors' public
+code behaves differently is a named option whose docstring says which value reproduces it; see
+:func:`Config.authors` for the full "authors' code" preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_VERSION = 1
+
+MODEL_SIZES = {"S": 3, "M": 4, "L": 5}
+
+
+class ConfigError(ValueError):
+    """Raised for an unreadable, invalid or incompatible configuration."""
+
+
+@dataclass
+class Config:
+    """All settings of a run (model, targets, losses, augmentation, training, post-processing).
+
+    Attributes are grouped by topic; see the comment above each group.
+    """
+
+    version: int = CONFIG_VERSION
+
+    # --- data -------------------------------------------------------------------------------
+    data: str = "synthetic"  # dataset name (datasets.DATASETS)
+    data_dir: str | None = None  # dataset folder (not needed for synthetic)
+    channels: int = 1  # image channels the model expects
+    normalize_low: float = 1.0  # percentile mapped to 0 (per image and channel)
+    normalize_high: float = 99.8  # percentile mapped to 1
+    val_fraction: float = 0.1  # seeded train/validation split of the training data
+
+    # --- model ------------------------------------------------------------------------------
+    size: str = "M"  # UNet-S/M/L = 3/4/5 poolings
+    filters: int = 64  # filters of the first UNet level (doubled per level)
+    layers: int = 8  # N, channels of the layering head
+    head_filters: int = 64  # filters of the two 3x3 convs of each head
+
+    # --- targets ----------------------------------------------------------------------------
+    adjacency_distance: float = 15.0  # t: objects closer than this (px) are adjacent
+
+    # --- losses -----------------------------------------------------------------------------
+    sparsity_weight: float = 0.1  # lambda of Eq. 5
+    # "raw": u_i = mean of raw e_p (paper Eq. 2); "normalized": mean of e_p/|e_p| (authors)
+    mean_mode: str = "raw"
+    # "object": (1/C) sum_i 1/|Adj(i)| sum_j (paper Eq. 3); "pair": mean over adjacent pairs
+    repulsion_mode: str = "object"
+    # "paper": 1 - max(e/|e|) averaged over overlap-free fg (Eq. 4);
+    # "authors": 1 - max(e/|e|)^2 summed over overlap-free fg, divided by all B*H*W pixels
+    sparsity_mode: str = "paper"
+    overlap_weight: float = 1.0  # weight of L_overlap (Eq. 6) in phase 2
+    # "frozen": object -> layer assignment computed once from the phase-1 model (paper);
+    # "online": recomputed every step from the current prediction (authors)
+    overlap_targets: str = "frozen"
+    # layer of an object with no overlap-free pixel: "full" = argmax of the mean embedding over
+    # its whole silhouette; "zero" = layer 0 (authors)
+    covered_objects: str = "full"
+    dice_smooth: float = 0.0  # +1 in the authors' Dice; 0 in the paper's Eq. 6
+    overlap_per_image: bool = False  # authors: Dice per image then averaged over the batch
+
+    # --- augmentation -----------------------------------------------------------------------
+    patch_size: int = 256  # random crop fed to the network in training
+    flip: bool = True
+    rotate: bool = True  # rotation by any angle
+    gamma_low: float = 0.5
+    gamma_high: float = 2.0
+    gamma_probability: float = 0.5
+    elastic_probability: float = 0.5
+    elastic_strength: float = 8.0  # mean displacement in pixels
+    elastic_smoothness: float = 16.0  # Gaussian sigma of the displacement field in pixels
+
+    # --- training ---------------------------------------------------------------------------
+    phase: str = "layering"  # "layering" (phase 1) or "overlap" (phase 2)
+    epochs: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the training images (at least 1 step)
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    decay_steps: int = 10000
+    decay_rate: float = 0.9
+    seed: int = 0
+    strategy: str = "default"  # default | mirrored | multiworker
+    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
+
+    # --- post-processing --------------------------------------------------------------------
+    tau: float = 0.5  # threshold of foreground and layers (Algorithm 1)
+    min_size: int = 250  # S_min in pixels
+    overlap_layers: bool = True  # Alg. 1 lines 7-8: also switch on every layer above tau
+    connectivity: int = 2  # 2 = 8-connected components, 1 = 4-connected
+
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, kept verbatim
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> "Config":
+        """Check every value; raise :class:`ConfigError` naming the first bad field."""
+        choices = {
+            "size": tuple(MODEL_SIZES),
+            "mean_mode": ("raw", "normalized"),
+            "repulsion_mode": ("object", "pair"),
+            "sparsity_mode": ("paper", "authors"),
+            "overlap_targets": ("frozen", "online"),
+            "covered_objects": ("full", "zero"),
+            "phase": ("layering", "overlap"),
+            "strategy": ("default", "mirrored", "multiworker"),
+            "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"config field {name!r} is {getattr(self, name)!r}; allowed: {', '.join(allowed)}"
+                )
+        positive_ints = ("channels", "filters", "layers", "head_filters", "batch_size",
+                         "decay_steps", "patch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
+        if self.layers < 2:
+            raise ConfigError("config field 'layers' must be at least 2 (N layers)")
+        if self.epochs < 0 or self.steps_per_epoch < 0 or self.min_size < 0:
+            raise ConfigError("epochs, steps_per_epoch and min_size must be >= 0")
+        if not 0.0 < self.tau < 1.0:
+            raise ConfigError(f"config field 'tau' must be in (0, 1), got {self.tau}")
+        if not 0 <= self.normalize_low < self.normalize_high <= 100:
+            raise ConfigError("normalisation percentiles must satisfy 0 <= low < high <= 100")
+        if not 0 < self.gamma_low <= self.gamma_high:
+            raise ConfigError("gamma range must satisfy 0 < gamma_low <= gamma_high")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction must be in [0, 1)")
+        if self.connectivity not in (1, 2):
+            raise ConfigError("connectivity must be 1 (4-neighbours) or 2 (8-neighbours)")
+        if self.learning_rate <= 0 or not 0 < self.decay_rate <= 1:
+            raise ConfigError("learning_rate must be > 0 and decay_rate in (0, 1]")
+        stride = 2 ** MODEL_SIZES[self.size]
+        if self.patch_size % stride:
+            raise ConfigError(
+                f"patch_size {self.patch_size} must be a multiple of {stride} for UNet-{self.size}"
+            )
+        return self
+
+    @property
+    def depth(self) -> int:
+        """Number of pooling levels of the UNet (3/4/5 for S/M/L)."""
+        return MODEL_SIZES[self.size]
+
+    @property
+    def stride(self) -> int:
+        """Image sides must be a multiple of this (2**depth)."""
+        return 2 ** self.depth
+
+    def replace(self, **changes: Any) -> "Config":
+        """Return a copy with some fields changed (and validated)."""
+        return dataclasses.replace(self, **changes).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
+        """Build a configuration from a dict, rejecting unknown fields and future versions."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(values).__name__}")
+        version = values.get("version", CONFIG_VERSION)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ConfigError(
+                f"{source}: config version {version!r} is newer than this layernet understands "
+                f"({CONFIG_VERSION}); upgrade layernet"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config field(s): {', '.join(unknown)}")
+        try:
+            config = cls(**values)
+            return config.validate()
+        except TypeError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Config":
+        """Read a ``config.json``; raise :class:`ConfigError` with the file name on any problem."""
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from None
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+        return cls.from_dict(values, source=path)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the configuration as JSON atomically (temporary file, then rename)."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def authors(cls, **changes: Any) -> "Config":
+        """The preset that reproduces the authors' public code (see authors_code.md)."""
+        values = dict(mean_mode="normalized", repulsion_mode="pair", sparsity_mode="authors",
+                      overlap_targets="online", covered_objects="zero", dice_smooth=1.0,
+                      overlap_per_image=True)
+        values.update(changes)
+        return cls(**values).validate()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
