@@ -35,6 +35,7 @@ class Config:
     # --- data -------------------------------------------------------------------------------
     data: str = "synthetic"  # dataset name (datasets.DATASETS)
     data_dir: str | None = None  # dataset folder (not needed for synthetic)
+    data_options: dict[str, Any] = field(default_factory=dict)  # dataset-specific keywords
     channels: int = 1  # image channels the model expects
     normalize_low: float = 1.0  # percentile mapped to 0 (per image and channel)
     normalize_high: float = 99.8  # percentile mapped to 1
