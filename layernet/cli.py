@@ -1,0 +1,42 @@
+"""Shared plumbing of the command-line tools (logging, quiet TensorFlow, one-line errors)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, NoReturn
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up chatter (call before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log INFO (DEBUG with ``verbose``) messages of layernet to stderr, one short line each."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with ``code``."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run_main(main: Callable[[], int], debug: bool = False) -> None:
+    """Run a CLI ``main``; turn expected errors into one-line messages and a non-zero exit."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except (ValueError, OSError, RuntimeError) as error:
+        if debug or os.environ.get("LAYERNET_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        fail(message)
+    sys.exit(code or 0)

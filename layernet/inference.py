@@ -1,0 +1,81 @@
+"""Running a trained network on whole images: probability maps and instances.
+
+The image is normalised exactly as in training (:func:`layernet.normalize.percentile_normalize`),
+padded to a multiple of the network stride, passed through the network in inference mode, and
+cropped back. Instances come from Algorithm 1 (:func:`layernet.postprocess.postprocess`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from layernet.config import Config
+from layernet.normalize import percentile_normalize
+from layernet.postprocess import postprocess
+
+logger = logging.getLogger(__name__)
+
+
+class Predictor:
+    """Wrap a network and its configuration for whole-image prediction.
+
+    Parameters
+    ----------
+    net : keras.Model
+        Network built by :func:`layernet.model.build_model`.
+    config : Config
+        The configuration the network was trained with.
+    """
+
+    def __init__(self, net: Any, config: Config) -> None:
+        self.net = net
+        self.config = config
+        channels = config.channels
+        self._forward = tf.function(
+            lambda x: net(x, training=False),
+            input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32)],
+            reduce_retracing=True,
+        )
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """Percentile-normalise a raw ``(H, W, C)`` image with the run's percentiles."""
+        return percentile_normalize(image, self.config.normalize_low, self.config.normalize_high)
+
+    def maps_normalized(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probability maps of an already normalised ``(H, W, C)`` image.
+
+        Returns
+        -------
+        foreground : numpy.ndarray
+            ``(H, W)`` float32 foreground probability.
+        layering : numpy.ndarray
+            ``(H, W, N)`` float32 layer activations.
+        """
+        height, width = image.shape[:2]
+        stride = self.config.stride
+        pad_h = (-height) % stride
+        pad_w = (-width) % stride
+        padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect"
+                        if min(height, width) > max(pad_h, pad_w) else "constant")
+        outputs = self._forward(tf.convert_to_tensor(padded[None], tf.float32))
+        foreground = outputs["foreground"].numpy()[0, :height, :width, 0]
+        layering = outputs["layering"].numpy()[0, :height, :width, :]
+        return foreground.astype(np.float32), layering.astype(np.float32)
+
+    def maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probability maps of a raw ``(H, W, C)`` image (normalised here)."""
+        return self.maps_normalized(self.normalize(image))
+
+    def instances_from_maps(self, foreground: np.ndarray, layering: np.ndarray) -> np.ndarray:
+        """Apply Algorithm 1 with the run's post-processing parameters; return a label stack."""
+        config = self.config
+        return postprocess(foreground, layering, tau=config.tau, min_size=config.min_size,
+                           overlap_layers=config.overlap_layers, connectivity=config.connectivity)
+
+    def instances_normalized(self, image: np.ndarray) -> np.ndarray:
+        """Label stack ``(N, H, W)`` of an already normalised image."""
+        return self.instances_from_maps(*self.maps_normalized(image))

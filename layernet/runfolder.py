@@ -1,0 +1,217 @@
+"""The run folder: everything needed to reuse or resume a trained model.
+
+Layout of a run folder::
+
+    config.json          versioned Config of the run (layernet.config)
+    best.h5              weights with the best validation score (Keras legacy HDF5 model file)
+    last.h5              weights after the last completed epoch
+    last_optimizer.npz   optimizer variables after the last completed epoch (for --resume)
+    state.json           epoch, step, best score and epoch of the last completed epoch
+    history.csv          one row per completed epoch (losses, validation scores, learning rate)
+    thresholds.json      post-processing parameters used for validation (tau, min_size, ...)
+    layer_assignment.npz frozen phase-2 object -> layer assignment (phase "overlap" only)
+    logs/                TensorBoard logs
+
+Every file is written to a temporary name in the same folder and renamed, so a crash never leaves
+a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from layernet.config import Config, ConfigError, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+BEST_FILE = "best.h5"
+LAST_FILE = "last.h5"
+OPTIMIZER_FILE = "last_optimizer.npz"
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.csv"
+THRESHOLDS_FILE = "thresholds.json"
+ASSIGNMENT_FILE = "layer_assignment.npz"
+
+
+class RunFolderError(ValueError):
+    """Raised when a run folder or model file is missing or unusable."""
+
+
+def _temporary_path(path: str, suffix: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(handle)
+    return tmp
+
+
+def save_model_atomic(net: Any, path: str) -> None:
+    """Save a Keras model as legacy HDF5 (``model.save``) through a temporary file and a rename.
+
+    Parameters
+    ----------
+    net : keras.Model
+        The network to save.
+    path : str
+        Destination, ending in ``.h5``.
+    """
+    tmp = _temporary_path(path, ".h5")
+    try:
+        os.remove(tmp)  # Keras refuses to overwrite silently in some versions
+        net.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_arrays_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write a ``.npz`` file of named arrays through a temporary file and a rename."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    tmp = _temporary_path(path, ".npz")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_arrays(path: str) -> dict[str, np.ndarray]:
+    """Read a ``.npz`` file written by :func:`save_arrays_atomic`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"{path}: cannot read ({error})") from None
+
+
+def save_json_atomic(path: str, values: dict[str, Any]) -> None:
+    """Write a JSON file atomically."""
+    write_text_atomic(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def load_json(path: str) -> dict[str, Any]:
+    """Read a JSON object, raising :class:`RunFolderError` naming the file on any problem."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise RunFolderError(f"{path}: expected a JSON object")
+    return values
+
+
+def write_history(path: str, rows: list[dict[str, Any]]) -> None:
+    """Write all history rows as CSV atomically (columns = union of the rows' keys, in order)."""
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _format(row.get(key, "")) for key in columns})
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _format(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def read_history(path: str) -> list[dict[str, Any]]:
+    """Read ``history.csv`` rows (numbers parsed as float, ``epoch`` as int); [] if missing."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, Any] = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = int(value) if key == "epoch" else float(value)
+                except (TypeError, ValueError):
+                    parsed[key] = value
+            rows.append(parsed)
+    return rows
+
+
+def config_for_model(model_path: str) -> Config:
+    """Return the Config stored beside a model file (``config.json`` in the same folder)."""
+    folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
+    config_path = os.path.join(folder, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise RunFolderError(
+            f"{model_path}: no {CONFIG_FILE} beside the model; pass a file from a layernet run folder"
+        )
+    try:
+        return Config.load(config_path)
+    except ConfigError as error:
+        raise RunFolderError(str(error)) from None
+
+
+def resolve_model_path(path: str) -> str:
+    """Accept a run folder or a model file and return the model file (``best.h5`` for a folder)."""
+    if os.path.isdir(path):
+        for name in (BEST_FILE, LAST_FILE):
+            candidate = os.path.join(path, name)
+            if os.path.exists(candidate):
+                return candidate
+        raise RunFolderError(f"{path}: run folder holds neither {BEST_FILE} nor {LAST_FILE}")
+    if not os.path.exists(path):
+        raise RunFolderError(f"{path}: model file not found")
+    return path
+
+
+def newest_run(root: str = "runs") -> str:
+    """Return the most recently modified run folder under ``root`` that holds a ``best.h5``."""
+    candidates = glob.glob(os.path.join(root, "**", BEST_FILE), recursive=True)
+    if not candidates:
+        raise RunFolderError(f"{root}: no trained model found (no */{BEST_FILE}); pass --model")
+    return os.path.dirname(max(candidates, key=os.path.getmtime))
+
+
+def load_trained_model(path: str) -> tuple[Any, Config]:
+    """Build the network from the run's ``config.json`` and load the weights of ``path``.
+
+    Parameters
+    ----------
+    path : str
+        A model file (``best.h5``/``last.h5``) or a run folder.
+
+    Returns
+    -------
+    net : keras.Model
+        The network with loaded weights.
+    config : Config
+        The run's configuration.
+    """
+    from layernet.model import build_model, load_model_weights
+
+    model_path = resolve_model_path(path)
+    config = config_for_model(model_path)
+    net = build_model(config)
+    load_model_weights(net, model_path)
+    return net, config

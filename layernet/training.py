@@ -1,0 +1,347 @@
+"""Two-phase training of the layering network (paper Section 2, Eq. 1).
+
+Phase ``"layering"``: foreground cross-entropy + layering loss on the overlap-free foreground.
+Phase ``"overlap"``: starts from ``--init`` (the best phase-1 model) with a fresh optimizer and
+adds the Dice-like overlap-completion loss (Eq. 6).
+
+Training runs under a :mod:`tf.distribute` strategy, with RMSprop and a staircase exponential
+decay of the learning rate, and writes a run folder (:mod:`layernet.runfolder`) after every epoch:
+``last.h5`` + optimizer state (for ``--resume``), ``best.h5`` (best validation score),
+``history.csv``, ``state.json`` and TensorBoard logs. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from layernet import runfolder
+from layernet.config import Config, ConfigError
+from layernet.inference import Predictor
+from layernet.losses import compute_losses, object_layers
+from layernet.metrics import score_image, summarize
+from layernet.model import build_model, load_model_weights
+from layernet.pipeline import PreparedSample, make_dataset, prepare_samples
+
+logger = logging.getLogger(__name__)
+
+LOSS_NAMES = ("loss", "foreground", "attraction", "repulsion", "sparsity", "layering", "overlap")
+
+
+class TrainingError(RuntimeError):
+    """Raised for a training set-up that cannot work (with a message saying why)."""
+
+
+def learning_rate_schedule(config: Config) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The paper's schedule: ``lr * decay_rate ** floor(step / decay_steps)`` (staircase)."""
+    return keras.optimizers.schedules.ExponentialDecay(
+        config.learning_rate, decay_steps=config.decay_steps, decay_rate=config.decay_rate,
+        staircase=True)
+
+
+def build_optimizer(config: Config) -> keras.optimizers.Optimizer:
+    """RMSprop with the paper's schedule (wrapped for loss scaling under ``mixed_float16``)."""
+    optimizer = keras.optimizers.RMSprop(learning_rate=learning_rate_schedule(config))
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+class LayeringTrainer(keras.Model):
+    """Keras model that trains ``net`` with the layernet losses of one phase.
+
+    Parameters
+    ----------
+    net : keras.Model
+        The network (:func:`layernet.model.build_model`).
+    config : Config
+        Loss options.
+    phase : str
+        ``"layering"`` or ``"overlap"``.
+    """
+
+    def __init__(self, net: keras.Model, config: Config, phase: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = net
+        self.config = config
+        self.phase = phase
+        names = [name for name in LOSS_NAMES if name != "overlap" or phase == "overlap"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values())
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+        return self.net(inputs, training=training)
+
+    def _update(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        for name, tracker in self.trackers.items():
+            tracker.update_state(losses[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.net.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self.net(batch["image"], training=True)
+            losses = compute_losses(outputs, batch, self.config, self.phase)
+            loss = losses["loss"] / replicas
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        return self._update(losses)
+
+    def test_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        outputs = self.net(batch["image"], training=False)
+        return self._update(compute_losses(outputs, batch, self.config, self.phase))
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """Return the ``tf.distribute`` strategy called ``default``, ``mirrored`` or ``multiworker``."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise TrainingError("--strategy multiworker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingError(f"unknown strategy {name!r}; use default, mirrored or multiworker")
+
+
+def validation_scores(predictor: Predictor, samples: Sequence[PreparedSample],
+                      matching: str = "reference") -> dict[str, float]:
+    """Post-process the network's predictions of ``samples`` and score them (paper metrics).
+
+    Returns
+    -------
+    dict
+        ``meanAP``, ``AJI`` and ``AP@t`` for t in 0.5..0.9, pooled over the samples.
+    """
+    scores = []
+    for sample in samples:
+        predicted = predictor.instances_normalized(sample.image)
+        scores.append(score_image(sample.stack, predicted, matching=matching, name=sample.name))
+    summary = summarize(scores)
+    return {key: float(value) for key, value in summary.items()
+            if key == "meanAP" or key == "AJI" or key.startswith("AP@")}
+
+
+def frozen_layer_assignment(net: keras.Model, samples: Sequence[PreparedSample],
+                            config: Config) -> list[np.ndarray]:
+    """Phase-2 targets of the paper: each object's layer from the phase-1 model, computed once.
+
+    The layer of an object is the argmax of the mean embedding of its overlap-free part on the
+    un-augmented image (:func:`layernet.losses.object_layers`).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Per sample, an int32 array of length ``K + 1`` (index = object id, entry 0 unused = -1).
+    """
+    predictor = Predictor(net, config)
+    assignments = []
+    for sample in samples:
+        _, layering = predictor.maps_normalized(sample.image)
+        stack = np.moveaxis(sample.stack, 0, -1)[None]
+        segments = int(sample.adjacency.shape[0])
+        layers = object_layers(tf.constant(layering[None]), tf.constant(stack, tf.int32),
+                               segments, config)
+        assignments.append(np.asarray(layers)[0].astype(np.int32))
+    return assignments
+
+
+@dataclass
+class TrainingData:
+    """Prepared training and validation samples of a run."""
+
+    train: list[PreparedSample]
+    val: list[PreparedSample]
+
+
+def load_training_data(config: Config) -> TrainingData:
+    """Load, prepare (normalise, targets) and return the training and validation splits."""
+    from datasets import load_dataset
+
+    start = time.perf_counter()
+    train = load_dataset(config.data, config.data_dir, "train", config.seed, **config.data_options)
+    val = load_dataset(config.data, config.data_dir, "val", config.seed, **config.data_options)
+    if not train:
+        raise TrainingError(f"dataset {config.data!r} has no training images")
+    if not val:
+        raise TrainingError(f"dataset {config.data!r} has no validation images; add images or "
+                            "raise --val-fraction")
+    channels = {sample.image.shape[-1] for sample in train + val}
+    if channels != {config.channels}:
+        raise TrainingError(f"dataset images have {sorted(channels)} channel(s) but the config "
+                            f"expects {config.channels} (set --channels)")
+    data = TrainingData(prepare_samples(train, config), prepare_samples(val, config))
+    logger.info("loaded %d training and %d validation images of %r in %.1f s", len(data.train),
+                len(data.val), config.data, time.perf_counter() - start)
+    return data
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Validate by the paper's metric, write checkpoints, state and history after every epoch."""
+
+    def __init__(self, run_dir: str, config: Config, val: Sequence[PreparedSample],
+                 history: list[dict[str, Any]], best: float, best_epoch: int) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.config = config
+        self.val = list(val)
+        self.history = history
+        self.best = best
+        self.best_epoch = best_epoch
+        self.predictor: Predictor | None = None
+        self.epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        net = self.model.net
+        if self.predictor is None:
+            self.predictor = Predictor(net, self.config)
+        scores = validation_scores(self.predictor, self.val)
+        for key, value in scores.items():
+            logs[f"val_{key}"] = value
+        optimizer = self.model.optimizer
+        step = int(optimizer.iterations.numpy())
+        learning_rate = float(learning_rate_schedule(self.config)(max(step - 1, 0)))
+        score = scores["meanAP"]
+        improved = score > self.best or self.best_epoch < 0
+        path = self.run_dir
+        runfolder.save_model_atomic(net, os.path.join(path, runfolder.LAST_FILE))
+        runfolder.save_arrays_atomic(
+            os.path.join(path, runfolder.OPTIMIZER_FILE),
+            {f"v{index:04d}": np.asarray(variable.numpy())
+             for index, variable in enumerate(optimizer.variables)})
+        if improved:
+            self.best, self.best_epoch = score, epoch + 1
+            runfolder.save_model_atomic(net, os.path.join(path, runfolder.BEST_FILE))
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "learning_rate": learning_rate}
+        row.update({key: float(value) for key, value in logs.items()})
+        row["seconds"] = time.perf_counter() - self.epoch_start
+        self.history.append(row)
+        runfolder.write_history(os.path.join(path, runfolder.HISTORY_FILE), self.history)
+        runfolder.save_json_atomic(os.path.join(path, runfolder.STATE_FILE), {
+            "epoch": epoch + 1, "step": step, "best_score": self.best,
+            "best_epoch": self.best_epoch, "best_metric": "val_meanAP",
+            "phase": self.config.phase})
+        logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s", epoch + 1, score, scores["AJI"],
+                    " (best, saved best.h5)" if improved else "")
+
+
+def _restore_optimizer(optimizer: keras.optimizers.Optimizer, net: keras.Model,
+                       path: str) -> None:
+    arrays = runfolder.load_arrays(path)
+    optimizer.build(net.trainable_variables)
+    variables = optimizer.variables
+    if len(arrays) != len(variables):
+        raise runfolder.RunFolderError(
+            f"{path}: holds {len(arrays)} optimizer variables, the model needs {len(variables)}")
+    for index, variable in enumerate(variables):
+        value = arrays[f"v{index:04d}"]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise runfolder.RunFolderError(f"{path}: optimizer variable {index} has shape "
+                                           f"{value.shape}, expected {tuple(variable.shape)}")
+        variable.assign(value)
+
+
+def train(config: Config, run_dir: str, init: str | None = None, resume: bool = False,
+          verbose: int | str = "auto") -> dict[str, Any]:
+    """Train one phase and write the run folder.
+
+    Parameters
+    ----------
+    config : Config
+        Settings of the run (``config.phase`` selects the phase).
+    run_dir : str
+        Output folder; created if needed. With ``resume`` it must hold a previous run.
+    init : str, optional
+        Weights to start from (phase 2: the phase-1 ``best.h5``).
+    resume : bool
+        Continue an interrupted run from ``last.h5`` and its optimizer state.
+    verbose : int or str
+        Keras progress-bar verbosity.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``best_score``, ``best_epoch``, ``epochs`` and the last history row.
+    """
+    config.validate()
+    if config.phase == "overlap" and init is None and not resume:
+        raise TrainingError("phase 'overlap' starts from a phase-1 model: pass --init <run>/best.h5")
+    os.makedirs(run_dir, exist_ok=True)
+    state_path = os.path.join(run_dir, runfolder.STATE_FILE)
+    if resume:
+        if not os.path.exists(state_path):
+            raise TrainingError(f"{run_dir}: nothing to resume (no {runfolder.STATE_FILE})")
+        state = runfolder.load_json(state_path)
+    else:
+        if os.path.exists(state_path):
+            raise TrainingError(f"{run_dir} already holds a run; use --resume or another --out")
+        state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1}
+        config.save(os.path.join(run_dir, runfolder.CONFIG_FILE))
+    keras.utils.set_random_seed(config.seed)
+    if config.precision != "float32":
+        keras.mixed_precision.set_global_policy(config.precision)
+    data = load_training_data(config)
+
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        net = build_model(config)
+        trainer = LayeringTrainer(net, config, config.phase, name="trainer")
+        optimizer = build_optimizer(config)
+        trainer.compile(optimizer=optimizer)
+    if resume:
+        load_model_weights(net, os.path.join(run_dir, runfolder.LAST_FILE))
+        _restore_optimizer(optimizer, net, os.path.join(run_dir, runfolder.OPTIMIZER_FILE))
+        logger.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"],
+                    int(optimizer.iterations.numpy()))
+    elif init is not None:
+        load_model_weights(net, runfolder.resolve_model_path(init))
+        logger.info("initialised from %s", init)
+
+    layer_of = None
+    if config.phase == "overlap":
+        assignment_path = os.path.join(run_dir, runfolder.ASSIGNMENT_FILE)
+        if resume and os.path.exists(assignment_path):
+            arrays = runfolder.load_arrays(assignment_path)
+            layer_of = [arrays[f"s{index:05d}"] for index in range(len(data.train))]
+        else:
+            layer_of = frozen_layer_assignment(net, data.train, config)
+            runfolder.save_arrays_atomic(assignment_path, {
+                f"s{index:05d}": value for index, value in enumerate(layer_of)})
+    runfolder.save_json_atomic(os.path.join(run_dir, runfolder.THRESHOLDS_FILE), {
+        "tau": config.tau, "min_size": config.min_size, "overlap_layers": config.overlap_layers,
+        "connectivity": config.connectivity})
+
+    steps = config.steps_per_epoch or max(1, math.ceil(len(data.train) / config.batch_size))
+    dataset = make_dataset(data.train, config, training=True, layer_of=layer_of)
+    history = runfolder.read_history(os.path.join(run_dir, runfolder.HISTORY_FILE))
+    history = [row for row in history if int(row.get("epoch", 0)) <= int(state["epoch"])]
+    epoch_end = EpochEnd(run_dir, config, data.val, history, float(state["best_score"]),
+                         int(state["best_epoch"]))
+    callbacks = [epoch_end, keras.callbacks.TensorBoard(
+        os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
+    initial_epoch = int(state["epoch"])
+    if initial_epoch < config.epochs:
+        trainer.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
+                    steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    else:
+        logger.info("%s: already trained for %d epochs", run_dir, initial_epoch)
+    return {"run_dir": run_dir, "best_score": epoch_end.best, "best_epoch": epoch_end.best_epoch,
+            "epochs": len(history), "last": history[-1] if history else {}}

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Train a layernet model (two phases, paper Section 2).
+
+Phase 1 learns the foreground and the layering of the overlap-free foreground:
+
+    python train.py --phase layering --out runs/demo-layering
+
+Phase 2 starts from the best phase-1 model and adds overlap completion:
+
+    python train.py --phase overlap --init runs/demo-layering/best.h5 --out runs/demo-overlap
+
+An interrupted run continues where it stopped (last completed epoch, same optimizer state and
+learning-rate schedule):
+
+    python train.py --resume runs/demo-layering
+
+Settings come, in increasing priority, from the defaults (the paper's), the ``config.json`` of
+``--init`` (phase 2 keeps the architecture of the model it starts from), a ``--config`` file, and
+the command-line options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from layernet.cli import quiet_tensorflow, run_main, setup_logging
+
+quiet_tensorflow()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = parser.add_argument_group("run")
+    run.add_argument("--phase", choices=("layering", "overlap"),
+                     help="'layering' (phase 1) or 'overlap' (phase 2, needs --init); default layering")
+    run.add_argument("--init", metavar="MODEL", help="weights to start from: the best.h5 of a phase-1 "
+                     "run (or its folder); its config.json provides the architecture")
+    run.add_argument("--resume", metavar="RUN", nargs="?", const="", default=None,
+                     help="continue the interrupted run in RUN (default: --out) from last.h5")
+    run.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<time>-<phase>)")
+    run.add_argument("--config", metavar="JSON", help="config.json whose fields override the defaults")
+    run.add_argument("--authors", action="store_true", help="use the authors' code variants of the "
+                     "losses instead of the paper's equations (see README)")
+    run.add_argument("--verbose", action="store_true", help="more log output")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="dataset: synthetic (default, built in), bbbc010, occ2014, "
+                      "ccdb6843 or folder")
+    data.add_argument("--data-dir", metavar="DIR", help="dataset folder (not needed for synthetic)")
+    data.add_argument("--data-option", metavar="KEY=VALUE", action="append", default=[],
+                      help="dataset option, repeatable (e.g. kind=cells for synthetic)")
+    data.add_argument("--channels", type=int, help="image channels (default 1)")
+    data.add_argument("--val-fraction", type=float, help="validation share of the training data (0.1)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--size", choices=("S", "M", "L"), help="UNet-S/M/L: 3/4/5 poolings (M)")
+    model.add_argument("--filters", type=int, help="filters of the first UNet level (64)")
+    model.add_argument("--layers", type=int, help="N, number of output layers (8)")
+    model.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                       help="compute precision (float32)")
+    fit = parser.add_argument_group("optimisation")
+    fit.add_argument("--epochs", type=int, help="epochs to train (100)")
+    fit.add_argument("--steps-per-epoch", type=int, help="steps per epoch (0 = one pass over the images)")
+    fit.add_argument("--batch-size", type=int, help="images per step (8)")
+    fit.add_argument("--patch-size", type=int, help="side of the random training crops (256)")
+    fit.add_argument("--lr", type=float, help="initial learning rate (1e-4), x0.9 every 10k steps")
+    fit.add_argument("--seed", type=int, help="seed of split, augmentation and initialisation (0)")
+    fit.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+                     help="tf.distribute strategy (default); multiworker reads TF_CONFIG")
+    post = parser.add_argument_group("validation post-processing (Algorithm 1)")
+    post.add_argument("--min-size", type=int, help="S_min, smallest object in pixels (250)")
+    post.add_argument("--tau", type=float, help="threshold of foreground and layers (0.5)")
+    return parser.parse_args(argv)
+
+
+def _parse_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_config(args: argparse.Namespace):
+    """Merge defaults, the --init run's config, --config and the command-line options."""
+    from layernet import runfolder
+    from layernet.config import Config
+
+    values = Config().to_dict()
+    if args.init:
+        values.update(runfolder.config_for_model(runfolder.resolve_model_path(args.init)).to_dict())
+    if args.authors:
+        values.update(Config.authors().to_dict())
+    if args.config:
+        values.update(Config.load(args.config).to_dict())
+    overrides = {
+        "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
+        "channels": args.channels, "val_fraction": args.val_fraction, "size": args.size,
+        "filters": args.filters, "layers": args.layers, "precision": args.precision,
+        "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
+        "seed": args.seed, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
+    }
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    if args.phase is None:
+        values["phase"] = "overlap" if args.init else "layering"
+    if args.data is not None and args.init and args.data != values.get("data"):
+        values["data_options"] = {}
+    options = dict(values.get("data_options") or {})
+    for item in args.data_option:
+        if "=" not in item:
+            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        options[key.strip()] = _parse_value(value.strip())
+    values["data_options"] = options
+    values["version"] = Config().version
+    return Config.from_dict(values, source="command line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    from layernet import runfolder
+    from layernet.config import Config
+    from layernet.training import train
+
+    if args.resume is not None:
+        run_dir = args.resume or args.out
+        if not run_dir:
+            raise ValueError("--resume needs the run folder (or --out)")
+        config = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))
+        result = train(config, run_dir, resume=True)
+    else:
+        config = build_config(args)
+        run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{config.phase}")
+        result = train(config, run_dir, init=args.init)
+    last = result["last"]
+    print(f"run folder: {result['run_dir']}")
+    print(f"best validation meanAP {result['best_score']:.4f} at epoch {result['best_epoch']}"
+          + (f"; last epoch: meanAP {last.get('val_meanAP', float('nan')):.4f}, "
+             f"AJI {last.get('val_AJI', float('nan')):.4f}" if last else ""))
+    if config.phase == "layering":
+        print("next: python train.py --phase overlap --init "
+              f"{os.path.join(result['run_dir'], runfolder.BEST_FILE)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]), debug="--verbose" in sys.argv)
