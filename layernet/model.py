@@ -1,0 +1,207 @@
+"""The layering network: a UNet with a foreground head and a layering head (Keras 3, functional).
+
+Architecture (paper Sec. 2 and the authors' code, see ``shared/reference/authors_code.md`` Sec. 5):
+
+* encoder: ``depth`` levels (UNet-S/M/L = 3/4/5); level ``l`` (1-based) has
+  ``filters * 2**(l-1)`` channels and two 3x3 convolutions, then a 2x2 max-pool;
+* bottleneck: two 3x3 convolutions with ``filters * 2**depth`` channels;
+* decoder: per level bilinear up-sampling x2, a 1x1 convolution + batch norm (the authors'
+  "upConv"), concatenation with the encoder skip, two 3x3 convolutions;
+* two separate heads on the shared last decoder feature map, each two 3x3 convolutions with
+  ``head_filters`` channels, then a 1x1 convolution with sigmoid: ``foreground`` (1 channel) and
+  ``layering`` (``layers`` = N channels).
+
+Block order: every convolution is **conv -> ReLU -> batch norm** (the authors' order; the BN
+normalises the activations that the next convolution sees). Padding is "same", initialisation is
+Keras' default (Glorot uniform, bias on). There is no normalisation layer inside the model: the
+input is expected to be percentile-normalised already (:mod:`layernet.normalize`).
+
+Every layer has an explicit, stable name (``enc1_conv1``, ``enc1_bn1``, ``dec2_upconv``,
+``fg_head_conv1``, ``foreground``, ...), so weights files and activation probes can refer to
+layers by name. The two output layers compute in float32 so that mixed precision
+(``mixed_bfloat16`` / ``mixed_float16``) still yields float32 probabilities.
+
+Image sides must be a multiple of ``2**depth`` (:func:`pad_to_stride`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import h5py
+import keras
+import numpy as np
+
+from layernet.config import Config
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ModelWeightsError",
+    "build_model",
+    "load_model_weights",
+    "pad_to_stride",
+]
+
+OUTPUT_NAMES = ("foreground", "layering")
+
+
+class ModelWeightsError(ValueError):
+    """Raised when a weights file cannot be loaded into a model."""
+
+
+def _conv_relu_bn(x: keras.KerasTensor, filters: int, kernel: int, conv_name: str,
+                  bn_name: str) -> keras.KerasTensor:
+    """Conv (kernel x kernel, same padding) -> ReLU -> BatchNorm with the given layer names."""
+    x = keras.layers.Conv2D(filters, kernel, padding="same", activation="relu",
+                            name=conv_name)(x)
+    return keras.layers.BatchNormalization(name=bn_name)(x)
+
+
+def _double_conv(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    """Two 3x3 conv -> ReLU -> BN blocks."""
+    x = _conv_relu_bn(x, filters, 3, f"{name}_conv1", f"{name}_bn1")
+    return _conv_relu_bn(x, filters, 3, f"{name}_conv2", f"{name}_bn2")
+
+
+def build_model(config: Config) -> keras.Model:
+    """Build the layering UNet described in the module docstring.
+
+    Parameters
+    ----------
+    config : Config
+        Uses ``channels``, ``depth`` (from ``size``), ``filters``, ``head_filters`` and
+        ``layers``.
+
+    Returns
+    -------
+    keras.Model
+        Input ``"image"`` of shape ``(None, None, config.channels)``; outputs a dict
+        ``{"foreground": (B, H, W, 1), "layering": (B, H, W, config.layers)}`` of float32
+        sigmoid probabilities. ``H`` and ``W`` must be multiples of ``config.stride``.
+    """
+    depth = config.depth
+    inputs = keras.Input(shape=(None, None, config.channels), name="image")
+    x = inputs
+    skips = []
+    for level in range(1, depth + 1):
+        x = _double_conv(x, config.filters * 2 ** (level - 1), f"enc{level}")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = _double_conv(x, config.filters * 2 ** depth, "bottleneck")
+    for level in range(depth, 0, -1):
+        filters = config.filters * 2 ** (level - 1)
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_upsample")(x)
+        x = _conv_relu_bn(x, filters, 1, f"dec{level}_upconv", f"dec{level}_upbn")
+        x = keras.layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level - 1]])
+        x = _double_conv(x, filters, f"dec{level}")
+    features = x
+    heads = {}
+    for output_name, prefix, channels in (("foreground", "fg_head", 1),
+                                          ("layering", "layer_head", config.layers)):
+        h = _double_conv(features, config.head_filters, prefix)
+        heads[output_name] = keras.layers.Conv2D(channels, 1, activation="sigmoid",
+                                                 dtype="float32", name=output_name)(h)
+    name = f"layernet_unet{config.size}"
+    return keras.Model(inputs=inputs, outputs=heads, name=name)
+
+
+def _saved_layer_count(path: str) -> int | None:
+    """Number of layers with weights stored in a legacy Keras HDF5 file, or None if unknown."""
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle["model_weights"] if "model_weights" in handle else handle
+            names = group.attrs.get("layer_names")
+            if names is None:
+                return None
+            return sum(1 for name in names
+                       if len(group[name.decode() if isinstance(name, bytes) else name]
+                              .attrs.get("weight_names", [])) > 0)
+    except (OSError, KeyError):
+        return None
+
+
+def load_model_weights(model: keras.Model, path: str | os.PathLike) -> keras.Model:
+    """Load weights from a file written by ``model.save(...)`` / ``model.save_weights(...)``.
+
+    Accepts legacy HDF5 (``*.h5``, full model or weights), Keras 3 ``*.weights.h5`` and
+    ``*.keras`` files. Any failure (missing file, not a model file, different layer count or
+    weight shapes, i.e. another UNet size, filter count, channel or layer number) becomes one
+    :class:`ModelWeightsError` naming the file.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Model built with :func:`build_model` for the configuration the file was trained with.
+    path : str or os.PathLike
+        The weights file.
+
+    Returns
+    -------
+    keras.Model
+        The same model, with the weights loaded.
+
+    Raises
+    ------
+    ModelWeightsError
+        If the file is missing, unreadable or does not fit the model.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelWeightsError(f"{path}: weights file not found")
+    if path.endswith((".h5", ".hdf5")) and not h5py.is_hdf5(path):
+        raise ModelWeightsError(f"{path}: not an HDF5 model/weights file")
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, OSError, TypeError, AttributeError) as error:
+        detail = " ".join(str(error).split())
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        expected = sum(1 for layer in model.layers if layer.weights)
+        saved = _saved_layer_count(path) if path.endswith((".h5", ".hdf5")) else None
+        if saved is not None and saved != expected:
+            summary = (f"the file holds {saved} layers with weights, the model "
+                       f"{model.name!r} has {expected}")
+        else:
+            summary = f"the weights do not fit model {model.name!r}"
+        raise ModelWeightsError(
+            f"{path}: cannot load weights: {summary} (different size/filters/channels/layers?); "
+            f"Keras said: {detail}"
+        ) from None
+    logger.info("loaded weights from %s", path)
+    return model
+
+
+def pad_to_stride(image: np.ndarray, stride: int, mode: str = "constant"
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad the first two axes (H, W) at the bottom/right to multiples of ``stride``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Array whose first two axes are height and width, e.g. ``(H, W)`` or ``(H, W, C)``.
+    stride : int
+        The multiple, ``config.stride`` = ``2**depth``.
+    mode : str, optional
+        :func:`numpy.pad` mode; ``"constant"`` pads with zeros.
+
+    Returns
+    -------
+    padded : numpy.ndarray
+        Array with ``H + pad_h`` and ``W + pad_w`` rows/columns; undo with
+        ``padded[:H, :W]``.
+    pads : tuple of int
+        ``(pad_h, pad_w)``, both in ``[0, stride)``.
+    """
+    image = np.asarray(image)
+    if not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    if image.ndim < 2:
+        raise ValueError(f"pad_to_stride needs an array with at least 2 axes, got {image.shape}")
+    pad_h = -image.shape[0] % stride
+    pad_w = -image.shape[1] % stride
+    if pad_h == 0 and pad_w == 0:
+        return image, (0, 0)
+    widths = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, widths, mode=mode), (int(pad_h), int(pad_w))
