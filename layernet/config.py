@@ -68,6 +68,9 @@ class Config:
     covered_objects: str = "full"
     dice_smooth: float = 0.0  # +1 in the authors' Dice; 0 in the paper's Eq. 6
     overlap_per_image: bool = False  # authors: Dice per image then averaged over the batch
+    # pooled over the batch (False, the equations' sums run over all images of the batch) or
+    # per image then averaged over the images with overlap-free foreground (True, authors)
+    layering_per_image: bool = False
 
     # --- augmentation -----------------------------------------------------------------------
     patch_size: int = 256  # random crop fed to the network in training
@@ -213,7 +216,7 @@ class Config:
         """The preset that reproduces the authors' public code (see authors_code.md)."""
         values = dict(mean_mode="normalized", repulsion_mode="pair", sparsity_mode="authors",
                       overlap_targets="online", covered_objects="zero", dice_smooth=1.0,
-                      overlap_per_image=True)
+                      overlap_per_image=True, layering_per_image=True)
         values.update(changes)
         return cls(**values).validate()
 
