@@ -134,7 +134,8 @@ def stack_from_masks(
     masks : sequence of numpy.ndarray or numpy.ndarray
         ``K`` boolean (or 0/non-zero) arrays of shape ``(H, W)``, or one array ``(K, H, W)``.
     shape : tuple of int, optional
-        ``(H, W)``; required only when ``masks`` is empty.
+        ``(H, W)``; required only when ``masks`` is an empty sequence (an empty
+        ``(0, H, W)`` array gives the shape itself).
     dtype : type, optional
         Integer dtype of the result.
 
@@ -143,6 +144,8 @@ def stack_from_masks(
     numpy.ndarray
         Label stack of shape ``(L, H, W)`` with ``L >= 1``.
     """
+    if shape is None and isinstance(masks, np.ndarray) and masks.ndim == 3:
+        shape = masks.shape[1:]  # an empty (0, H, W) array still tells the image shape
     masks_list = [np.asarray(m) != 0 for m in masks]
     if masks_list:
         shape0 = masks_list[0].shape
