@@ -55,15 +55,28 @@ class Predictor:
         layering : numpy.ndarray
             ``(H, W, N)`` float32 layer activations.
         """
-        height, width = image.shape[:2]
+        foreground, layering = self.maps_batch_normalized(np.asarray(image)[None])
+        return foreground[0], layering[0]
+
+    def maps_batch_normalized(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probability maps of a batch ``(B, H, W, C)`` of already normalised images.
+
+        Returns
+        -------
+        foreground : numpy.ndarray
+            ``(B, H, W)`` float32 foreground probability.
+        layering : numpy.ndarray
+            ``(B, H, W, N)`` float32 layer activations.
+        """
+        height, width = images.shape[1:3]
         stride = self.config.stride
         pad_h = (-height) % stride
         pad_w = (-width) % stride
-        padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect"
+        padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="reflect"
                         if min(height, width) > max(pad_h, pad_w) else "constant")
-        outputs = self._forward(tf.convert_to_tensor(padded[None], tf.float32))
-        foreground = outputs["foreground"].numpy()[0, :height, :width, 0]
-        layering = outputs["layering"].numpy()[0, :height, :width, :]
+        outputs = self._forward(tf.convert_to_tensor(padded, tf.float32))
+        foreground = outputs["foreground"].numpy()[:, :height, :width, 0]
+        layering = outputs["layering"].numpy()[:, :height, :width, :]
         return foreground.astype(np.float32), layering.astype(np.float32)
 
     def maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

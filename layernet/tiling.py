@@ -1,0 +1,488 @@
+"""Tiled prediction of large images with objects stitched across tile borders.
+
+A large image is cut into tiles of ``tile_size`` pixels that overlap by ``overlap`` pixels. The
+network runs on batches of tiles, and every tile is post-processed on its own (Algorithm 1,
+:func:`layernet.postprocess.postprocess`). The per-tile instances are then stitched:
+
+* **ownership** — the tiles' *cores* partition the image: neighbouring cores meet in the middle of
+  the overlap of their tiles, so every pixel is decided by the tile that sees it with the most
+  context. An object's pixels in the core of a tile come from that tile.
+* **matching** — the layer an object lands in is decided by context, so the same object can sit in
+  layer 2 of one tile and layer 5 of the next. Instances are therefore matched by their pixels,
+  not by their layer: in the region shared by two tiles, instance pairs are matched one-to-one by
+  decreasing IoU (within the shared region, IoU >= ``match_iou``); a remaining instance that lies
+  mostly (>= half of its shared pixels) inside a matched instance of the other tile, and does not
+  overlap that instance's partner, is a piece of the same object cut off by the tile border and
+  joins it. Matches are merged transitively (union-find), so an object spanning many tiles
+  becomes one instance.
+* **placement** — each merged object is the union of its parts in the owning cores; objects with
+  fewer than ``min_size`` pixels are dropped, and the others are placed into the slices of the
+  output label stack so that no slice holds overlaps: an object goes to the layer it held in the
+  tile that owns most of it when that slice is free there, else to the first free slice (a new
+  slice is added when none is free). Ids ``1..K`` follow the raster order of each object's first
+  pixel.
+
+Tiles are post-processed with ``min_size = 0``; the size screening is applied to the stitched
+objects. For Algorithm 1 this is the same result (every object is a connected component of a layer
+inside the foreground, and a component of at least ``min_size`` pixels always lies in a foreground
+component of at least ``min_size`` pixels), but objects cut by a tile border are not lost.
+
+Memory stays bounded: only the parts of each tile's label stack that lie in regions shared with
+tiles not yet processed are kept, plus one boolean crop per object part in the owning core.
+
+Nothing in this module imports TensorFlow; the network is any callable mapping a batch of
+normalised tiles to probability maps (see :data:`MapsFunction`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from layernet.instances import relabel_stack
+from layernet.postprocess import postprocess
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_TILE_SIZE",
+    "MapsFunction",
+    "Tile",
+    "TilingError",
+    "TileStitcher",
+    "auto_tile_size",
+    "default_overlap",
+    "tile_grid",
+    "tile_starts",
+    "predict_tiled",
+]
+
+MapsFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""``maps(tiles (B, h, w, C) float32) -> (foreground (B, h, w), layering (B, h, w, N))``."""
+
+DEFAULT_TILE_SIZE = 512
+"""Side of the tiles chosen by :func:`auto_tile_size` (bounded memory for a UNet on a CPU)."""
+
+
+class TilingError(ValueError):
+    """Raised for invalid tiling parameters or tile results of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its rectangle in the image and its core (the pixels it decides).
+
+    Rectangles are ``(y0, x0, y1, x1)`` with exclusive ends, in image coordinates.
+    """
+
+    index: int
+    rect: tuple[int, int, int, int]
+    core: tuple[int, int, int, int]
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """Index expression of the tile in the image."""
+        y0, x0, y1, x1 = self.rect
+        return slice(y0, y1), slice(x0, x1)
+
+
+def auto_tile_size(stride: int, tile_size: int = DEFAULT_TILE_SIZE) -> int:
+    """Return ``tile_size`` rounded down to a multiple of ``stride`` (at least ``4 * stride``)."""
+    if stride < 1:
+        raise TilingError(f"stride must be >= 1, got {stride}")
+    return max(4 * stride, tile_size // stride * stride)
+
+
+def default_overlap(tile_size: int, stride: int = 1) -> int:
+    """Default overlap of neighbouring tiles: about ``tile_size / 6``, rounded up to ``stride``.
+
+    Every tile then decides only pixels at least ``overlap / 2`` pixels away from its inner
+    borders, so the network sees that much context around every pixel it decides.
+    """
+    overlap = -(-max(tile_size // 6, 1) // stride) * stride
+    return min(overlap, tile_size // 2)
+
+
+def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
+    """Start offsets of tiles covering ``[0, length)`` with at least ``overlap`` shared pixels.
+
+    Tiles step by ``tile_size - overlap``; the last tile is moved back to end at ``length`` (so
+    it may overlap its neighbour by more). A length not larger than ``tile_size`` gives ``[0]``.
+    """
+    if tile_size < 1 or overlap < 0 or overlap >= tile_size:
+        raise TilingError(
+            f"need tile size >= 1 and 0 <= overlap < tile size, got tile size {tile_size} "
+            f"and overlap {overlap}"
+        )
+    if length <= tile_size:
+        return [0]
+    step = tile_size - overlap
+    starts = list(range(0, length - tile_size, step))
+    starts.append(length - tile_size)
+    return starts
+
+
+def _core_bounds(starts: list[int], extent: int, length: int) -> list[tuple[int, int]]:
+    """Core interval of each tile along one axis: cuts in the middle of each overlap."""
+    cuts = [0]
+    for first, second in zip(starts[:-1], starts[1:]):
+        cuts.append((second + first + extent) // 2)
+    cuts.append(length)
+    return [(cuts[i], cuts[i + 1]) for i in range(len(starts))]
+
+
+def tile_grid(shape: tuple[int, int], tile_size: int, overlap: int) -> list[Tile]:
+    """Cut an image of ``shape = (H, W)`` into overlapping tiles in raster order.
+
+    All tiles have the same shape ``(min(H, tile_size), min(W, tile_size))``; their cores
+    partition the image.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the image.
+    tile_size : int
+        Side of a tile.
+    overlap : int
+        Minimum number of pixels shared by neighbouring tiles, ``0 <= overlap < tile_size``.
+
+    Returns
+    -------
+    list of Tile
+    """
+    height, width = shape
+    if height < 1 or width < 1:
+        raise TilingError(f"cannot tile an empty image of shape {shape}")
+    extent_y, extent_x = min(height, tile_size), min(width, tile_size)
+    starts_y = tile_starts(height, tile_size, overlap)
+    starts_x = tile_starts(width, tile_size, overlap)
+    cores_y = _core_bounds(starts_y, extent_y, height)
+    cores_x = _core_bounds(starts_x, extent_x, width)
+    tiles = []
+    for (y0, (cy0, cy1)) in zip(starts_y, cores_y):
+        for (x0, (cx0, cx1)) in zip(starts_x, cores_x):
+            tiles.append(Tile(len(tiles), (y0, x0, y0 + extent_y, x0 + extent_x),
+                              (cy0, cx0, cy1, cx1)))
+    return tiles
+
+
+def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]
+                  ) -> tuple[int, int, int, int] | None:
+    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
+    y1, x1 = min(a[2], b[2]), min(a[3], b[3])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return y0, x0, y1, x1
+
+
+def _local(rect: tuple[int, int, int, int], origin: tuple[int, int, int, int]
+           ) -> tuple[slice, slice]:
+    """Index expression of the image rectangle ``rect`` inside a tile whose rect is ``origin``."""
+    return (slice(rect[0] - origin[0], rect[2] - origin[0]),
+            slice(rect[1] - origin[1], rect[3] - origin[1]))
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def add(self, count: int) -> None:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+
+    def find(self, item: int) -> int:
+        parent = self.parent
+        root = item
+        while parent[root] != root:
+            root = parent[root]
+        while parent[item] != root:
+            parent[item], item = root, parent[item]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        root_a, root_b = self.find(a), self.find(b)
+        if root_a != root_b:
+            self.parent[max(root_a, root_b)] = min(root_a, root_b)
+
+
+@dataclass
+class _Part:
+    """The pixels of one tile instance inside its tile's core."""
+
+    fragment: int
+    layer: int
+    top_left: tuple[int, int]
+    mask: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def _pair_counts(first: np.ndarray, second: np.ndarray) -> dict[tuple[int, int], int]:
+    """Pixel counts of every id pair ``(a, b)`` co-occurring in two label stacks of one region."""
+    codes = []
+    for layer_a in first:
+        on_a = layer_a > 0
+        if not on_a.any():
+            continue
+        for layer_b in second:
+            both = on_a & (layer_b > 0)
+            if both.any():
+                codes.append(np.stack([layer_a[both], layer_b[both]], axis=1))
+    if not codes:
+        return {}
+    pairs, counts = np.unique(np.concatenate(codes).astype(np.int64), axis=0, return_counts=True)
+    return {(int(a), int(b)): int(n) for (a, b), n in zip(pairs, counts)}
+
+
+def _areas(stack: np.ndarray) -> dict[int, int]:
+    ids, counts = np.unique(stack[stack > 0], return_counts=True)
+    return dict(zip(ids.tolist(), counts.tolist()))
+
+
+class TileStitcher:
+    """Collect the label stacks of the tiles of one image and stitch them into one label stack.
+
+    Add the tiles in any order with :meth:`add`, then call :meth:`finish`.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the image.
+    tiles : list of Tile
+        The tile grid (:func:`tile_grid`).
+    min_size : int, optional
+        Stitched objects with fewer pixels are dropped.
+    match_iou : float, optional
+        Two instances of neighbouring tiles are the same object when their IoU inside the region
+        shared by the tiles is at least this.
+    layers : int or None, optional
+        Minimum number of slices of the result (default: the most slices of any added tile).
+    """
+
+    def __init__(self, shape: tuple[int, int], tiles: list[Tile], min_size: int = 0,
+                 match_iou: float = 0.5, layers: int | None = None) -> None:
+        if not 0.0 < match_iou <= 1.0:
+            raise TilingError(f"match_iou must be in (0, 1], got {match_iou}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.tiles = list(tiles)
+        self.min_size = int(min_size)
+        self.match_iou = float(match_iou)
+        self.layers = layers or 0
+        self._added: set[int] = set()
+        self._pending: dict[tuple[int, int], np.ndarray] = {}
+        self._neighbours = {
+            tile.index: [(other.index, shared) for other in self.tiles if other.index != tile.index
+                         for shared in [_intersection(tile.rect, other.rect)] if shared]
+            for tile in self.tiles
+        }
+        self._union = _UnionFind()
+        self._parts: list[_Part] = []
+
+    def add(self, tile_index: int, stack: np.ndarray) -> None:
+        """Add the label stack ``(L, h, w)`` of one tile (ids unique across its slices)."""
+        tile = self.tiles[tile_index]
+        y0, x0, y1, x1 = tile.rect
+        stack = np.asarray(stack)
+        if stack.ndim != 3 or stack.shape[1:] != (y1 - y0, x1 - x0):
+            raise TilingError(f"tile {tile_index}: expected a label stack (L, {y1 - y0}, "
+                              f"{x1 - x0}), got shape {stack.shape}")
+        if tile_index in self._added:
+            raise TilingError(f"tile {tile_index} was added twice")
+        self._added.add(tile_index)
+        self.layers = max(self.layers, stack.shape[0])
+
+        local = relabel_stack(stack, dtype=np.int64)
+        count = int(local.max()) if local.size else 0
+        offset = len(self._union.parent)
+        self._union.add(count)
+        fragments = np.where(local > 0, local + (offset - 1), -1)  # global fragment ids, -1 = none
+
+        core = _local(tile.core, tile.rect)
+        for layer_index, layer in enumerate(local):
+            core_labels = layer[core]
+            boxes = ndimage.find_objects(core_labels.astype(np.int32), max_label=count)
+            for label, box in enumerate(boxes, start=1):
+                if box is None:
+                    continue
+                mask = core_labels[box] == label
+                self._parts.append(_Part(
+                    offset + label - 1, layer_index,
+                    (tile.core[0] + box[0].start, tile.core[1] + box[1].start), mask))
+
+        for other, shared in self._neighbours[tile_index]:
+            crop = fragments[(slice(None),) + _local(shared, tile.rect)] + 1  # 0 = none
+            if other in self._added:
+                self._match(self._pending.pop((other, tile_index)), crop)
+            else:
+                self._pending[(tile_index, other)] = crop.astype(np.int64)
+
+    def _match(self, first: np.ndarray, second: np.ndarray) -> None:
+        """Merge the instances of two tiles seen in their shared region (ids shifted by +1)."""
+        counts = _pair_counts(first, second)
+        if not counts:
+            return
+        area_a, area_b = _areas(first), _areas(second)
+        ious = sorted(((n / (area_a[a] + area_b[b] - n), a, b) for (a, b), n in counts.items()),
+                      key=lambda item: (-item[0], item[1], item[2]))
+        partner: dict[tuple[int, int], int] = {}
+        for iou, a, b in ious:
+            if iou < self.match_iou:
+                break
+            if (0, a) in partner or (1, b) in partner:
+                continue
+            partner[(0, a)], partner[(1, b)] = b, a
+            self._union.union(a - 1, b - 1)
+        # Pieces of an object cut apart by the tile border join the piece they lie in.
+        best_a: dict[int, tuple[int, int]] = {}
+        best_b: dict[int, tuple[int, int]] = {}
+        for (a, b), n in sorted(counts.items()):
+            if n > best_a.get(a, (0, 0))[0]:
+                best_a[a] = (n, b)
+            if n > best_b.get(b, (0, 0))[0]:
+                best_b[b] = (n, a)
+        for side, best, areas, own, other_stack in ((0, best_a, area_a, first, second),
+                                                    (1, best_b, area_b, second, first)):
+            for item, (n, other) in best.items():
+                if (side, item) in partner or 2 * n < areas[item]:
+                    continue
+                sibling = partner.get((1 - side, other))
+                if sibling is None:
+                    continue
+                item_mask = np.any(own == item, axis=0)
+                sibling_mask = np.any(own == sibling, axis=0)
+                if np.any(item_mask & sibling_mask):
+                    continue  # a different object overlapping the matched one
+                self._union.union(item - 1, other - 1)
+
+    def finish(self, dtype: type | None = None) -> np.ndarray:
+        """Stitch the added tiles into one label stack.
+
+        Parameters
+        ----------
+        dtype : type, optional
+            Integer dtype of the result; default uint16, or uint32 beyond 65535 objects.
+
+        Returns
+        -------
+        numpy.ndarray
+            Label stack ``(L, H, W)`` with ``L >= layers``, ids ``1..K`` in raster order of each
+            object's first pixel.
+        """
+        missing = sorted(set(tile.index for tile in self.tiles) - self._added)
+        if missing:
+            raise TilingError(f"tiles {missing[:5]} were never added")
+        groups: dict[int, list[_Part]] = {}
+        for part in self._parts:
+            groups.setdefault(self._union.find(part.fragment), []).append(part)
+        objects = []
+        for parts in groups.values():
+            area = sum(part.area for part in parts)
+            if area < max(self.min_size, 1):
+                continue
+            top = min(part.top_left[0] for part in parts)
+            left = min(part.top_left[1] for part in parts)
+            bottom = max(part.top_left[0] + part.mask.shape[0] for part in parts)
+            right = max(part.top_left[1] + part.mask.shape[1] for part in parts)
+            mask = np.zeros((bottom - top, right - left), dtype=bool)
+            for part in parts:
+                py, px = part.top_left[0] - top, part.top_left[1] - left
+                mask[py:py + part.mask.shape[0], px:px + part.mask.shape[1]] |= part.mask
+            first_row = int(np.argmax(mask.any(axis=1)))
+            first_col = int(np.argmax(mask[first_row]))
+            layer = max(parts, key=lambda part: (part.area, -part.fragment)).layer
+            objects.append(((top + first_row, left + first_col), layer, (top, left), mask))
+        objects.sort(key=lambda item: item[0])
+        if dtype is None:
+            dtype = np.uint16 if len(objects) <= np.iinfo(np.uint16).max else np.uint32
+        slices = [np.zeros(self.shape, dtype=dtype) for _ in range(max(self.layers, 1))]
+        for number, (_, layer, (top, left), mask) in enumerate(objects, start=1):
+            window = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
+            order = [layer] + [index for index in range(len(slices)) if index != layer]
+            for index in order:
+                if index < len(slices) and not slices[index][window][mask].any():
+                    break
+            else:
+                slices.append(np.zeros(self.shape, dtype=dtype))
+                index = len(slices) - 1
+            slices[index][window][mask] = number
+        logger.debug("stitched %d objects from %d tiles into %d slices", len(objects),
+                     len(self.tiles), len(slices))
+        return np.stack(slices)
+
+
+def predict_tiled(
+    image: np.ndarray,
+    maps: MapsFunction,
+    tile_size: int,
+    overlap: int,
+    tau: float = 0.5,
+    min_size: int = 250,
+    overlap_layers: bool = True,
+    connectivity: int = 2,
+    batch_size: int = 1,
+    match_iou: float = 0.5,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Instances of a normalised image predicted tile by tile and stitched (see module doc).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Normalised image ``(H, W, C)``.
+    maps : MapsFunction
+        The network: a batch of tiles ``(B, h, w, C)`` -> foreground ``(B, h, w)`` (or
+        ``(B, h, w, 1)``) and layering ``(B, h, w, N)``.
+    tile_size : int
+        Side of a tile (a multiple of the network stride is fastest).
+    overlap : int
+        Minimum number of pixels shared by neighbouring tiles.
+    tau, min_size, overlap_layers, connectivity
+        Algorithm 1 parameters, as in :func:`layernet.postprocess.postprocess`.
+    batch_size : int, optional
+        Tiles per network call.
+    match_iou : float, optional
+        See :class:`TileStitcher`.
+    timings : dict, optional
+        If given, seconds spent in ``"network"`` and ``"postprocess"`` (tile post-processing and
+        stitching) are added to it.
+
+    Returns
+    -------
+    numpy.ndarray
+        Label stack ``(L, H, W)``, ``L >= N`` (uint16, uint32 beyond 65535 objects).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise TilingError(f"expected an (H, W, C) image, got shape {image.shape}")
+    if batch_size < 1:
+        raise TilingError(f"batch size must be >= 1, got {batch_size}")
+    tiles = tile_grid(image.shape[:2], tile_size, overlap)
+    stitcher = TileStitcher(image.shape[:2], tiles, min_size=min_size, match_iou=match_iou)
+    spent = {"network": 0.0, "postprocess": 0.0}
+    for start in range(0, len(tiles), batch_size):
+        batch_tiles = tiles[start:start + batch_size]
+        batch = np.stack([image[tile.slices] for tile in batch_tiles])
+        clock = time.perf_counter()
+        foregrounds, layerings = maps(batch)
+        spent["network"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings):
+            stack = postprocess(foreground, layering, tau=tau, min_size=0,
+                                overlap_layers=overlap_layers, connectivity=connectivity)
+            stitcher.add(tile.index, stack)
+        spent["postprocess"] += time.perf_counter() - clock
+    clock = time.perf_counter()
+    result = stitcher.finish()
+    spent["postprocess"] += time.perf_counter() - clock
+    logger.debug("tiled prediction: %d tiles of %d px, overlap %d", len(tiles), tile_size, overlap)
+    if timings is not None:
+        for key, value in spent.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return result
