@@ -242,28 +242,28 @@ def _individual_entries(data_dir: str) -> list[_Entry]:
     return entries
 
 
+def _first_mat_entries(data_dir: str, file_names: tuple[str, ...], prefix: str
+                       ) -> list[_Entry] | None:
+    """Entries of the first of ``file_names`` found (None if none is present)."""
+    for file_name in file_names:
+        path = _find(data_dir, file_name)
+        if path is not None:
+            return _mat_entries(path, prefix)
+    return None
+
+
 def find_sources(data_dir: str) -> tuple[list[_Entry], list[_Entry] | None]:
     """Return the training entries and the test entries (None when no test set exists)."""
     if not os.path.isdir(data_dir):
         raise DatasetError(f"{data_dir}: OCC2014 folder not found")
-    train = None
-    for file_name in TRAIN_IMAGE_FILES:
-        path = _find(data_dir, file_name)
-        if path is not None:
-            train = _mat_entries(path, "train")
-            break
+    train = _first_mat_entries(data_dir, TRAIN_IMAGE_FILES, "train")
     if train is None:
         if os.path.isdir(os.path.join(data_dir, INDIVIDUAL_FOLDER)):
             train = _individual_entries(data_dir)
         else:
             raise DatasetError(f"{data_dir}: no OCC2014 training data ({', '.join(TRAIN_IMAGE_FILES)}"
                                f" or {INDIVIDUAL_FOLDER}/)")
-    test = None
-    for file_name in TEST_IMAGE_FILES:
-        path = _find(data_dir, file_name)
-        if path is not None:
-            test = _mat_entries(path, "test")
-            break
+    test = _first_mat_entries(data_dir, TEST_IMAGE_FILES, "test")
     return train, test
 
 
