@@ -1,0 +1,308 @@
+"""Input pipeline: prepared samples (normalised image, relabelled stack, adjacency) -> tf.data.
+
+Two steps:
+
+1. :func:`prepare_samples` runs once per image, before any augmentation: percentile
+   normalisation (:func:`layernet.normalize.percentile_normalize` with the config's
+   percentiles), relabelling of the stack to ids ``1..K``
+   (:func:`layernet.instances.relabel_stack`) and the adjacency matrix of the un-augmented
+   objects (:func:`layernet.targets.adjacency_matrix`). The adjacency, the costly part, can be
+   cached in a folder of ``.npz`` files keyed by a hash of the stack and the distance.
+2. :func:`make_dataset` turns the prepared samples into batches.
+
+Batch format (every element a dict of tensors; losses and training rely on it)::
+
+    "image"     (B, P, P, C)     float32 normalised image
+    "stack"     (B, P, P, L)     int32 channels-last label stack, ids 1..K, 0 = background
+    "adjacency" (B, K+1, K+1)    float32 0/1, row/column 0 (background) and diagonal zero
+    "layer_of"  (B, K+1)         int32 object -> layer (phase 2), -1 where unknown
+
+``L`` is padded to the largest stack of the batch and ``K + 1`` to the largest object count of the
+batch rounded up to a multiple of :data:`OBJECT_PAD` (16), which bounds the number of distinct
+shapes a ``tf.function`` sees. Padding slices and padding objects are empty (zeros, -1 in
+``layer_of``).
+
+Training batches are random ``config.patch_size`` crops. To keep augmentation cheap on big images
+and unbiased at the borders, each element is a random crop of the image grown by a margin (zeros
+outside the image) large enough for any rotation and the elastic displacement; it is augmented
+(:func:`layernet.augment.augment`, rotation about the patch centre) and its central
+``patch_size`` window is kept. Every random draw derives from ``config.seed`` (the per-epoch
+order) and from the element's position in the stream (the augmentation seed), so a run is
+reproducible whatever the parallelism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from datasets import Sample
+from layernet.augment import augment, center_crop, random_crop
+from layernet.config import Config
+from layernet.instances import relabel_stack, validate_stack
+from layernet.model import pad_to_stride
+from layernet.normalize import percentile_normalize
+from layernet.runfolder import load_arrays, save_arrays_atomic
+from layernet.targets import adjacency_matrix
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OBJECT_PAD", "PipelineError", "PreparedSample", "make_dataset", "prepare_samples",
+           "patch_margin"]
+
+OBJECT_PAD = 16
+"""``K + 1`` is padded to a multiple of this."""
+
+
+class PipelineError(ValueError):
+    """Raised for samples or arguments the pipeline cannot use."""
+
+
+@dataclass
+class PreparedSample:
+    """One image ready for the pipeline.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``(H, W, C)`` float32, percentile-normalised.
+    stack : numpy.ndarray
+        ``(L, H, W)`` int32 label stack with ids ``1..K``.
+    adjacency : numpy.ndarray
+        ``(K + 1, K + 1)`` bool adjacency of the un-augmented objects (row/column 0 =
+        background, all False).
+    name : str
+        The sample's name.
+    """
+
+    image: np.ndarray
+    stack: np.ndarray
+    adjacency: np.ndarray
+    name: str
+
+    @property
+    def num_objects(self) -> int:
+        """``K``, the number of objects."""
+        return int(self.adjacency.shape[0]) - 1
+
+
+def _cache_key(stack: np.ndarray, distance: float) -> str:
+    digest = hashlib.sha1()
+    digest.update(repr((stack.shape, str(stack.dtype), float(distance))).encode())
+    digest.update(np.ascontiguousarray(stack).tobytes())
+    return digest.hexdigest()
+
+
+def _cached_adjacency(stack: np.ndarray, distance: float, cache_dir: str | None) -> np.ndarray:
+    """Adjacency of ``stack``, read from / written to ``cache_dir`` when given."""
+    if cache_dir is None:
+        return adjacency_matrix(stack, distance)
+    path = os.path.join(cache_dir, f"adjacency-{_cache_key(stack, distance)}.npz")
+    if os.path.exists(path):
+        adjacency = load_arrays(path)["adjacency"]
+        if adjacency.shape == (stack.max(initial=0) + 1,) * 2:
+            return adjacency.astype(bool)
+        logger.warning("%s: cached adjacency has the wrong shape, recomputing", path)
+    adjacency = adjacency_matrix(stack, distance)
+    os.makedirs(cache_dir, exist_ok=True)
+    save_arrays_atomic(path, {"adjacency": adjacency})
+    return adjacency
+
+
+def prepare_samples(samples: Sequence[Sample], config: Config, cache_dir: str | None = None
+                    ) -> list[PreparedSample]:
+    """Normalise, relabel and compute the adjacency of every sample (once, before augmentation).
+
+    Parameters
+    ----------
+    samples : sequence of datasets.Sample
+        Raw samples: ``image`` ``(H, W, C)``, ``stack`` ``(L, H, W)``.
+    config : Config
+        Uses ``channels``, ``normalize_low``, ``normalize_high`` and ``adjacency_distance``.
+    cache_dir : str or None, optional
+        Folder for cached adjacency matrices (``adjacency-<sha1>.npz``); None computes them
+        every time.
+
+    Returns
+    -------
+    list of PreparedSample
+        In the order of ``samples``.
+
+    Raises
+    ------
+    PipelineError
+        If a sample's image is not ``(H, W, config.channels)``, its stack does not match the
+        image size, or its image holds NaN/inf; the message names the sample.
+    """
+    prepared = []
+    for sample in samples:
+        image = np.asarray(sample.image)
+        stack = np.asarray(sample.stack)
+        if image.ndim != 3 or image.shape[-1] != config.channels:
+            raise PipelineError(f"sample {sample.name!r}: image has shape {image.shape}, expected "
+                                f"(H, W, {config.channels}) (config.channels)")
+        validate_stack(stack, name=f"sample {sample.name!r}")
+        if stack.shape[1:] != image.shape[:2]:
+            raise PipelineError(f"sample {sample.name!r}: label stack {stack.shape} does not "
+                                f"match image size {image.shape[:2]}")
+        try:
+            normalised = percentile_normalize(image, config.normalize_low, config.normalize_high)
+        except ValueError as error:
+            raise PipelineError(f"sample {sample.name!r}: {error}") from None
+        relabelled = relabel_stack(stack, dtype=np.int32)
+        adjacency = _cached_adjacency(relabelled, config.adjacency_distance, cache_dir)
+        prepared.append(PreparedSample(normalised, relabelled, adjacency, sample.name))
+    logger.info("prepared %d samples (%d objects)", len(prepared),
+                sum(p.num_objects for p in prepared))
+    return prepared
+
+
+def patch_margin(config: Config) -> int:
+    """Border (px) around a training patch that augmentation may move into the patch.
+
+    A rotation about the patch centre reads from up to ``patch_size / sqrt(2)`` px from the
+    centre; the elastic field moves pixels by about ``elastic_strength`` on average (3x is used
+    as a bound).
+    """
+    margin = 0
+    if config.rotate:
+        margin += math.ceil(config.patch_size * (math.sqrt(2.0) - 1.0) / 2.0)
+    if config.elastic_probability > 0:
+        margin += math.ceil(3.0 * config.elastic_strength)
+    return margin + 1 if margin else 0
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _element(sample: PreparedSample, layer_of: np.ndarray | None, stride: int | None
+             ) -> dict[str, np.ndarray]:
+    """Numpy arrays of one dataset element (channels-last stack, padded objects)."""
+    image = sample.image
+    stack = np.ascontiguousarray(np.moveaxis(sample.stack, 0, -1))
+    if stride is not None:
+        image, _ = pad_to_stride(image, stride)
+        stack, _ = pad_to_stride(stack, stride)
+    segments = sample.adjacency.shape[0]
+    padded = _round_up(segments, OBJECT_PAD)
+    adjacency = np.zeros((padded, padded), np.float32)
+    adjacency[:segments, :segments] = sample.adjacency
+    adjacency[0, :] = 0.0
+    adjacency[:, 0] = 0.0
+    layers = np.full(padded, -1, np.int32)
+    if layer_of is not None:
+        layers[:segments] = layer_of
+        layers[0] = -1
+    return {"image": image.astype(np.float32, copy=False), "stack": stack.astype(np.int32),
+            "adjacency": adjacency, "layer_of": layers}
+
+
+def _check_layer_of(prepared: Sequence[PreparedSample], layer_of: Sequence[np.ndarray] | None
+                    ) -> list[np.ndarray | None]:
+    if layer_of is None:
+        return [None] * len(prepared)
+    if len(layer_of) != len(prepared):
+        raise PipelineError(f"layer_of has {len(layer_of)} entries for {len(prepared)} samples")
+    checked = []
+    for sample, layers in zip(prepared, layer_of):
+        layers = np.asarray(layers)
+        if layers.shape != (sample.num_objects + 1,) or not np.issubdtype(layers.dtype,
+                                                                          np.integer):
+            raise PipelineError(
+                f"sample {sample.name!r}: layer_of must be an integer array of shape "
+                f"({sample.num_objects + 1},) (index = object id), got {layers.dtype} "
+                f"{layers.shape}")
+        checked.append(layers.astype(np.int32))
+    return checked
+
+
+def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: bool,
+                 layer_of: Sequence[np.ndarray] | None = None) -> tf.data.Dataset:
+    """Build the ``tf.data`` pipeline of batches described in the module docstring.
+
+    Parameters
+    ----------
+    prepared : sequence of PreparedSample
+        Output of :func:`prepare_samples`.
+    config : Config
+        Uses ``seed``, ``patch_size``, ``batch_size``, ``stride`` and the augmentation options.
+    training : bool
+        True: endless stream of augmented ``patch_size`` crops in batches of
+        ``config.batch_size`` (last partial batch dropped, so shapes are static), the order
+        reshuffled every epoch from ``config.seed``. False: one pass over the full images in the
+        given order, padded (zeros) at the bottom/right to a multiple of ``config.stride``, batch
+        size 1, no augmentation.
+    layer_of : sequence of numpy.ndarray or None, optional
+        Per sample an integer array of length ``K + 1`` (index = object id; entry 0 ignored),
+        the frozen phase-2 layer of each object, -1 where unknown. None: all -1.
+
+    Returns
+    -------
+    tf.data.Dataset
+        Elements are dicts with ``image``, ``stack``, ``adjacency`` and ``layer_of``.
+
+    Raises
+    ------
+    PipelineError
+        If there are no samples, or ``layer_of`` does not fit the samples.
+    """
+    if not prepared:
+        raise PipelineError("make_dataset got no samples")
+    layers = _check_layer_of(prepared, layer_of)
+    stride = None if training else config.stride
+    elements = [_element(sample, lay, stride) for sample, lay in zip(prepared, layers)]
+    options = tf.data.Options()
+    options.deterministic = True
+
+    per_sample = [tf.data.Dataset.from_tensors(element) for element in elements]
+    if not training:
+        order = tf.data.Dataset.range(len(elements))
+        dataset = tf.data.Dataset.choose_from_datasets(per_sample, order)
+        return dataset.batch(1).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+    count = len(elements)
+    seed = tf.constant(config.seed, tf.int64)
+
+    def epoch_order(epoch: tf.Tensor) -> tf.data.Dataset:
+        """A permutation of the samples drawn from (config.seed, epoch)."""
+        keys = tf.random.stateless_uniform([count], seed=tf.stack([seed, -1 - epoch]))
+        return tf.data.Dataset.from_tensor_slices(tf.cast(tf.argsort(keys), tf.int64))
+
+    order = tf.data.Dataset.range(2 ** 62).flat_map(epoch_order)
+    dataset = tf.data.Dataset.choose_from_datasets([d.repeat() for d in per_sample], order)
+    size = config.patch_size
+    margin = patch_margin(config)
+
+    def crop_and_augment(position: tf.Tensor, element: dict[str, tf.Tensor]
+                         ) -> dict[str, tf.Tensor]:
+        seeds = tf.random.experimental.stateless_split(tf.stack([seed, position]), num=2)
+        image, stack = element["image"], element["stack"]
+        if margin:
+            paddings = [[margin, margin], [margin, margin], [0, 0]]
+            image = tf.pad(image, paddings)
+            stack = tf.pad(stack, paddings)
+        image, stack = random_crop(image, stack, size + 2 * margin, seeds[0])
+        image, stack = augment(image, stack, config, seeds[1])
+        if margin:
+            image = center_crop(image, size)
+            stack = center_crop(stack, size)
+        return {"image": image, "stack": stack, "adjacency": element["adjacency"],
+                "layer_of": element["layer_of"]}
+
+    dataset = dataset.enumerate().map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=True)
+    dataset = dataset.padded_batch(
+        config.batch_size,
+        padded_shapes={"image": [size, size, config.channels], "stack": [size, size, None],
+                       "adjacency": [None, None], "layer_of": [None]},
+        padding_values={"image": 0.0, "stack": 0, "adjacency": 0.0, "layer_of": -1},
+        drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
