@@ -146,6 +146,28 @@ def _load_well(well: str, image_paths: dict[str, str], mask_paths: list[str],
     return make_sample(image, masks, well, meta)
 
 
+def _channels(channel: str) -> tuple[str, ...]:
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown BBBC010 channel {channel!r}; choose one of "
+                         f"{', '.join(CHANNELS)}")
+    return CHANNELS[channel]
+
+
+def _split(usable: list[str], split: str, seed: int, data_dir: str) -> list[str]:
+    test = [w for w in usable if w.startswith(TEST_ROW)]
+    trainval = [w for w in usable if not w.startswith(TEST_ROW)]
+    if split == "test" and not test:
+        raise DatasetError(f"{data_dir}: the BBBC010 test split (wells of row {TEST_ROW}) is not "
+                           "present in this copy")
+    return select_split(trainval, test, split, seed)
+
+
+def split_wells(data_dir: str, split: str = "train", seed: int = 0,
+                channel: str = "w2") -> list[str]:
+    """Return the wells of one split without reading any image (same rules as :func:`load`)."""
+    return _split(usable_wells(data_dir, _channels(channel))[0], split, seed, data_dir)
+
+
 def load(
     data_dir: str,
     split: str = "train",
@@ -188,17 +210,9 @@ def load(
         If folders are missing, the test split (row D) is requested but absent, or files
         disagree in shape.
     """
-    if channel not in CHANNELS:
-        raise ValueError(f"unknown BBBC010 channel {channel!r}; choose one of "
-                         f"{', '.join(CHANNELS)}")
-    channels = CHANNELS[channel]
+    channels = _channels(channel)
     usable, images, masks = usable_wells(data_dir, channels)
-    test = [w for w in usable if w.startswith(TEST_ROW)]
-    trainval = [w for w in usable if not w.startswith(TEST_ROW)]
-    if split == "test" and not test:
-        raise DatasetError(f"{data_dir}: the BBBC010 test split (wells of row {TEST_ROW}) is not "
-                           "present in this copy")
-    chosen = select_split(trainval, test, split, seed)
+    chosen = _split(usable, split, seed, data_dir)
     if wells is not None:
         wanted = [w.upper() for w in wells]
         unknown = sorted(set(wanted) - set(usable))
