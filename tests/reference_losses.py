@@ -1,0 +1,206 @@
+"""Slow, obviously-correct NumPy reference of the layernet losses (one image, one object at a time).
+
+Written straight from paper Eqs. 2-6 (and the documented authors' variants) with explicit loops,
+in float64, to check the batched TensorFlow implementation in ``layernet.losses``.
+Conventions are those of the ``layernet.losses`` module docstring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from layernet.config import Config
+
+NORM_EPSILON = 1e-12
+PROBABILITY_CLIP = 1e-7
+PAIR_EPSILON = 1e-7
+
+
+def norm(vector: np.ndarray) -> float:
+    """Guarded L2 norm ``sqrt(max(|v|^2, 1e-12))``."""
+    return float(np.sqrt(max(float(np.dot(vector, vector)), NORM_EPSILON)))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity D(a, b) with guarded norms."""
+    return float(np.dot(a, b)) / (norm(a) * norm(b))
+
+
+def overlap_free(stack_image: np.ndarray) -> np.ndarray:
+    """(H, W, L) -> (H, W): id where exactly one object covers the pixel, else 0."""
+    height, width, _ = stack_image.shape
+    out = np.zeros((height, width), np.int64)
+    for y in range(height):
+        for x in range(width):
+            labels = [int(v) for v in stack_image[y, x] if v > 0]
+            if len(labels) == 1:
+                out[y, x] = labels[0]
+    return out
+
+
+def object_mask(stack_image: np.ndarray, label: int) -> np.ndarray:
+    """Full silhouette of object ``label`` in an (H, W, L) stack."""
+    return np.any(stack_image == label, axis=-1)
+
+
+def foreground_loss(stack: np.ndarray, fg_pred: np.ndarray) -> float:
+    """Mean binary cross-entropy over all pixels; target = any object."""
+    total, pixels = 0.0, 0
+    for b in range(stack.shape[0]):
+        for y in range(stack.shape[1]):
+            for x in range(stack.shape[2]):
+                target = 1.0 if np.any(stack[b, y, x] > 0) else 0.0
+                p = min(max(float(fg_pred[b, y, x, 0]), PROBABILITY_CLIP), 1 - PROBABILITY_CLIP)
+                total += -(target * np.log(p) + (1 - target) * np.log(1 - p))
+                pixels += 1
+    return total / pixels
+
+
+def image_layering_sums(embedding: np.ndarray, stack_image: np.ndarray, adjacency: np.ndarray,
+                        config: Config) -> dict[str, float]:
+    """Sums and counts of the three layering terms of one image."""
+    embedding = embedding.astype(np.float64)
+    ids = overlap_free(stack_image)
+    objects = sorted(int(v) for v in np.unique(ids) if v > 0)
+    centres = {}
+    for label in objects:
+        pixels = embedding[ids == label]
+        if config.mean_mode == "normalized":
+            pixels = np.array([p / norm(p) for p in pixels])
+        centres[label] = pixels.mean(axis=0)
+    attraction, sparsity, count = 0.0, 0.0, 0
+    for label in objects:
+        for pixel in embedding[ids == label]:
+            attraction += 1.0 - cosine(pixel, centres[label]) ** 2
+            largest = float(np.max(pixel / norm(pixel)))
+            sparsity += 1.0 - (largest ** 2 if config.sparsity_mode == "authors" else largest)
+            count += 1
+    repulsion, repulsion_count = 0.0, 0.0
+    if config.repulsion_mode == "object":
+        for i in objects:
+            neighbours = [j for j in objects if j != i and adjacency[i, j] > 0]
+            if neighbours:
+                repulsion += sum(cosine(centres[i], centres[j]) ** 2
+                                 for j in neighbours) / len(neighbours)
+            repulsion_count += 1
+    else:
+        for i in objects:
+            for j in objects:
+                if i != j and adjacency[i, j] > 0:
+                    repulsion += cosine(centres[i], centres[j]) ** 2
+                    repulsion_count += 1
+    return {"attraction": attraction, "sparsity": sparsity, "pixels": count,
+            "repulsion": repulsion, "repulsion_count": repulsion_count}
+
+
+def layering_loss(embedding: np.ndarray, stack: np.ndarray, adjacency: np.ndarray,
+                  config: Config) -> dict[str, float]:
+    """Reference of ``layernet.losses.layering_loss`` for batched numpy inputs."""
+    batch, height, width = embedding.shape[:3]
+    sums = [image_layering_sums(embedding[b], stack[b], adjacency[b], config)
+            for b in range(batch)]
+
+    def rep_ratio(total: float, count: float) -> float:
+        if config.repulsion_mode == "pair":
+            return total / (count + PAIR_EPSILON)
+        return total / count if count > 0 else 0.0
+
+    all_pixels = batch * height * width
+    if config.layering_per_image:
+        used = [s for s in sums if s["pixels"] > 0]
+        if used:
+            attraction = np.mean([s["attraction"] / s["pixels"] for s in used])
+            repulsion = np.mean([rep_ratio(s["repulsion"], s["repulsion_count"]) for s in used])
+            sparsity = np.mean([s["sparsity"] / s["pixels"] for s in used])
+        else:
+            attraction = repulsion = sparsity = 0.0
+    else:
+        pixels = sum(s["pixels"] for s in sums)
+        attraction = sum(s["attraction"] for s in sums) / pixels if pixels else 0.0
+        sparsity = sum(s["sparsity"] for s in sums) / pixels if pixels else 0.0
+        repulsion = rep_ratio(sum(s["repulsion"] for s in sums),
+                              sum(s["repulsion_count"] for s in sums))
+    if config.sparsity_mode == "authors":
+        sparsity = sum(s["sparsity"] for s in sums) / all_pixels
+    layering = attraction + repulsion + config.sparsity_weight * sparsity
+    return {"attraction": float(attraction), "repulsion": float(repulsion),
+            "sparsity": float(sparsity), "layering": float(layering)}
+
+
+def object_layers(embedding: np.ndarray, stack: np.ndarray, segments: int,
+                  config: Config) -> np.ndarray:
+    """Reference of ``layernet.losses.object_layers``: (B, segments) int, -1 = absent/background."""
+    result = -np.ones((embedding.shape[0], segments), np.int64)
+    for b in range(embedding.shape[0]):
+        ids = overlap_free(stack[b])
+        vectors = embedding[b].astype(np.float64)
+        if config.mean_mode == "normalized":
+            vectors = np.array([[v / norm(v) for v in row] for row in vectors])
+        for label in range(1, segments):
+            free = ids == label
+            full = object_mask(stack[b], label)
+            if free.any():
+                result[b, label] = int(np.argmax(vectors[free].mean(axis=0)))
+            elif full.any():
+                if config.covered_objects == "full":
+                    result[b, label] = int(np.argmax(vectors[full].mean(axis=0)))
+                else:
+                    result[b, label] = 0
+    return result
+
+
+def overlap_targets(stack: np.ndarray, layer_of: np.ndarray, layers: int) -> np.ndarray:
+    """Reference of ``layernet.losses.overlap_targets``."""
+    batch, height, width, _ = stack.shape
+    targets = np.zeros((batch, height, width, layers), np.float32)
+    for b in range(batch):
+        for label in range(1, layer_of.shape[1]):
+            if layer_of[b, label] >= 0:
+                targets[b, object_mask(stack[b], label), layer_of[b, label]] = 1.0
+    return targets
+
+
+def overlap_loss(embedding: np.ndarray, targets: np.ndarray, stack: np.ndarray,
+                 config: Config) -> float:
+    """Reference of ``layernet.losses.overlap_loss`` (Eq. 6 with smoothing and batch options)."""
+    smooth = config.dice_smooth
+    per_image = []
+    for b in range(embedding.shape[0]):
+        intersection, total, pixels = 0.0, 0.0, 0
+        for y in range(embedding.shape[1]):
+            for x in range(embedding.shape[2]):
+                if np.any(stack[b, y, x] > 0):
+                    e = embedding[b, y, x].astype(np.float64)
+                    s = targets[b, y, x].astype(np.float64)
+                    intersection += float(np.dot(e, s))
+                    total += float(e.sum() + s.sum())
+                    pixels += 1
+        per_image.append((intersection, total, pixels))
+    if config.overlap_per_image:
+        values = [1 - (2 * i + smooth) / (t + smooth) for i, t, p in per_image if p > 0]
+        return float(np.mean(values)) if values else 0.0
+    intersection = sum(i for i, _, _ in per_image)
+    total = sum(t for _, t, _ in per_image)
+    if sum(p for _, _, p in per_image) == 0:
+        return 0.0
+    return 1 - (2 * intersection + smooth) / (total + smooth)
+
+
+def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], config: Config,
+                   phase: str) -> dict[str, float]:
+    """Reference of ``layernet.losses.compute_losses``."""
+    embedding = outputs["layering"]
+    stack = batch["stack"]
+    losses = {"foreground": foreground_loss(stack, outputs["foreground"])}
+    losses.update(layering_loss(embedding, stack, batch["adjacency"], config))
+    losses["loss"] = losses["foreground"] + losses["layering"]
+    if phase == "overlap":
+        segments = batch["adjacency"].shape[1]
+        layer_of = object_layers(embedding, stack, segments, config)
+        if config.overlap_targets == "frozen":
+            frozen = batch["layer_of"]
+            layer_of = np.where(frozen >= 0, frozen, layer_of)
+        targets = overlap_targets(stack, layer_of, embedding.shape[-1])
+        losses["overlap"] = overlap_loss(embedding, targets, stack, config)
+        losses["loss"] += config.overlap_weight * losses["overlap"]
+    return losses
