@@ -34,12 +34,9 @@ class Predictor:
     def __init__(self, net: Any, config: Config) -> None:
         self.net = net
         self.config = config
-        channels = config.channels
-        self._forward = tf.function(
-            lambda x: net(x, training=False),
-            input_signature=[tf.TensorSpec((None, None, None, channels), tf.float32)],
-            reduce_retracing=True,
-        )
+        # Traced once per input shape: Keras' bilinear up-sampling needs static spatial sizes.
+        # Shapes repeat (tiles, validation images), so retracing is rare.
+        self._forward = tf.function(lambda x: net(x, training=False))
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """Percentile-normalise a raw ``(H, W, C)`` image with the run's percentiles."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -260,7 +262,7 @@ def _restore_optimizer(optimizer: keras.optimizers.Optimizer, net: keras.Model,
 
 
 def train(config: Config, run_dir: str, init: str | None = None, resume: bool = False,
-          verbose: int | str = "auto") -> dict[str, Any]:
+          verbose: int | None = None) -> dict[str, Any]:
     """Train one phase and write the run folder.
 
     Parameters
@@ -273,8 +275,9 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         Weights to start from (phase 2: the phase-1 ``best.h5``).
     resume : bool
         Continue an interrupted run from ``last.h5`` and its optimizer state.
-    verbose : int or str
-        Keras progress-bar verbosity.
+    verbose : int, optional
+        Keras verbosity: 1 = progress bar, 2 = one line per epoch (default: 1 on a terminal,
+        else 2).
 
     Returns
     -------
@@ -338,7 +341,10 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     callbacks = [epoch_end, keras.callbacks.TensorBoard(
         os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
     initial_epoch = int(state["epoch"])
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
     if initial_epoch < config.epochs:
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*tf.data.Dataset.*")
         trainer.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch,
                     steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
     else:
