@@ -21,6 +21,8 @@ Library use: :func:`summarize`, :func:`format_summary`, :func:`preview_image`,
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import logging
 import sys
@@ -204,8 +206,6 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> int:
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    import importlib
-
     module = importlib.import_module(f"datasets.{dataset}")
     parser = argparse.ArgumentParser(
         prog=f"python -m datasets.{dataset}",
@@ -235,8 +235,8 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     options = dict(args.option)
-    if args.limit is not None:
-        options["limit"] = args.limit
+    if args.limit is not None and "limit" in inspect.signature(module.load).parameters:
+        options["limit"] = args.limit  # read only what is summarised
     try:
         if getattr(args, "download", False):
             module.download(args.data_dir)
