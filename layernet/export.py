@@ -1,0 +1,402 @@
+"""Export label stacks to the formats other tools read; every file is written atomically.
+
+* :func:`save_masks` — one binary PNG per object in a folder (``0001.png``, ...);
+* :func:`save_rois` — a Fiji/ImageJ ROI Manager zip (:mod:`roifile`), one polygon per connected
+  part of each object, traced between pixel centres so that Fiji's polygon filling gives back
+  exactly the object's pixels (holes are filled);
+* :func:`coco_annotations` / :func:`save_coco` — COCO instance annotations with compressed RLE
+  masks (:mod:`pycocotools`), which represent overlapping objects exactly;
+* :func:`save_flat` — one label image (uint16 TIFF), overlaps resolved by
+  :func:`layernet.instances.flatten_stack`;
+* :func:`save_probability_maps` — the network's raw maps as a float32 TIFF.
+
+:func:`write_prediction` writes the outputs of ``predict.py`` for one image, named
+``<prefix><suffix>`` with the suffixes of :data:`OUTPUT_SUFFIXES`.
+
+Nothing in this module imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as coco_mask
+import roifile
+import tifffile
+from scipy import ndimage
+from skimage import measure
+
+from layernet.instances import flatten_stack, validate_stack
+from layernet.io import _write_atomically, write_image_atomic, write_label_stack
+from layernet.viz import display_image, outline_overlay
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OUTPUT_SUFFIXES",
+    "object_crops",
+    "save_masks",
+    "object_polygons",
+    "save_rois",
+    "rle_encode",
+    "coco_annotations",
+    "save_coco",
+    "save_flat",
+    "save_probability_maps",
+    "write_prediction",
+]
+
+OUTPUT_SUFFIXES = {
+    "layers": ".layers.tif",
+    "overlay": ".overlay.png",
+    "masks": ".masks",
+    "rois": ".rois.zip",
+    "coco": ".coco.json",
+    "flat": ".flat.tif",
+    "prob": ".prob.tif",
+}
+"""File name suffix of each output of :func:`write_prediction` (``masks`` is a folder)."""
+
+
+def object_crops(stack: np.ndarray) -> list[tuple[int, int, tuple[slice, slice], np.ndarray]]:
+    """Every object of a label stack as ``(id, slice index, bounding box, boolean crop)``.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``.
+
+    Returns
+    -------
+    list of tuple
+        Sorted by id; the bounding box indexes the image, the crop is the mask inside it.
+    """
+    stack = np.asarray(stack)
+    objects = []
+    for layer_index, layer in enumerate(stack):
+        if not layer.any():
+            continue
+        labels = layer.astype(np.int64, copy=False)
+        for label, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is not None:
+                objects.append((label, layer_index, box, layer[box] == label))
+    objects.sort(key=lambda item: item[0])
+    return objects
+
+
+def save_masks(folder: str | os.PathLike, stack: np.ndarray) -> list[str]:
+    """Write one 0/255 PNG per object (``<id>.png``, ids zero-padded to 4 digits) into a folder.
+
+    The folder is filled under a temporary name and renamed, replacing an older folder of the
+    same name, so it never holds a mix of old and new masks.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Output folder (created).
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``.
+
+    Returns
+    -------
+    list of str
+        Paths of the written masks (inside ``folder``).
+    """
+    folder = os.fspath(folder)
+    stack = validate_stack(np.asarray(stack), name=folder)
+    parent = os.path.dirname(os.path.abspath(folder))
+    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=parent)
+    names = []
+    try:
+        height, width = stack.shape[1:]
+        for label, _, box, crop in object_crops(stack):
+            mask = np.zeros((height, width), dtype=np.uint8)
+            mask[box][crop] = 255
+            name = f"{label:04d}.png"
+            write_image_atomic(os.path.join(temporary, name), mask)
+            names.append(name)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(temporary, folder)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return [os.path.join(folder, name) for name in names]
+
+
+def object_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
+    """Outer outlines of the connected parts of a binary mask as ``(x, y)`` polygons.
+
+    The outlines run through the midpoints between object and background pixel centres
+    (marching squares at level 0.5), in ImageJ pixel coordinates (pixel ``(x, y)`` covers
+    ``[x, x + 1) x [y, y + 1)``), so a pixel is inside the polygon exactly when it belongs to the
+    mask (holes excepted). Parts are returned largest first.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        Boolean ``(h, w)`` mask.
+    offset : tuple of int, optional
+        ``(y, x)`` of the mask's top-left pixel in the image.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        float32 ``(P, 2)`` arrays of ``x, y`` vertices.
+    """
+    padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)
+    polygons = []
+    for contour in measure.find_contours(padded, 0.5):
+        rows, cols = contour[:, 0], contour[:, 1]
+        signed_area = 0.5 * float(np.sum(cols[:-1] * rows[1:] - cols[1:] * rows[:-1]))
+        if signed_area <= 0:
+            continue  # a hole
+        points = np.stack([cols - 1 + 0.5 + offset[1], rows - 1 + 0.5 + offset[0]], axis=1)
+        polygons.append((signed_area, points[:-1].astype(np.float32)))
+    polygons.sort(key=lambda item: -item[0])
+    return [points for _, points in polygons]
+
+
+def save_rois(path: str | os.PathLike, stack: np.ndarray) -> int:
+    """Write a Fiji ROI Manager zip with one polygon ROI per connected part of each object.
+
+    ROI names are ``<id>-L<slice>`` (slice 1-based, as in Fiji), with ``-<part>`` appended for
+    the second and further parts of an object split into several pieces.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.zip``.
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``.
+
+    Returns
+    -------
+    int
+        Number of ROIs written.
+    """
+    path = os.fspath(path)
+    stack = validate_stack(np.asarray(stack), name=path)
+    rois = []
+    for label, layer_index, box, crop in object_crops(stack):
+        offset = (box[0].start, box[1].start)
+        for part, points in enumerate(object_polygons(crop, offset)):
+            name = f"{label:04d}-L{layer_index + 1}" + (f"-{part + 1}" if part else "")
+            rois.append(roifile.ImagejRoi.frompoints(points, name=name))
+
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".zip",
+                                         dir=folder)
+    os.close(handle)
+    try:
+        roifile.roiwrite(temporary, rois, mode="w")  # a .zip name makes roifile write a zip
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return len(rois)
+
+
+def rle_encode(crop: np.ndarray, box: tuple[slice, slice], shape: tuple[int, int]
+               ) -> dict[str, Any]:
+    """COCO compressed RLE of an object given by its crop, without forming the full mask.
+
+    Parameters
+    ----------
+    crop : numpy.ndarray
+        Boolean mask inside ``box``.
+    box : tuple of slice
+        Bounding box of the crop in the image.
+    shape : tuple of int
+        ``(H, W)`` of the image.
+
+    Returns
+    -------
+    dict
+        ``{"size": [H, W], "counts": str}`` as in COCO annotation files.
+    """
+    height, width = shape
+    columns = np.zeros((box[1].stop - box[1].start, height), dtype=np.uint8)
+    columns[:, box[0]] = crop.T  # column-major order: one row per image column
+    flat = columns.reshape(-1)
+    start = box[1].start * height
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    edges = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(edges).tolist()
+    if flat[0]:
+        runs = [0] + runs
+    runs[0] += start
+    if len(runs) % 2 == 0:  # ends with a run of ones
+        runs.append(0)
+    runs[-1] += height * width - start - flat.size
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def coco_annotations(stack: np.ndarray, file_name: str, image_id: int = 1,
+                     category: str = "object") -> dict[str, Any]:
+    """COCO instance-segmentation dict (images, annotations, categories) of one label stack.
+
+    Each object becomes one annotation with a compressed RLE ``segmentation``, its ``area`` in
+    pixels, ``bbox`` ``[x, y, width, height]``, ``iscrowd`` 0, ``category_id`` 1 and, for the
+    way back, ``layernet_id`` (the id) and ``layernet_slice`` (its slice, 0-based).
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``.
+    file_name : str
+        Name of the image file recorded in ``images``.
+    image_id : int, optional
+        COCO image id.
+    category : str, optional
+        Name of the single category.
+
+    Returns
+    -------
+    dict
+    """
+    stack = np.asarray(stack)
+    height, width = stack.shape[1:]
+    annotations = []
+    for label, layer_index, box, crop in object_crops(stack):
+        annotations.append({
+            "id": len(annotations) + 1,
+            "image_id": image_id,
+            "category_id": 1,
+            "segmentation": rle_encode(crop, box, (height, width)),
+            "area": int(crop.sum()),
+            "bbox": [box[1].start, box[0].start, box[1].stop - box[1].start,
+                     box[0].stop - box[0].start],
+            "iscrowd": 0,
+            "layernet_id": int(label),
+            "layernet_slice": int(layer_index),
+        })
+    return {
+        "images": [{"id": image_id, "file_name": file_name, "height": height, "width": width}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": category}],
+    }
+
+
+def save_coco(path: str | os.PathLike, stack: np.ndarray, file_name: str) -> int:
+    """Write :func:`coco_annotations` of a stack as JSON; return the number of annotations."""
+    path = os.fspath(path)
+    stack = validate_stack(np.asarray(stack), name=path)
+    data = coco_annotations(stack, file_name)
+    text = json.dumps(data, separators=(",", ":")) + "\n"
+    _write_atomically(path, lambda temporary: _write_text(temporary, text))
+    return len(data["annotations"])
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def save_flat(path: str | os.PathLike, stack: np.ndarray, rule: str = "smallest") -> None:
+    """Write the stack flattened to one label image (``(1, H, W)`` uint16 ImageJ TIFF).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.tif``.
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``.
+    rule : {"smallest", "first", "last"}, optional
+        Owner of overlap pixels, see :func:`layernet.instances.flatten_stack`.
+    """
+    write_label_stack(path, flatten_stack(np.asarray(stack), rule=rule)[None])
+
+
+def save_probability_maps(path: str | os.PathLike, foreground: np.ndarray,
+                          layering: np.ndarray) -> None:
+    """Write the raw maps as a float32 ImageJ TIFF: slice 1 foreground, slices 2.. the layers.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.tif``.
+    foreground : numpy.ndarray
+        ``(H, W)`` foreground probability.
+    layering : numpy.ndarray
+        ``(H, W, N)`` layer activations.
+    """
+    data = np.concatenate([np.asarray(foreground, np.float32)[None],
+                           np.moveaxis(np.asarray(layering, np.float32), -1, 0)])
+    _write_atomically(os.fspath(path), lambda temporary: tifffile.imwrite(
+        temporary, data, imagej=True, metadata={"axes": "ZYX"}))
+
+
+def write_prediction(
+    prefix: str,
+    stack: np.ndarray,
+    image: np.ndarray | None = None,
+    overlay: bool = True,
+    masks: bool = False,
+    rois: bool = False,
+    coco: bool = False,
+    flat: bool = False,
+    maps: tuple[np.ndarray, np.ndarray] | None = None,
+    file_name: str | None = None,
+) -> list[str]:
+    """Write the outputs of one predicted image as ``<prefix><suffix>`` (:data:`OUTPUT_SUFFIXES`).
+
+    Parameters
+    ----------
+    prefix : str
+        Output path without suffix, e.g. ``out/img`` for ``out/img.layers.tif``.
+    stack : numpy.ndarray
+        Predicted label stack ``(L, H, W)``; always written (``.layers.tif``).
+    image : numpy.ndarray, optional
+        Raw ``(H, W, C)`` image, needed for the overlay.
+    overlay, masks, rois, coco, flat : bool, optional
+        Which additional outputs to write.
+    maps : tuple of numpy.ndarray, optional
+        ``(foreground, layering)`` to write as ``.prob.tif``.
+    file_name : str, optional
+        Image file name recorded in the COCO file (default: the prefix's base name).
+
+    Returns
+    -------
+    list of str
+        The written paths.
+    """
+    written = []
+    path = prefix + OUTPUT_SUFFIXES["layers"]
+    write_label_stack(path, stack)
+    written.append(path)
+    if overlay:
+        if image is None:
+            raise ValueError(f"{prefix}: the overlay needs the image")
+        path = prefix + OUTPUT_SUFFIXES["overlay"]
+        write_image_atomic(path, outline_overlay(display_image(image), stack))
+        written.append(path)
+    if masks:
+        path = prefix + OUTPUT_SUFFIXES["masks"]
+        save_masks(path, stack)
+        written.append(path)
+    if rois:
+        path = prefix + OUTPUT_SUFFIXES["rois"]
+        save_rois(path, stack)
+        written.append(path)
+    if coco:
+        path = prefix + OUTPUT_SUFFIXES["coco"]
+        save_coco(path, stack, file_name or os.path.basename(prefix))
+        written.append(path)
+    if flat:
+        path = prefix + OUTPUT_SUFFIXES["flat"]
+        save_flat(path, stack)
+        written.append(path)
+    if maps is not None:
+        path = prefix + OUTPUT_SUFFIXES["prob"]
+        save_probability_maps(path, *maps)
+        written.append(path)
+    return written
