@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from datasets import DATASETS, SPLITS, Sample, load_dataset
-from layernet.instances import _greedy_colouring, coverage, foreground, num_objects
+from layernet.instances import greedy_colouring, coverage, foreground, num_objects
 from layernet.io import write_image_atomic
 from layernet.targets import adjacency_matrix
 
@@ -62,7 +62,7 @@ def greedy_layer_count(adjacency: np.ndarray) -> int:
         return 0
     neighbours = [set(np.flatnonzero(row).tolist()) for row in graph]
     order = sorted(range(count), key=lambda k: (-len(neighbours[k]), k))
-    return max(_greedy_colouring(neighbours, order)) + 1
+    return max(greedy_colouring(neighbours, order)) + 1
 
 
 def summarize(samples: Sequence[Sample], distance: float = 15.0, layers: int = 8) -> dict:

@@ -30,6 +30,7 @@ __all__ = [
     "LabelStackError",
     "validate_stack",
     "stack_from_masks",
+    "greedy_colouring",
     "stack_from_label_image",
     "masks_from_stack",
     "object_ids",
@@ -107,7 +108,22 @@ def num_objects(stack: np.ndarray) -> int:
     return int(object_ids(stack).size)
 
 
-def _greedy_colouring(adjacent: list[set[int]], order: Sequence[int]) -> list[int]:
+def greedy_colouring(adjacent: list[set[int]], order: Sequence[int]) -> list[int]:
+    """Colour a graph greedily: each node in ``order`` takes the smallest colour unused by its
+    already coloured neighbours.
+
+    Parameters
+    ----------
+    adjacent : list of set of int
+        ``adjacent[k]`` holds the neighbours of node ``k``.
+    order : sequence of int
+        The order in which nodes are coloured.
+
+    Returns
+    -------
+    list of int
+        The colour (0, 1, ...) of every node.
+    """
     colour = [-1] * len(adjacent)
     for node in order:
         used = {colour[other] for other in adjacent[node] if colour[other] >= 0}
@@ -167,7 +183,7 @@ def stack_from_masks(
     np.fill_diagonal(overlap, False)
     adjacent = [set(np.flatnonzero(row).tolist()) for row in overlap]
     order = sorted(range(count), key=lambda k: (-len(adjacent[k]), k))
-    colour = _greedy_colouring(adjacent, order)
+    colour = greedy_colouring(adjacent, order)
     stack = np.zeros((max(colour) + 1, height, width), dtype=dtype)
     for k, (mask, c) in enumerate(zip(masks_list, colour)):
         stack[c][mask] = k + 1
