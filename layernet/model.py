@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import h5py
 import keras
@@ -153,7 +154,14 @@ def load_model_weights(model: keras.Model, path: str | os.PathLike) -> keras.Mod
     if path.endswith((".h5", ".hdf5")) and not h5py.is_hdf5(path):
         raise ModelWeightsError(f"{path}: not an HDF5 model/weights file")
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+        skipped = [str(w.message) for w in caught
+                   if "freshly-initialized" in str(w.message) or "could not be loaded"
+                   in str(w.message)]
+        if skipped:
+            raise ValueError(f"some weights were not loaded: {skipped[0]}")
     except (ValueError, KeyError, OSError, TypeError, AttributeError) as error:
         detail = " ".join(str(error).split())
         if len(detail) > 300:

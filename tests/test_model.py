@@ -117,6 +117,11 @@ def test_h5_save_load_weights_round_trip(tmp_path):
     got = fresh(x, training=False)
     for name in ("foreground", "layering"):
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]))
+    # Keras 3 weights files load too
+    model.save_weights(tmp_path / "best.weights.h5")
+    again = load_model_weights(build_model(config), tmp_path / "best.weights.h5")
+    np.testing.assert_array_equal(np.asarray(again(x, training=False)["foreground"]),
+                                  np.asarray(expected["foreground"]))
     # plain Keras also reads it
     other = build_model(config)
     other.load_weights(path)
@@ -133,6 +138,10 @@ def test_wrong_weights_give_one_line_error(tmp_path):
     with pytest.raises(ModelWeightsError, match=r"best\.h5: cannot load weights") as info:
         load_model_weights(build_model(tiny_config("S", layers=4)), path)
     assert "\n" not in str(info.value)
+    keras3 = tmp_path / "small.weights.h5"
+    build_model(tiny_config("S")).save_weights(keras3)
+    with pytest.raises(ModelWeightsError, match=r"small\.weights\.h5: cannot load weights"):
+        load_model_weights(build_model(tiny_config("M")), keras3)
     junk = tmp_path / "junk.h5"
     junk.write_text("not a model")
     with pytest.raises(ModelWeightsError, match=r"junk\.h5: not an HDF5"):
