@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--size", choices=("S", "M", "L"), help="UNet-S/M/L: 3/4/5 poolings (M)")
     model.add_argument("--filters", type=int, help="filters of the first UNet level (64)")
     model.add_argument("--layers", type=int, help="N, number of output layers (8)")
+    model.add_argument("--head-filters", type=int, help="filters of the two 3x3 convs per head (64)")
     model.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
                        help="compute precision (float32)")
     fit = parser.add_argument_group("optimisation")
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--steps-per-epoch", type=int, help="steps per epoch (0 = one pass over the images)")
     fit.add_argument("--batch-size", type=int, help="images per step (8)")
     fit.add_argument("--patch-size", type=int, help="side of the random training crops (256)")
+    fit.add_argument("--minutes", type=float, help="stop after this wall time in minutes; the "
+                     "epoch in progress is closed (validated, checkpointed) (0 = no limit)")
     fit.add_argument("--lr", type=float, help="initial learning rate (1e-4), x0.9 every 10k steps")
     fit.add_argument("--seed", type=int, help="seed of split, augmentation and initialisation (0)")
     fit.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
@@ -99,10 +102,10 @@ def build_config(args: argparse.Namespace):
     overrides = {
         "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
         "channels": args.channels, "val_fraction": args.val_fraction, "size": args.size,
-        "filters": args.filters, "layers": args.layers, "precision": args.precision,
+        "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers, "precision": args.precision,
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
-        "seed": args.seed, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
+        "seed": args.seed, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if args.phase is None:

@@ -93,6 +93,7 @@ class Config:
     decay_rate: float = 0.9
     seed: int = 0
     strategy: str = "default"  # default | mirrored | multiworker
+    time_budget_minutes: float = 0.0  # stop a training call after this wall time (0 = no limit)
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
 
     # --- post-processing --------------------------------------------------------------------
@@ -130,6 +131,8 @@ class Config:
                 raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
         if self.layers < 2:
             raise ConfigError("config field 'layers' must be at least 2 (N layers)")
+        if self.time_budget_minutes < 0:
+            raise ConfigError("time_budget_minutes must be >= 0")
         if self.epochs < 0 or self.steps_per_epoch < 0 or self.min_size < 0:
             raise ConfigError("epochs, steps_per_epoch and min_size must be >= 0")
         if not 0.0 < self.tau < 1.0:

@@ -245,6 +245,26 @@ class EpochEnd(keras.callbacks.Callback):
                     " (best, saved best.h5)" if improved else "")
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training once ``minutes`` of wall time have passed (the current epoch is closed
+    normally: validated and checkpointed)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if time.perf_counter() - self.start > self.seconds:
+            if not self.model.stop_training:
+                logger.info("time budget of %.1f min reached; finishing this epoch",
+                            self.seconds / 60.0)
+            self.model.stop_training = True
+
+
 def _restore_optimizer(optimizer: keras.optimizers.Optimizer, net: keras.Model,
                        path: str) -> None:
     arrays = runfolder.load_arrays(path)
@@ -340,6 +360,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
                          int(state["best_epoch"]))
     callbacks = [epoch_end, keras.callbacks.TensorBoard(
         os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
+    if config.time_budget_minutes > 0:
+        callbacks.insert(0, TimeBudget(config.time_budget_minutes))
     initial_epoch = int(state["epoch"])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
