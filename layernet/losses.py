@@ -53,6 +53,7 @@ __all__ = [
     "overlap_free_id_map",
     "foreground_loss",
     "layering_loss",
+    "combine_layering_sums",
     "object_layers",
     "overlap_targets",
     "overlap_loss",
@@ -215,31 +216,62 @@ def _layering_terms(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor
         repulsion_image = tf.reduce_sum(per_object, axis=1)
         repulsion_count = tf.reduce_sum(present, axis=1)
 
+    all_pixels = tf.cast(tf.reduce_prod(shape[:3]), tf.float32)
+    return combine_layering_sums(attraction_image, pixels_image, repulsion_image,
+                                 repulsion_count, sparsity_image, all_pixels, repulsion_mode,
+                                 sparsity_mode, per_image)
+
+
+def combine_layering_sums(attraction: tf.Tensor, pixels: tf.Tensor, repulsion: tf.Tensor,
+                          repulsion_count: tf.Tensor, sparsity: tf.Tensor, all_pixels: tf.Tensor,
+                          repulsion_mode: str, sparsity_mode: str,
+                          per_image: bool) -> dict[str, tf.Tensor]:
+    """Turn per-image sums and counts ``(B,)`` into the batch's layering terms.
+
+    Parameters
+    ----------
+    attraction, sparsity : tf.Tensor
+        Per image, the sums over the overlap-free foreground of ``1 - D(e_p, u_i)^2`` and of the
+        sparsity summand.
+    pixels : tf.Tensor
+        Per image, the number of overlap-free foreground pixels.
+    repulsion, repulsion_count : tf.Tensor
+        Per image, the repulsion numerator and its count (present objects for
+        ``repulsion_mode="object"``, adjacent ordered pairs for ``"pair"``).
+    all_pixels : tf.Tensor
+        ``B * H * W`` (denominator of the authors' sparsity).
+    repulsion_mode, sparsity_mode : str
+        As in :class:`layernet.config.Config`.
+    per_image : bool
+        Average per-image ratios over the images with overlap-free foreground (True) or pool the
+        sums over the batch (False).
+
+    Returns
+    -------
+    dict of str to tf.Tensor
+        Scalars ``attraction``, ``repulsion``, ``sparsity``.
+    """
+
     def repulsion_ratio(total: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
         if repulsion_mode == "pair":
             return total / (count + PAIR_EPSILON)
         return total / tf.maximum(count, 1.0)
 
-    all_pixels = tf.cast(tf.reduce_prod(shape[:3]), tf.float32)
     if per_image:
-        nonempty = tf.cast(pixels_image > 0, tf.float32)
-        images = tf.maximum(tf.reduce_sum(nonempty), 1.0)
-        guarded_pixels = tf.maximum(pixels_image, 1.0)
-        attraction = tf.reduce_sum(attraction_image / guarded_pixels) / images
-        repulsion = tf.reduce_sum(repulsion_ratio(repulsion_image, repulsion_count)) / images
-        if sparsity_mode == "authors":
-            sparsity = tf.reduce_sum(sparsity_image) / all_pixels
-        else:
-            sparsity = tf.reduce_sum(sparsity_image / guarded_pixels) / images
+        images = tf.maximum(tf.reduce_sum(tf.cast(pixels > 0, tf.float32)), 1.0)
+        guarded_pixels = tf.maximum(pixels, 1.0)
+        attraction_term = tf.reduce_sum(attraction / guarded_pixels) / images
+        repulsion_term = tf.reduce_sum(repulsion_ratio(repulsion, repulsion_count)) / images
+        sparsity_term = tf.reduce_sum(sparsity / guarded_pixels) / images
     else:
-        pixels = tf.maximum(tf.reduce_sum(pixels_image), 1.0)
-        attraction = tf.reduce_sum(attraction_image) / pixels
-        repulsion = repulsion_ratio(tf.reduce_sum(repulsion_image), tf.reduce_sum(repulsion_count))
-        if sparsity_mode == "authors":
-            sparsity = tf.reduce_sum(sparsity_image) / all_pixels
-        else:
-            sparsity = tf.reduce_sum(sparsity_image) / pixels
-    return {"attraction": attraction, "repulsion": repulsion, "sparsity": sparsity}
+        guarded_pixels = tf.maximum(tf.reduce_sum(pixels), 1.0)
+        attraction_term = tf.reduce_sum(attraction) / guarded_pixels
+        repulsion_term = repulsion_ratio(tf.reduce_sum(repulsion), tf.reduce_sum(repulsion_count))
+        sparsity_term = tf.reduce_sum(sparsity) / guarded_pixels
+    if sparsity_mode == "authors":
+        sparsity_term = tf.reduce_sum(sparsity) / all_pixels
+    return {"attraction": attraction_term, "repulsion": repulsion_term,
+            "sparsity": sparsity_term}
 
 
 def layering_loss(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor,
