@@ -9,6 +9,12 @@ Phase 2 starts from the best phase-1 model and adds overlap completion:
 
     python train.py --phase overlap --init runs/demo-layering/best.h5 --out runs/demo-overlap
 
+The paper's baselines (Sec. 3.3) train with the same backbone, loop and run folder; a
+single phase, cross-entropy on object/background (UNet-2) or object/boundary/background with a
+pseudo-boundary through overlaps (UNet-3):
+
+    python train.py --method unet3 --out runs/demo-unet3
+
 An interrupted run continues where it stopped (last completed epoch, same optimizer state and
 learning-rate schedule):
 
@@ -35,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run = parser.add_argument_group("run")
+    run.add_argument("--method", choices=("layering", "unet2", "unet3"),
+                     help="model: layering (the paper's, default), or the baselines unet2 "
+                     "(object/background) and unet3 (object/boundary/background)")
     run.add_argument("--phase", choices=("layering", "overlap"),
                      help="'layering' (phase 1) or 'overlap' (phase 2, needs --init); default layering")
     run.add_argument("--init", metavar="MODEL", help="weights to start from: the best.h5 of a phase-1 "
@@ -100,7 +109,7 @@ def build_config(args: argparse.Namespace):
     if args.config:
         values.update(Config.load(args.config).to_dict())
     overrides = {
-        "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
+        "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
         "channels": args.channels, "val_fraction": args.val_fraction, "size": args.size,
         "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers, "precision": args.precision,
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
@@ -109,7 +118,8 @@ def build_config(args: argparse.Namespace):
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if args.phase is None:
-        values["phase"] = "overlap" if args.init else "layering"
+        values["phase"] = ("overlap" if args.init and values.get("method", "layering") == "layering"
+                           else "layering")
     if args.data is not None and args.init and args.data != values.get("data"):
         values["data_options"] = {}
     options = dict(values.get("data_options") or {})
@@ -138,14 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config, run_dir, resume=True)
     else:
         config = build_config(args)
-        run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{config.phase}")
+        suffix = config.phase if config.method == "layering" else config.method
+        run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{suffix}")
         result = train(config, run_dir, init=args.init)
     last = result["last"]
     print(f"run folder: {result['run_dir']}")
     print(f"best validation meanAP {result['best_score']:.4f} at epoch {result['best_epoch']}"
           + (f"; last epoch: meanAP {last.get('val_meanAP', float('nan')):.4f}, "
              f"AJI {last.get('val_AJI', float('nan')):.4f}" if last else ""))
-    if config.phase == "layering":
+    if config.method == "layering" and config.phase == "layering":
         print("next: python train.py --phase overlap --init "
               f"{os.path.join(result['run_dir'], runfolder.BEST_FILE)}")
     return 0

@@ -18,6 +18,10 @@ CONFIG_VERSION = 1
 
 MODEL_SIZES = {"S": 3, "M": 4, "L": 5}
 
+METHODS = ("layering", "unet2", "unet3")
+"""``layering`` = the paper's model; ``unet2`` / ``unet3`` = the semantic-segmentation baselines of
+the paper's Sec. 3.3 (:mod:`layernet.baselines`)."""
+
 
 class ConfigError(ValueError):
     """Raised for an unreadable, invalid or incompatible configuration."""
@@ -42,6 +46,8 @@ class Config:
     val_fraction: float = 0.1  # seeded train/validation split of the training data
 
     # --- model ------------------------------------------------------------------------------
+    # "layering" (paper), "unet2" (object/background) or "unet3" (object/boundary/background)
+    method: str = "layering"
     size: str = "M"  # UNet-S/M/L = 3/4/5 poolings
     filters: int = 64  # filters of the first UNet level (doubled per level)
     layers: int = 8  # N, channels of the layering head
@@ -108,6 +114,7 @@ class Config:
     def validate(self) -> "Config":
         """Check every value; raise :class:`ConfigError` naming the first bad field."""
         choices = {
+            "method": METHODS,
             "size": tuple(MODEL_SIZES),
             "mean_mode": ("raw", "normalized"),
             "repulsion_mode": ("object", "pair"),
@@ -147,6 +154,9 @@ class Config:
             raise ConfigError("connectivity must be 1 (4-neighbours) or 2 (8-neighbours)")
         if self.learning_rate <= 0 or not 0 < self.decay_rate <= 1:
             raise ConfigError("learning_rate must be > 0 and decay_rate in (0, 1]")
+        if self.method != "layering" and self.phase != "layering":
+            raise ConfigError(f"method {self.method!r} has a single training phase; phase must be "
+                              "'layering' (overlap completion belongs to the layering method)")
         stride = 2 ** MODEL_SIZES[self.size]
         if self.patch_size % stride:
             raise ConfigError(

@@ -3,6 +3,10 @@
 The image is normalised exactly as in training (:func:`layernet.normalize.percentile_normalize`),
 padded to a multiple of the network stride, passed through the network in inference mode, and
 cropped back. Instances come from Algorithm 1 (:func:`layernet.postprocess.postprocess`).
+
+For the baselines (``config.method`` ``"unet2"``/``"unet3"``, :mod:`layernet.baselines`) the two
+maps are the foreground probability and the semantic head's class probabilities ``(H, W, C)``
+in place of the layering, and instances come from the baseline's post-processing.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from layernet import baselines
 from layernet.config import Config
+from layernet.model import SEMANTIC_CHANNELS
 from layernet.normalize import percentile_normalize
 from layernet.postprocess import postprocess
 
@@ -72,6 +78,9 @@ class Predictor:
         padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="reflect"
                         if min(height, width) > max(pad_h, pad_w) else "constant")
         outputs = self._forward(tf.convert_to_tensor(padded, tf.float32))
+        if self.config.method != "layering":
+            semantic = outputs["semantic"].numpy()[:, :height, :width, :]
+            return baselines.maps_from_outputs(semantic, self.config.method)
         foreground = outputs["foreground"].numpy()[:, :height, :width, 0]
         layering = outputs["layering"].numpy()[:, :height, :width, :]
         return foreground.astype(np.float32), layering.astype(np.float32)
@@ -80,10 +89,34 @@ class Predictor:
         """Probability maps of a raw ``(H, W, C)`` image (normalised here)."""
         return self.maps_normalized(self.normalize(image))
 
-    def instances_from_maps(self, foreground: np.ndarray, layering: np.ndarray) -> np.ndarray:
-        """Apply Algorithm 1 with the run's post-processing parameters; return a label stack."""
+    @property
+    def map_channels(self) -> int:
+        """Channels of the second map: ``N`` layers, or the baseline's class count."""
+        if self.config.method != "layering":
+            return SEMANTIC_CHANNELS[self.config.method]
+        return self.config.layers
+
+    def instances_from_maps(self, foreground: np.ndarray, layering: np.ndarray,
+                            min_size: int | None = None) -> np.ndarray:
+        """Apply Algorithm 1 (or the baseline's post-processing) with the run's parameters.
+
+        Parameters
+        ----------
+        foreground, layering : numpy.ndarray
+            Maps of one image, as returned by :meth:`maps_normalized`.
+        min_size : int or None, optional
+            Overrides ``config.min_size`` (e.g. 0 for tiles that are screened after stitching).
+
+        Returns
+        -------
+        numpy.ndarray
+            Label stack: ``(N, H, W)`` for layering, ``(1, H, W)`` for the baselines.
+        """
         config = self.config
-        return postprocess(foreground, layering, tau=config.tau, min_size=config.min_size,
+        size = config.min_size if min_size is None else int(min_size)
+        if config.method != "layering":
+            return baselines.instances_from_semantic(layering, config, min_size=size)
+        return postprocess(foreground, layering, tau=config.tau, min_size=size,
                            overlap_layers=config.overlap_layers, connectivity=config.connectivity)
 
     def instances_normalized(self, image: np.ndarray) -> np.ndarray:

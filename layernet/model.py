@@ -47,6 +47,10 @@ __all__ = [
 
 OUTPUT_NAMES = ("foreground", "layering")
 
+SEMANTIC_CHANNELS = {"unet2": 1, "unet3": 3}
+"""Channels of the ``"semantic"`` head of the baselines: UNet-2 one sigmoid (object
+probability), UNet-3 a softmax over background / object / boundary."""
+
 
 class ModelWeightsError(ValueError):
     """Raised when a weights file cannot be loaded into a model."""
@@ -72,8 +76,8 @@ def build_model(config: Config) -> keras.Model:
     Parameters
     ----------
     config : Config
-        Uses ``channels``, ``depth`` (from ``size``), ``filters``, ``head_filters`` and
-        ``layers``.
+        Uses ``method``, ``channels``, ``depth`` (from ``size``), ``filters``,
+        ``head_filters`` and ``layers``.
 
     Returns
     -------
@@ -81,6 +85,10 @@ def build_model(config: Config) -> keras.Model:
         Input ``"image"`` of shape ``(None, None, config.channels)``; outputs a dict
         ``{"foreground": (B, H, W, 1), "layering": (B, H, W, config.layers)}`` of float32
         sigmoid probabilities. ``H`` and ``W`` must be multiples of ``config.stride``.
+        For the baselines (``config.method`` ``"unet2"`` / ``"unet3"``) the same backbone has a
+        single head (``sem_head_*`` layers) and the output dict is ``{"semantic": (B, H, W, 1)}``
+        (sigmoid object probability) or ``{"semantic": (B, H, W, 3)}`` (softmax over
+        background, object, boundary).
     """
     depth = config.depth
     inputs = keras.Input(shape=(None, None, config.channels), name="image")
@@ -98,13 +106,19 @@ def build_model(config: Config) -> keras.Model:
         x = keras.layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level - 1]])
         x = _double_conv(x, filters, f"dec{level}")
     features = x
+    if config.method == "layering":
+        specs = (("foreground", "fg_head", 1, "sigmoid"),
+                 ("layering", "layer_head", config.layers, "sigmoid"))
+        name = f"layernet_unet{config.size}"
+    else:  # baselines (layernet.baselines): one semantic head on the same backbone
+        specs = (("semantic", "sem_head", SEMANTIC_CHANNELS[config.method],
+                  "sigmoid" if config.method == "unet2" else "softmax"),)
+        name = f"{config.method}_unet{config.size}"
     heads = {}
-    for output_name, prefix, channels in (("foreground", "fg_head", 1),
-                                          ("layering", "layer_head", config.layers)):
+    for output_name, prefix, channels, activation in specs:
         h = _double_conv(features, config.head_filters, prefix)
-        heads[output_name] = keras.layers.Conv2D(channels, 1, activation="sigmoid",
+        heads[output_name] = keras.layers.Conv2D(channels, 1, activation=activation,
                                                  dtype="float32", name=output_name)(h)
-    name = f"layernet_unet{config.size}"
     return keras.Model(inputs=inputs, outputs=heads, name=name)
 
 

@@ -16,6 +16,8 @@ Batch format (every element a dict of tensors; losses and training rely on it)::
     "stack"     (B, P, P, L)     int32 channels-last label stack, ids 1..K, 0 = background
     "adjacency" (B, K+1, K+1)    float32 0/1, row/column 0 (background) and diagonal zero
     "layer_of"  (B, K+1)         int32 object -> layer (phase 2), -1 where unknown
+    "semantic"  (B, P, P)        int32 class map, only when the samples carry one (UNet-3
+                                 baseline, :mod:`layernet.baselines`); augmented with the stack
 
 ``L`` is padded to the largest stack of the batch and ``K + 1`` to the largest object count of the
 batch rounded up to a multiple of :data:`OBJECT_PAD` (16), which bounds the number of distinct
@@ -80,12 +82,17 @@ class PreparedSample:
         background, all False).
     name : str
         The sample's name.
+    semantic : numpy.ndarray or None
+        Optional ``(H, W)`` integer class map computed from the un-augmented stack (the UNet-3
+        baseline's target, :func:`layernet.baselines.attach_semantic_targets`); it becomes the
+        batch key ``"semantic"`` and is resampled with the stack (nearest neighbour).
     """
 
     image: np.ndarray
     stack: np.ndarray
     adjacency: np.ndarray
     name: str
+    semantic: np.ndarray | None = None
 
     @property
     def num_objects(self) -> int:
@@ -188,9 +195,12 @@ def _element(sample: PreparedSample, layer_of: np.ndarray | None, stride: int | 
     """Numpy arrays of one dataset element (channels-last stack, padded objects)."""
     image = sample.image
     stack = np.ascontiguousarray(np.moveaxis(sample.stack, 0, -1))
+    semantic = None if sample.semantic is None else np.asarray(sample.semantic, np.int32)
     if stride is not None:
         image, _ = pad_to_stride(image, stride)
         stack, _ = pad_to_stride(stack, stride)
+        if semantic is not None:
+            semantic, _ = pad_to_stride(semantic, stride)
     segments = sample.adjacency.shape[0]
     padded = _round_up(segments, OBJECT_PAD)
     adjacency = np.zeros((padded, padded), np.float32)
@@ -201,8 +211,11 @@ def _element(sample: PreparedSample, layer_of: np.ndarray | None, stride: int | 
     if layer_of is not None:
         layers[:segments] = layer_of
         layers[0] = -1
-    return {"image": image.astype(np.float32, copy=False), "stack": stack.astype(np.int32),
-            "adjacency": adjacency, "layer_of": layers}
+    element = {"image": image.astype(np.float32, copy=False), "stack": stack.astype(np.int32),
+               "adjacency": adjacency, "layer_of": layers}
+    if semantic is not None:
+        element["semantic"] = semantic
+    return element
 
 
 def _check_layer_of(prepared: Sequence[PreparedSample], layer_of: Sequence[np.ndarray] | None
@@ -225,7 +238,8 @@ def _check_layer_of(prepared: Sequence[PreparedSample], layer_of: Sequence[np.nd
 
 
 def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: bool,
-                 layer_of: Sequence[np.ndarray] | None = None) -> tf.data.Dataset:
+                 layer_of: Sequence[np.ndarray] | None = None, start: int = 0
+                 ) -> tf.data.Dataset:
     """Build the ``tf.data`` pipeline of batches described in the module docstring.
 
     Parameters
@@ -243,6 +257,9 @@ def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: b
     layer_of : sequence of numpy.ndarray or None, optional
         Per sample an integer array of length ``K + 1`` (index = object id; entry 0 ignored),
         the frozen phase-2 layer of each object, -1 where unknown. None: all -1.
+    start : int, optional
+        Training only: begin the stream at this element (``step * batch_size`` of a resumed
+        run), so a resumed run sees the same crops and augmentations as an uninterrupted one.
 
     Returns
     -------
@@ -257,6 +274,9 @@ def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: b
     if not prepared:
         raise PipelineError("make_dataset got no samples")
     layers = _check_layer_of(prepared, layer_of)
+    with_semantic = [sample.semantic is not None for sample in prepared]
+    if any(with_semantic) and not all(with_semantic):
+        raise PipelineError("either every sample or none must carry a semantic class map")
     stride = None if training else config.stride
     elements = [_element(sample, lay, stride) for sample, lay in zip(prepared, layers)]
     options = tf.data.Options()
@@ -276,7 +296,9 @@ def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: b
         keys = tf.random.stateless_uniform([count], seed=tf.stack([seed, -1 - epoch]))
         return tf.data.Dataset.from_tensor_slices(tf.cast(tf.argsort(keys), tf.int64))
 
-    order = tf.data.Dataset.range(2 ** 62).flat_map(epoch_order)
+    if start < 0:
+        raise PipelineError(f"start must be >= 0, got {start}")
+    order = tf.data.Dataset.range(2 ** 62).flat_map(epoch_order).skip(start)
     dataset = tf.data.Dataset.choose_from_datasets([d.repeat() for d in per_sample], order)
     size = config.patch_size
     margin = patch_margin(config)
@@ -285,6 +307,9 @@ def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: b
                          ) -> dict[str, tf.Tensor]:
         seeds = tf.random.experimental.stateless_split(tf.stack([seed, position]), num=2)
         image, stack = element["image"], element["stack"]
+        semantic = "semantic" in element
+        if semantic:  # resampled exactly like the stack: one more (nearest) channel
+            stack = tf.concat([stack, element["semantic"][..., None]], axis=-1)
         if margin:
             paddings = [[margin, margin], [margin, margin], [0, 0]]
             image = tf.pad(image, paddings)
@@ -294,15 +319,22 @@ def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: b
         if margin:
             image = center_crop(image, size)
             stack = center_crop(stack, size)
-        return {"image": image, "stack": stack, "adjacency": element["adjacency"],
-                "layer_of": element["layer_of"]}
+        result = {"image": image, "adjacency": element["adjacency"],
+                  "layer_of": element["layer_of"]}
+        if semantic:
+            result["semantic"] = stack[..., -1]
+            stack = stack[..., :-1]
+        result["stack"] = stack
+        return result
 
-    dataset = dataset.enumerate().map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
+    dataset = dataset.enumerate(start=start).map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
                                       deterministic=True)
-    dataset = dataset.padded_batch(
-        config.batch_size,
-        padded_shapes={"image": [size, size, config.channels], "stack": [size, size, None],
-                       "adjacency": [None, None], "layer_of": [None]},
-        padding_values={"image": 0.0, "stack": 0, "adjacency": 0.0, "layer_of": -1},
-        drop_remainder=True)
+    padded_shapes = {"image": [size, size, config.channels], "stack": [size, size, None],
+                     "adjacency": [None, None], "layer_of": [None]}
+    padding_values = {"image": 0.0, "stack": 0, "adjacency": 0.0, "layer_of": -1}
+    if all(with_semantic):
+        padded_shapes["semantic"] = [size, size]
+        padding_values["semantic"] = 0
+    dataset = dataset.padded_batch(config.batch_size, padded_shapes=padded_shapes,
+                                   padding_values=padding_values, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from layernet import runfolder
+from layernet import baselines, runfolder
 from layernet.config import Config, ConfigError
 from layernet.inference import Predictor
 from layernet.losses import compute_losses, object_layers
@@ -65,7 +65,8 @@ class LayeringTrainer(keras.Model):
     net : keras.Model
         The network (:func:`layernet.model.build_model`).
     config : Config
-        Loss options.
+        Loss options; for ``config.method`` ``"unet2"``/``"unet3"`` the baseline's
+        cross-entropy (:func:`layernet.baselines.semantic_losses`) replaces the layernet losses.
     phase : str
         ``"layering"`` or ``"overlap"``.
     """
@@ -75,7 +76,12 @@ class LayeringTrainer(keras.Model):
         self.net = net
         self.config = config
         self.phase = phase
-        names = [name for name in LOSS_NAMES if name != "overlap" or phase == "overlap"]
+        if config.method == "layering":
+            self.loss_function = compute_losses
+            names = [name for name in LOSS_NAMES if name != "overlap" or phase == "overlap"]
+        else:
+            self.loss_function = baselines.semantic_losses
+            names = list(baselines.LOSS_NAMES)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
@@ -95,7 +101,7 @@ class LayeringTrainer(keras.Model):
         variables = self.net.trainable_variables
         with tf.GradientTape() as tape:
             outputs = self.net(batch["image"], training=True)
-            losses = compute_losses(outputs, batch, self.config, self.phase)
+            losses = self.loss_function(outputs, batch, self.config, self.phase)
             loss = losses["loss"] / replicas
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
@@ -104,7 +110,7 @@ class LayeringTrainer(keras.Model):
 
     def test_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         outputs = self.net(batch["image"], training=False)
-        return self._update(compute_losses(outputs, batch, self.config, self.phase))
+        return self._update(self.loss_function(outputs, batch, self.config, self.phase))
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -224,9 +230,13 @@ class EpochEnd(keras.callbacks.Callback):
         score = scores["meanAP"]
         improved = score > self.best or self.best_epoch < 0
         path = self.run_dir
-        runfolder.save_model_atomic(net, os.path.join(path, runfolder.LAST_FILE))
+        # The checkpoint is written under pending names, committed by state.json and only then
+        # renamed to last.h5 / last_optimizer.npz (runfolder.commit_pending), so a kill at any
+        # moment leaves a consistent last.h5 + optimizer + state (the previous or this epoch).
+        runfolder.save_model_atomic(
+            net, runfolder.pending_path(path, runfolder.LAST_FILE, epoch + 1))
         runfolder.save_arrays_atomic(
-            os.path.join(path, runfolder.OPTIMIZER_FILE),
+            runfolder.pending_path(path, runfolder.OPTIMIZER_FILE, epoch + 1),
             {f"v{index:04d}": np.asarray(variable.numpy())
              for index, variable in enumerate(optimizer.variables)})
         if improved:
@@ -241,6 +251,7 @@ class EpochEnd(keras.callbacks.Callback):
             "epoch": epoch + 1, "step": step, "best_score": self.best,
             "best_epoch": self.best_epoch, "best_metric": "val_meanAP",
             "phase": self.config.phase})
+        runfolder.commit_pending(path, epoch + 1)
         logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s", epoch + 1, score, scores["AJI"],
                     " (best, saved best.h5)" if improved else "")
 
@@ -322,6 +333,7 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     if config.precision != "float32":
         keras.mixed_precision.set_global_policy(config.precision)
     data = load_training_data(config)
+    baselines.attach_semantic_targets(data.train, config)
 
     strategy = make_strategy(config.strategy)
     with strategy.scope():
@@ -330,8 +342,13 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         optimizer = build_optimizer(config)
         trainer.compile(optimizer=optimizer)
     if resume:
+        runfolder.recover(run_dir, int(state["epoch"]))
         load_model_weights(net, os.path.join(run_dir, runfolder.LAST_FILE))
         _restore_optimizer(optimizer, net, os.path.join(run_dir, runfolder.OPTIMIZER_FILE))
+        if "step" in state and int(optimizer.iterations.numpy()) != int(state["step"]):
+            raise runfolder.RunFolderError(
+                f"{run_dir}: {runfolder.OPTIMIZER_FILE} is at step "
+                f"{int(optimizer.iterations.numpy())} but {runfolder.STATE_FILE} at {state['step']}")
         logger.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"],
                     int(optimizer.iterations.numpy()))
     elif init is not None:
@@ -353,7 +370,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         "connectivity": config.connectivity})
 
     steps = config.steps_per_epoch or max(1, math.ceil(len(data.train) / config.batch_size))
-    dataset = make_dataset(data.train, config, training=True, layer_of=layer_of)
+    dataset = make_dataset(data.train, config, training=True, layer_of=layer_of,
+                           start=int(optimizer.iterations.numpy()) * config.batch_size)
     history = runfolder.read_history(os.path.join(run_dir, runfolder.HISTORY_FILE))
     history = [row for row in history if int(row.get("epoch", 0)) <= int(state["epoch"])]
     epoch_end = EpochEnd(run_dir, config, data.val, history, float(state["best_score"]),
