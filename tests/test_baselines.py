@@ -1,0 +1,305 @@
+"""Tests of the UNet-2 / UNet-3 baselines: targets (pseudo-boundary on hand-made overlaps),
+losses against NumPy, post-processing, pipeline alignment, and short end-to-end runs through
+train / predict / evaluate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from layernet import baselines
+from layernet.baselines import (BOUNDARY, OBJECT, BaselineError, flatten_with_pseudo_boundary,
+                                object_boundaries, pseudo_boundary, semantic_target,
+                                unet2_instances, unet3_instances)
+from layernet.config import Config, ConfigError
+from layernet.instances import stack_from_masks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def two_discs(shift: int = 18) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two discs of radius 12 whose centres are ``shift`` px apart (they overlap for < 24)."""
+    yy, xx = np.mgrid[:40, :64]
+    first = (yy - 20) ** 2 + (xx - 20) ** 2 <= 144
+    second = (yy - 20) ** 2 + (xx - 20 - shift) ** 2 <= 144
+    return stack_from_masks(np.stack([first, second])), first, second
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+# ------------------------------------------------------------------------------------------
+# targets
+
+
+def test_object_boundaries_hand_computed():
+    stack = np.zeros((1, 7, 9), np.int32)
+    stack[0, 1:6, 1:4] = 1      # 5x3 rectangle
+    stack[0, 1:6, 4:8] = 2      # touching 5x4 rectangle on its right
+    expected = np.zeros((7, 9), bool)
+    expected[1:6, 1:8] = True
+    expected[2:5, 2] = False    # interior of the first: only its middle column
+    expected[2:5, 5:7] = False  # interior of the second
+    assert np.array_equal(object_boundaries(stack), expected)
+
+
+def test_object_boundaries_image_border_is_not_a_boundary():
+    stack = np.zeros((1, 5, 5), np.int32)
+    stack[0, :, :3] = 1
+    boundary = object_boundaries(stack)
+    assert np.array_equal(np.argwhere(boundary)[:, 1], np.full(5, 2))
+
+
+def test_object_boundaries_include_contours_inside_overlaps():
+    stack, first, second = two_discs()
+    boundary = object_boundaries(stack)
+    contours = [mask & ~ndimage.binary_erosion(mask, np.ones((3, 3)), border_value=1)
+                for mask in (first, second)]
+    # the inner contour of each disc, also where it runs inside the other disc
+    assert np.array_equal(boundary, contours[0] | contours[1])
+    assert (boundary & first & second).sum() > 10
+
+
+def test_pseudo_boundary_cuts_the_overlap_in_two_halves():
+    stack, first, second = two_discs()
+    overlap = first & second
+    line = pseudo_boundary(stack)
+    target = semantic_target(stack, "unet3")
+    assert line.dtype == bool and (line <= (first | second)).all()
+    # the line crosses the overlap (its medial axis, x = 29 in the middle row) ...
+    assert (line & overlap).any() and line[20, 29]
+    # ... and the overlap's own contours are thinned away: the line is one pixel wide there
+    assert (line & overlap)[20].sum() == 1
+    # object class = foreground minus the lines; its large 4-connected components are the two
+    # objects, each holding its own overlap-free interior and half of the overlap (thinning
+    # leaves a few single pixels of the outer contours in the object class)
+    seeds, count = ndimage.label(target == OBJECT)
+    sizes = np.bincount(seeds.ravel())[1:]
+    assert np.sort(sizes)[-2] > 300 and np.sort(sizes)[-3] < 5
+    for mask, other in ((first, second), (second, first)):
+        interior = ndimage.binary_erosion(mask & ~other, np.ones((3, 3)))
+        ids = np.unique(seeds[interior])
+        assert len(ids) == 1 and ids[0] > 0
+        part = (seeds == ids[0]) & overlap
+        assert 0.3 < part.sum() / overlap.sum() < 0.6
+
+
+def test_pseudo_boundary_without_overlap_is_the_skeleton_of_the_boundaries():
+    from skimage.morphology import skeletonize
+
+    stack, first, second = two_discs(shift=30)  # apart, no overlap
+    assert not (first & second).any()
+    assert np.array_equal(pseudo_boundary(stack), skeletonize(object_boundaries(stack)))
+
+
+def test_semantic_target_classes():
+    stack, first, second = two_discs()
+    two = semantic_target(stack, "unet2")
+    three = semantic_target(stack, "unet3")
+    assert two.dtype == np.uint8 and np.array_equal(two, (first | second).astype(np.uint8))
+    assert set(np.unique(three)) == {0, 1, 2}
+    assert np.array_equal(three > 0, first | second)
+    assert np.array_equal(three == BOUNDARY, pseudo_boundary(stack))
+    with pytest.raises(BaselineError, match="layering"):
+        semantic_target(stack, "layering")
+
+
+# ------------------------------------------------------------------------------------------
+# post-processing
+
+
+def test_unet3_target_round_trip_recovers_overlapping_discs():
+    stack, first, second = two_discs()
+    probabilities = np.eye(3, dtype=np.float32)[semantic_target(stack, "unet3")]
+    result = unet3_instances(probabilities, min_size=10)
+    assert result.shape == (1,) + first.shape and result.dtype == np.int32
+    assert result.max() == 2
+    assert np.array_equal(result[0] > 0, first | second)  # everything grown back
+    for index, mask in ((1, first), (2, second)):
+        assert iou(result[0] == index, mask) > 0.9
+
+
+def test_unet3_drops_small_objects_and_gives_their_pixels_away():
+    classes = np.zeros((12, 20), np.uint8)
+    classes[2:10, 2:18] = BOUNDARY
+    classes[3:9, 3:12] = OBJECT       # big seed (54 px)
+    classes[5, 15] = OBJECT           # one-pixel seed
+    probabilities = np.eye(3, dtype=np.float32)[classes]
+    kept = unet3_instances(probabilities, min_size=30)
+    assert kept.max() == 1 and np.array_equal(kept[0] > 0, classes > 0)
+    everything = unet3_instances(probabilities, min_size=0)
+    assert everything.max() == 2
+    assert unet3_instances(probabilities, min_size=1000).max() == 0
+    assert unet3_instances(np.eye(3)[np.zeros((4, 4), int)]).max() == 0
+
+
+def test_unet2_connected_components_and_screening():
+    probability = np.zeros((10, 12), np.float32)
+    probability[1:4, 1:4] = 0.9      # 9 px
+    probability[6:9, 6:11] = 0.8     # 15 px
+    probability[6:9, 1:3] = 0.5      # not > tau
+    result = unet2_instances(probability, tau=0.5, min_size=10)
+    assert result.shape == (1, 10, 12) and result.max() == 1
+    assert np.array_equal(result[0] > 0, probability == 0.8)
+    assert unet2_instances(probability[..., None], min_size=0).max() == 2
+    with pytest.raises(BaselineError, match="shape"):
+        unet2_instances(np.zeros((4, 4, 3)))
+
+
+def test_flatten_with_pseudo_boundary_splits_overlaps_between_covering_objects():
+    stack, first, second = two_discs()
+    flat = flatten_with_pseudo_boundary(stack)
+    assert np.array_equal(flat > 0, first | second)
+    assert (flat[first & ~second] == 1).all() and (flat[second & ~first] == 2).all()
+    overlap = first & second
+    share = (flat[overlap] == 1).mean()
+    assert 0.35 < share < 0.65  # split near the middle, not all to one object
+    for index in (1, 2):
+        assert ndimage.label(flat == index)[1] == 1  # each object stays one piece
+    lone = stack_from_masks(first[None])
+    assert np.array_equal(flatten_with_pseudo_boundary(lone), lone[0])
+
+
+# ------------------------------------------------------------------------------------------
+# losses, model, config, pipeline
+
+
+def test_semantic_losses_against_numpy():
+    import tensorflow as tf
+
+    from layernet.losses import foreground_loss
+
+    rng = np.random.default_rng(0)
+    stack = np.zeros((2, 8, 8, 2), np.int32)
+    stack[:, 2:6, 2:6, 0] = 1
+    stack[1, 4:8, 4:8, 1] = 2
+    classes = rng.integers(0, 3, (2, 8, 8))
+    logits = rng.normal(size=(2, 8, 8, 3))
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = -np.mean(np.log(np.take_along_axis(softmax, classes[..., None], -1)))
+    config = Config(method="unet3")
+    losses = baselines.semantic_losses({"semantic": tf.constant(softmax, tf.float32)},
+                                       {"stack": stack, "semantic": classes}, config)
+    assert set(losses) == {"semantic", "loss"}
+    assert np.isclose(float(losses["loss"]), expected, rtol=1e-5)
+
+    sigmoid = rng.uniform(0.05, 0.95, (2, 8, 8, 1)).astype(np.float32)
+    config = Config(method="unet2")
+    losses = baselines.semantic_losses({"semantic": tf.constant(sigmoid)}, {"stack": stack},
+                                       config)
+    target = (stack > 0).any(-1)
+    reference = -np.mean(np.where(target, np.log(sigmoid[..., 0]), np.log(1 - sigmoid[..., 0])))
+    assert np.isclose(float(losses["loss"]), reference, rtol=1e-5)
+    assert np.isclose(float(losses["loss"]), float(foreground_loss(stack, sigmoid)))
+    with pytest.raises(BaselineError, match="semantic"):
+        baselines.semantic_losses({"semantic": tf.constant(softmax, tf.float32)},
+                                  {"stack": stack}, Config(method="unet3"))
+
+
+@pytest.mark.parametrize("method, channels", [("unet2", 1), ("unet3", 3)])
+def test_baseline_model_has_one_semantic_head_on_the_same_backbone(method, channels):
+    from layernet.model import build_model
+
+    layering = build_model(Config(size="S", filters=4, head_filters=4))
+    net = build_model(Config(method=method, size="S", filters=4, head_filters=4))
+    assert net.name == f"{method}_unetS"
+    image = np.random.default_rng(1).random((1, 16, 16, 1)).astype(np.float32)
+    output = net(image)
+    assert list(output) == ["semantic"] and output["semantic"].shape == (1, 16, 16, channels)
+    if channels == 3:
+        assert np.allclose(np.asarray(output["semantic"]).sum(-1), 1.0, atol=1e-5)
+    names = {layer.name for layer in net.layers}
+    backbone = {layer.name for layer in layering.layers
+                if not layer.name.startswith(("fg_head", "layer_head", "foreground", "layering"))}
+    assert backbone <= names
+    assert {"sem_head_conv1", "sem_head_bn2", "semantic"} <= names
+
+
+def test_config_method_is_validated():
+    with pytest.raises(ConfigError, match="method"):
+        Config(method="unet4").validate()
+    with pytest.raises(ConfigError, match="single training phase"):
+        Config(method="unet3", phase="overlap").validate()
+    assert Config.from_dict(Config(method="unet2").to_dict()).method == "unet2"
+
+
+def test_pipeline_carries_the_semantic_map_aligned_with_the_stack():
+    from datasets.synthetic import load
+    from layernet.pipeline import make_dataset, prepare_samples
+
+    config = Config(method="unet3", patch_size=64, batch_size=2, size="S").validate()
+    prepared = prepare_samples(load(split="train", size=128, count=3), config)
+    baselines.attach_semantic_targets(prepared, config)
+    batch = next(iter(make_dataset(prepared, config, training=True)))
+    semantic, stack = batch["semantic"].numpy(), batch["stack"].numpy()
+    assert semantic.shape == stack.shape[:3]
+    # resampled with the same field: classes > 0 exactly where an object is
+    assert np.array_equal(semantic > 0, (stack > 0).any(-1))
+    assert (semantic == BOUNDARY).any() and (semantic == OBJECT).any()
+    evaluation = next(iter(make_dataset(prepared, config, training=False)))
+    height, width = prepared[0].semantic.shape
+    assert np.array_equal(evaluation["semantic"].numpy()[0, :height, :width],
+                          prepared[0].semantic)
+    prepared[1].semantic = None
+    with pytest.raises(ValueError, match="semantic"):
+        make_dataset(prepared, config, training=True)
+
+
+# ------------------------------------------------------------------------------------------
+# end to end: train a few steps, predict.py and evaluate.py from the run folder
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_{name}_cli", os.path.join(REPO, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("method", ["unet2", "unet3"])
+def test_train_predict_evaluate_end_to_end(tmp_path, method):
+    from layernet import runfolder
+    from layernet.io import read_image, write_image_atomic
+    from layernet.training import train
+
+    options = {"kind": "cells", "size": 96, "count": 6}
+    config = Config(method=method, size="S", filters=4, head_filters=4, patch_size=64,
+                    batch_size=2, epochs=1, steps_per_epoch=2, min_size=10,
+                    learning_rate=1e-3, data_options=options).validate()
+    run = tmp_path / "run"
+    result = train(config, str(run), verbose=0)
+    history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
+    assert result["epochs"] == 1 and np.isfinite(history[0]["semantic"])
+    assert {"loss", "semantic", "val_meanAP", "val_AJI"} <= set(history[0])
+    for name in (runfolder.BEST_FILE, runfolder.LAST_FILE, runfolder.CONFIG_FILE,
+                 runfolder.STATE_FILE, runfolder.THRESHOLDS_FILE):
+        assert (run / name).exists(), name
+    net, saved = runfolder.load_trained_model(str(run))
+    assert saved.method == method and list(net.output) == ["semantic"]
+
+    from datasets.synthetic import load
+
+    sample = load(split="test", kind="cells", size=96, count=1)[0]
+    image_path = tmp_path / "images" / "plate.png"
+    image_path.parent.mkdir()
+    write_image_atomic(str(image_path), sample.image[..., 0].astype(np.uint16))
+    predict = _load_script("predict")
+    assert predict.main([str(image_path), "--model", str(run), "--out", str(tmp_path / "pred"),
+                         "--quiet", "--min-size", "0"]) == 0
+    stack = read_image(str(tmp_path / "pred" / "plate.layers.tif"))
+    assert stack.shape[-2:] == (96, 96)
+
+    evaluate = _load_script("evaluate")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model", str(run), "--split", "test", "--out", str(out),
+                          "--worst", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 6
+    for matching in ("reference", "hungarian"):
+        summary = metrics["matchings"][matching]
+        assert 0.0 <= summary["meanAP"] <= 1.0 and 0.0 <= summary["AJI"] <= 1.0
