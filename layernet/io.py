@@ -302,6 +302,13 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     return image.astype(np.int32)
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)`` for a temporary file next to ``path``, then rename it."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -311,6 +318,7 @@ def _write_atomically(path: str, write: Callable[[str], None]) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
