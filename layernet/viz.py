@@ -11,6 +11,8 @@ Nothing in this module imports TensorFlow.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from layernet.instances import object_ids
@@ -21,6 +23,7 @@ __all__ = [
     "outline_mask",
     "outline_overlay",
     "comparison_panel",
+    "layer_maps_panel",
     "MATCH_COLOURS",
 ]
 
@@ -224,3 +227,81 @@ def comparison_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
     right = outline_overlay(base, pred, pred_colours.astype(np.uint8), fill=0.15)
     spacer = np.full((base.shape[0], gap, 3), 255, dtype=np.uint8)
     return np.concatenate([left, spacer, right], axis=1)
+
+
+def _heat(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to uint8 RGB with a perceptually ordered colour map (viridis)."""
+    from matplotlib import colormaps
+
+    table = (colormaps["viridis"](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.uint8)
+    index = np.clip(np.nan_to_num(np.asarray(values, np.float32)) * 255.0, 0, 255)
+    return table[index.astype(np.uint8)]
+
+
+def _caption(panel: np.ndarray, text: str, height: int) -> np.ndarray:
+    """Put a white band with ``text`` above ``panel``."""
+    import cv2
+
+    band = np.full((height, panel.shape[1], 3), 255, dtype=np.uint8)
+    scale = max(height / 40.0, 0.3)
+    cv2.putText(band, text, (2, int(height * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+                max(1, int(round(scale * 1.5))), cv2.LINE_AA)
+    return np.concatenate([band, panel], axis=0)
+
+
+def layer_maps_panel(image: np.ndarray, foreground: np.ndarray, maps: np.ndarray,
+                     names: Sequence[str] | None = None, columns: int | None = None,
+                     gap: int = 4) -> np.ndarray:
+    """The image, the foreground and every layer activation map side by side (paper Figs. 3, 5).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` image (raw intensities; stretched by :func:`display_image`).
+    foreground : numpy.ndarray
+        ``(H, W)`` foreground probability in ``[0, 1]``.
+    maps : numpy.ndarray
+        ``(H, W, N)`` layer activations in ``[0, 1]`` (for the baselines: class probabilities).
+    names : sequence of str, optional
+        Caption of each of the ``N`` maps (default ``layer 1`` ... ``layer N``).
+    columns : int, optional
+        Panels per row (default: all in one row up to 5 panels, else two rows).
+    gap : int, optional
+        White pixels between panels.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 RGB grid of ``N + 2`` captioned panels, maps coloured with viridis (0 dark
+        blue, 1 yellow).
+    """
+    foreground = np.asarray(foreground)
+    maps = np.asarray(maps)
+    if maps.ndim != 3:
+        raise ValueError(f"layer_maps_panel: maps must be (H, W, N), got shape {maps.shape}")
+    if foreground.shape != maps.shape[:2] or np.asarray(image).shape[:2] != maps.shape[:2]:
+        raise ValueError(f"layer_maps_panel: image {np.asarray(image).shape[:2]}, foreground "
+                         f"{foreground.shape} and maps {maps.shape[:2]} differ in size")
+    count = maps.shape[-1]
+    names = list(names) if names is not None else [f"layer {k + 1}" for k in range(count)]
+    if len(names) != count:
+        raise ValueError(f"layer_maps_panel: {len(names)} names for {count} maps")
+    height = maps.shape[0]
+    caption = int(np.clip(height // 10, 14, 40))
+    panels = [_caption(display_image(image), "image", caption),
+              _caption(_heat(foreground), "foreground", caption)]
+    panels += [_caption(_heat(maps[..., k]), names[k], caption) for k in range(count)]
+    if columns is None:
+        columns = len(panels) if len(panels) <= 5 else -(-len(panels) // 2)
+    columns = max(1, min(int(columns), len(panels)))
+    blank = np.full_like(panels[0], 255)
+    panels += [blank] * (-len(panels) % columns)
+    rows = []
+    for start in range(0, len(panels), columns):
+        row = panels[start:start + columns]
+        spacer = np.full((row[0].shape[0], gap, 3), 255, dtype=np.uint8)
+        pieces = [piece for panel in row for piece in (panel, spacer)][:-1]
+        rows.append(np.concatenate(pieces, axis=1))
+    spacer = np.full((gap, rows[0].shape[1], 3), 255, dtype=np.uint8)
+    pieces = [piece for row in rows for piece in (row, spacer)][:-1]
+    return np.concatenate(pieces, axis=0)

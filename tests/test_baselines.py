@@ -303,3 +303,32 @@ def test_train_predict_evaluate_end_to_end(tmp_path, method):
     for matching in ("reference", "hungarian"):
         summary = metrics["matchings"][matching]
         assert 0.0 <= summary["meanAP"] <= 1.0 and 0.0 <= summary["AJI"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# layer maps picture (paper Figs. 3 and 5)
+
+
+def test_layer_maps_panel_places_every_map_in_its_own_captioned_panel():
+    from layernet.viz import layer_maps_panel
+
+    height, width, gap = 30, 20, 4
+    maps = np.zeros((height, width, 3), np.float32)
+    maps[..., 1] = 1.0                      # second map fully on
+    foreground = np.full((height, width), 0.5, np.float32)
+    panel = layer_maps_panel(np.zeros((height, width)), foreground, maps, gap=gap)
+    caption = 14                            # clip(30 // 10, 14, 40)
+    assert panel.dtype == np.uint8
+    assert panel.shape == (caption + height, 5 * width + 4 * gap, 3)   # one row of 5 panels
+    left = lambda k: k * (width + gap)      # noqa: E731
+    body = slice(caption, None)
+    off, on = panel[body, left(2):left(2) + width], panel[body, left(3):left(3) + width]
+    assert (off == off[0, 0]).all() and (on == on[0, 0]).all()
+    assert on[0, 0, 0] > 200 and on[0, 0, 2] < 100   # 1 -> yellow
+    assert off[0, 0, 2] > off[0, 0, 0]                # 0 -> dark blue
+    assert (panel[:, left(1) - gap:left(1)] == 255).all()  # white gap between panels
+    eight = layer_maps_panel(np.zeros((height, width)), foreground,
+                             np.zeros((height, width, 8)), gap=gap)
+    assert eight.shape == (2 * (caption + height) + gap, 5 * width + 4 * gap, 3)
+    with pytest.raises(ValueError, match="names"):
+        layer_maps_panel(np.zeros((height, width)), foreground, maps, names=["a"])
