@@ -33,7 +33,7 @@ from scipy import ndimage
 from skimage import measure
 
 from layernet.instances import flatten_stack, validate_stack
-from layernet.io import _write_atomically, write_image_atomic, write_label_stack
+from layernet.io import _umask, _write_atomically, write_image_atomic, write_label_stack
 from layernet.viz import display_image, outline_overlay
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def save_masks(folder: str | os.PathLike, stack: np.ndarray) -> list[str]:
             name = f"{label:04d}.png"
             write_image_atomic(os.path.join(temporary, name), mask)
             names.append(name)
+        os.chmod(temporary, 0o777 & ~_umask())
         if os.path.isdir(folder):
             shutil.rmtree(folder)
         os.replace(temporary, folder)
@@ -196,6 +197,7 @@ def save_rois(path: str | os.PathLike, stack: np.ndarray) -> int:
     os.close(handle)
     try:
         roifile.roiwrite(temporary, rois, mode="w")  # a .zip name makes roifile write a zip
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

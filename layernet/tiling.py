@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -60,6 +60,8 @@ __all__ = [
     "tile_grid",
     "tile_starts",
     "predict_tiled",
+    "Prediction",
+    "predict_image",
 ]
 
 MapsFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -429,6 +431,8 @@ def predict_tiled(
     batch_size: int = 1,
     match_iou: float = 0.5,
     timings: dict[str, float] | None = None,
+    maps_out: tuple[np.ndarray, np.ndarray] | None = None,
+    instances: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Instances of a normalised image predicted tile by tile and stitched (see module doc).
 
@@ -452,6 +456,14 @@ def predict_tiled(
     timings : dict, optional
         If given, seconds spent in ``"network"`` and ``"postprocess"`` (tile post-processing and
         stitching) are added to it.
+    maps_out : tuple of numpy.ndarray, optional
+        ``(foreground (H, W), layering (H, W, N))`` arrays that receive the maps of each tile's
+        core. Note that the layer semantics may change from one core to the next (the network
+        decides layers per tile).
+    instances : callable, optional
+        Post-processing of one tile's maps into a label stack, called as
+        ``instances(foreground, layering)`` with no size screening (it is applied after
+        stitching). Default: Algorithm 1 with ``tau``, ``overlap_layers``, ``connectivity``.
 
     Returns
     -------
@@ -474,14 +486,123 @@ def predict_tiled(
         spent["network"] += time.perf_counter() - clock
         clock = time.perf_counter()
         for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings):
-            stack = postprocess(foreground, layering, tau=tau, min_size=0,
-                                overlap_layers=overlap_layers, connectivity=connectivity)
+            if maps_out is not None:
+                core = _local(tile.core, tile.rect)
+                y0, x0, y1, x1 = tile.core
+                maps_out[0][y0:y1, x0:x1] = np.asarray(foreground).reshape(layering.shape[:2])[core]
+                maps_out[1][y0:y1, x0:x1] = layering[core]
+            if instances is None:
+                stack = postprocess(foreground, layering, tau=tau, min_size=0,
+                                    overlap_layers=overlap_layers, connectivity=connectivity)
+            else:
+                stack = instances(foreground, layering)
             stitcher.add(tile.index, stack)
         spent["postprocess"] += time.perf_counter() - clock
     clock = time.perf_counter()
     result = stitcher.finish()
     spent["postprocess"] += time.perf_counter() - clock
     logger.debug("tiled prediction: %d tiles of %d px, overlap %d", len(tiles), tile_size, overlap)
+    if timings is not None:
+        for key, value in spent.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return result
+
+
+@dataclass
+class Prediction:
+    """Result of :func:`predict_image`.
+
+    Attributes
+    ----------
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``, ``L >= N``.
+    foreground, layering : numpy.ndarray or None
+        The probability maps ``(H, W)`` and ``(H, W, N)`` when requested.
+    tiles : int
+        Number of tiles the image was cut into (1 = predicted whole).
+    """
+
+    stack: np.ndarray
+    foreground: np.ndarray | None = None
+    layering: np.ndarray | None = None
+    tiles: int = 1
+
+
+def predict_image(
+    predictor: Any,
+    image: np.ndarray,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 1,
+    keep_maps: bool = False,
+    timings: dict[str, float] | None = None,
+) -> Prediction:
+    """Predict the instances of one raw image, tiled when it is larger than a tile.
+
+    The image is normalised once as a whole (exactly as in training), then predicted whole when
+    it fits into one tile and with :func:`predict_tiled` otherwise.
+
+    Parameters
+    ----------
+    predictor : layernet.inference.Predictor
+        The network and its configuration (``normalize``, ``maps_batch_normalized``,
+        ``instances_from_maps`` and ``config`` are used).
+    image : numpy.ndarray
+        Raw ``(H, W, C)`` image.
+    tile_size : int or None, optional
+        Side of the tiles; ``None`` chooses :func:`auto_tile_size`, 0 never tiles. Rounded down
+        to a multiple of the network stride.
+    overlap : int or None, optional
+        Overlap of neighbouring tiles; ``None`` chooses :func:`default_overlap`.
+    batch_size : int, optional
+        Tiles per network call.
+    keep_maps : bool, optional
+        Also return the probability maps.
+    timings : dict, optional
+        Seconds spent in ``"normalize"``, ``"network"`` and ``"postprocess"`` are added to it.
+
+    Returns
+    -------
+    Prediction
+    """
+    config = predictor.config
+    stride = config.stride
+    spent = {"normalize": 0.0, "network": 0.0, "postprocess": 0.0}
+    clock = time.perf_counter()
+    normalized = predictor.normalize(image)
+    spent["normalize"] += time.perf_counter() - clock
+    height, width = normalized.shape[:2]
+    if tile_size is None:
+        tile_size = auto_tile_size(stride)
+    elif tile_size:
+        if tile_size < 2 * stride:
+            raise TilingError(f"tile size {tile_size} is too small; use at least {2 * stride} "
+                              f"(the network stride is {stride})")
+        tile_size = tile_size // stride * stride
+    if not tile_size or (height <= tile_size and width <= tile_size):
+        clock = time.perf_counter()
+        foreground, layering = predictor.maps_batch_normalized(normalized[None])
+        foreground, layering = foreground[0], layering[0]
+        spent["network"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        stack = predictor.instances_from_maps(foreground, layering)
+        spent["postprocess"] += time.perf_counter() - clock
+        result = Prediction(stack, foreground if keep_maps else None,
+                            layering if keep_maps else None, 1)
+    else:
+        if overlap is None:
+            overlap = default_overlap(tile_size, stride)
+        maps_out = None
+        if keep_maps:
+            channels = getattr(predictor, "map_channels", config.layers)
+            maps_out = (np.zeros((height, width), np.float32),
+                        np.zeros((height, width, channels), np.float32))
+        stack = predict_tiled(
+            normalized, predictor.maps_batch_normalized, tile_size, overlap,
+            min_size=config.min_size, batch_size=batch_size, timings=spent, maps_out=maps_out,
+            instances=lambda fg, maps: predictor.instances_from_maps(fg, maps, min_size=0))
+        tiles = len(tile_grid((height, width), tile_size, overlap))
+        result = Prediction(stack, *(maps_out or (None, None)), tiles)
     if timings is not None:
         for key, value in spent.items():
             timings[key] = timings.get(key, 0.0) + value

@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""Segment images with a trained layernet model; overlapping objects come out in separate layers.
+
+    python predict.py image.tif
+    python predict.py --model runs/demo-overlap plates/*.png --out results --save-rois
+
+Inputs are image files (TIFF, PNG, JPEG, ...; 8/16-bit or float; gray or multi-channel, pick one
+with --channel), folders (every image file in them) and glob patterns. Each image is normalised
+exactly as in training (percentiles of the run's config). Images larger than a tile are predicted
+tile by tile with overlap and stitched, so objects crossing tile borders stay whole.
+
+Outputs per image, beside the input or in --out:
+
+    <name>.layers.tif    uint16 label stack N x H x W (every object in one slice, overlapping
+                         objects in different slices); Fiji opens it as a stack, napari as labels
+    <name>.overlay.png   the image with every object tinted and outlined in its own colour
+    <name>.masks/        --save-masks: one 0/255 PNG per object (0001.png, ...)
+    <name>.rois.zip      --save-rois: Fiji ROI Manager zip, one polygon per object
+    <name>.coco.json     --save-coco: COCO annotations with RLE masks
+    <name>.flat.tif      --save-flat: one label image (overlaps go to the smaller object)
+    <name>.prob.tif      --save-prob: float32 maps, slice 1 foreground, then the N layers
+
+A file that cannot be read or processed is reported on one line and skipped; the exit code is 1
+if any input failed, 2 for a usage or model error, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+
+from layernet.cli import quiet_tensorflow, run_main, setup_logging
+
+quiet_tensorflow()
+
+logger = logging.getLogger("predict")
+
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".webp")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders of images, or glob patterns")
+    parser.add_argument("--model", metavar="RUN", help="run folder or model file (best.h5); "
+                        "default: the newest run folder under runs/")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: beside each input)")
+    parser.add_argument("--channel", type=int, metavar="C",
+                        help="use only channel C (0-based) of multi-channel images")
+    tiles = parser.add_argument_group("tiling (large images)")
+    tiles.add_argument("--tile-size", default="auto", metavar="PX",
+                       help="tile side in pixels, 'auto' (512) or 0 to never tile (default auto)")
+    tiles.add_argument("--tile-overlap", type=int, metavar="PX",
+                       help="pixels shared by neighbouring tiles (default: about tile size / 6)")
+    tiles.add_argument("--tile-batch", type=int, default=1, metavar="B",
+                       help="tiles per network call (default 1)")
+    post = parser.add_argument_group("post-processing (default: the run's values)")
+    post.add_argument("--tau", type=float, help="threshold of foreground and layers")
+    post.add_argument("--min-size", type=int, help="smallest object in pixels")
+    outputs = parser.add_argument_group("additional outputs")
+    outputs.add_argument("--save-masks", action="store_true", help="one mask PNG per object")
+    outputs.add_argument("--save-rois", action="store_true", help="Fiji ROI Manager zip")
+    outputs.add_argument("--save-coco", action="store_true", help="COCO RLE annotations (JSON)")
+    outputs.add_argument("--save-flat", action="store_true", help="one flat label image")
+    outputs.add_argument("--save-prob", action="store_true", help="raw probability maps")
+    outputs.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
+    parser.add_argument("--verbose", action="store_true", help="more log output")
+    args = parser.parse_args(argv)
+    if args.tile_size == "auto":
+        args.tile_size = None
+    else:
+        try:
+            args.tile_size = int(args.tile_size)
+        except ValueError:
+            parser.error(f"--tile-size: expected a number of pixels or 'auto', got {args.tile_size!r}")
+        if args.tile_size < 0:
+            parser.error("--tile-size must be >= 0")
+    if args.tile_overlap is not None and args.tile_overlap < 0:
+        parser.error("--tile-overlap must be >= 0")
+    if args.tile_batch < 1:
+        parser.error("--tile-batch must be >= 1")
+    return args
+
+
+def _is_output(name: str) -> bool:
+    from layernet.export import OUTPUT_SUFFIXES
+
+    return name.startswith(".") or any(name.endswith(suffix) for suffix in OUTPUT_SUFFIXES.values())
+
+
+def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Expand files, folders and globs into image paths (in order, without repeats).
+
+    Returns
+    -------
+    files : list of str
+        Paths to process.
+    problems : list of str
+        One message per argument that yielded nothing.
+    """
+    files: list[str] = []
+    problems: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [os.path.join(pattern, name) for name in sorted(os.listdir(pattern))
+                     if name.lower().endswith(IMAGE_EXTENSIONS) and not _is_output(name)
+                     and os.path.isfile(os.path.join(pattern, name))]
+            if not found:
+                problems.append(f"{pattern}: folder holds no image files")
+        elif os.path.exists(pattern):
+            found = [pattern]
+        elif glob.has_magic(pattern):
+            found = [path for path in sorted(glob.glob(pattern))
+                     if os.path.isfile(path) and not _is_output(os.path.basename(path))]
+            if not found:
+                problems.append(f"{pattern}: pattern matches no image files")
+        else:
+            problems.append(f"{pattern}: file not found")
+            found = []
+        files.extend(found)
+    unique: dict[str, str] = {}
+    for path in files:
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values()), problems
+
+
+def output_prefix(path: str, out_dir: str | None) -> str:
+    """``<out or input folder>/<input name without extension>``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(out_dir if out_dir else os.path.dirname(os.path.abspath(path)), stem)
+
+
+def _one_line(path: str, error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if path in text else f"{path}: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    from tqdm import tqdm
+
+    from layernet import runfolder
+    from layernet.export import write_prediction
+    from layernet.inference import Predictor
+    from layernet.instances import num_objects
+    from layernet.io import as_channels, read_image
+    from layernet.tiling import predict_image
+
+    files, problems = collect_inputs(args.inputs)
+    prefixes = [output_prefix(path, args.out) for path in files]
+    seen: dict[str, str] = {}
+    for path, prefix in zip(files, prefixes):
+        if prefix in seen:
+            raise ValueError(f"{path} and {seen[prefix]} would write the same outputs "
+                             f"{prefix}.*; rename one or predict them into different --out folders")
+        seen[prefix] = path
+    if not files:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise ValueError("no input images")
+
+    model_path = runfolder.resolve_model_path(args.model or runfolder.newest_run("runs"))
+    net, config = runfolder.load_trained_model(model_path)
+    changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
+               if value is not None}
+    if changes:
+        config = config.replace(**changes)
+    predictor = Predictor(net, config)
+    logger.info("model %s (UNet-%s, %d layers); %d image(s)", model_path, config.size,
+                config.layers, len(files))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+
+    failures = list(problems)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    total_objects = 0
+    bar = tqdm(list(zip(files, prefixes)), unit="image", disable=True if args.quiet else None,
+               file=sys.stderr)
+    for path, prefix in bar:
+        bar.set_postfix_str(os.path.basename(path), refresh=False)
+        try:
+            image = as_channels(read_image(path), channel=args.channel,
+                                expected_channels=config.channels, name=path)
+            result = predict_image(predictor, image, tile_size=args.tile_size,
+                                   overlap=args.tile_overlap, batch_size=args.tile_batch,
+                                   keep_maps=args.save_prob)
+            maps = (result.foreground, result.layering) if args.save_prob else None
+            write_prediction(prefix, result.stack, image, overlay=not args.no_overlay,
+                             masks=args.save_masks, rois=args.save_rois, coco=args.save_coco,
+                             flat=args.save_flat, maps=maps, file_name=os.path.basename(path))
+        except Exception as error:  # one bad file must not stop the others
+            logger.debug("failure on %s", path, exc_info=True)
+            message = _one_line(path, error)
+            failures.append(message)
+            tqdm.write(f"error: {message}", file=sys.stderr)
+            continue
+        objects = num_objects(result.stack)
+        total_objects += objects
+        logger.debug("%s: %d objects%s", path, objects,
+                     f" ({result.tiles} tiles)" if result.tiles > 1 else "")
+    done = len(files) - (len(failures) - len(problems))
+    print(f"predicted {done} of {len(files)} image(s), {total_objects} objects"
+          + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]), debug="--verbose" in sys.argv)

@@ -1,0 +1,111 @@
+"""Shared pytest fixtures.
+
+``tiny_run``: a tiny layering model trained ONCE per test session through the real command line
+(``python train.py``: UNet-S, 8 filters, 64 px patches, 1 epoch of 2 steps on 96 px synthetic
+images), for end-to-end tests of predict.py / evaluate.py. The numbers it produces are meaningless;
+the run folder and its files are real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_TRAIN_ARGS = [
+    "--data", "synthetic", "--data-option", "kind=cells", "--data-option", "size=96",
+    "--data-option", "count=8", "--size", "S", "--filters", "8", "--patch-size", "64",
+    "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2", "--min-size", "30",
+]
+
+
+def run_cli(script: str, *args: str, timeout: float = 300, cwd: str = REPO
+            ) -> subprocess.CompletedProcess:
+    """Run ``python <script> args`` (from ``cwd``, the repository by default); return it."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+    """Run folder of a tiny model trained once per session with ``train.py``."""
+    run_dir = str(tmp_path_factory.mktemp("tiny") / "run")
+    result = run_cli("train.py", *TINY_TRAIN_ARGS, "--out", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(os.path.join(run_dir, "best.h5")), os.listdir(run_dir)
+    return run_dir
+
+
+def synthetic_mosaic(blocks: int = 8, block_size: int = 256, seed: int = 0):
+    """A large synthetic image made of ``blocks x blocks`` synthetic cell scenes, with its stack.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        uint8 ``(blocks * block_size, blocks * block_size)``.
+    stack : numpy.ndarray
+        int32 label stack of the same size, ids ``1..K`` unique over the mosaic.
+    """
+    import numpy as np
+
+    from datasets.synthetic import generate_sample
+
+    side = blocks * block_size
+    samples = [generate_sample(np.random.default_rng([seed, index]), "cells", block_size)
+               for index in range(blocks * blocks)]
+    layers = max(sample.stack.shape[0] for sample in samples)
+    image = np.zeros((side, side), np.uint8)
+    stack = np.zeros((layers, side, side), np.int32)
+    offset = 0
+    for index, sample in enumerate(samples):
+        y, x = divmod(index, blocks)
+        window = (slice(y * block_size, (y + 1) * block_size),
+                  slice(x * block_size, (x + 1) * block_size))
+        image[window] = np.clip(sample.image[..., 0], 0, 255).astype(np.uint8)
+        block = sample.stack
+        stack[(slice(0, block.shape[0]),) + window] = np.where(block > 0, block + offset, 0)
+        offset += int(block.max())
+    return image, stack
+
+
+@pytest.fixture(scope="session")
+def prediction_inputs(tmp_path_factory) -> dict:
+    """Image files for the CLI tests and their ground truth (label stacks named like the images).
+
+    ``small.png`` (16-bit, 96 px synthetic cells), ``big.tif`` (8-bit, 2048 px mosaic, predicted
+    tiled); ground truth in ``gt/<name>.layers.tif``.
+    """
+    import numpy as np
+
+    from datasets.synthetic import generate_sample
+    from layernet.io import write_image_atomic, write_label_stack
+
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "images").mkdir()
+    (root / "gt").mkdir()
+    sample = generate_sample(np.random.default_rng(5), "cells", 96)
+    small = (sample.image[..., 0] * 200).astype(np.uint16)
+    write_image_atomic(str(root / "images" / "small.png"), small)
+    write_label_stack(str(root / "gt" / "small.layers.tif"), sample.stack)
+    big, big_stack = synthetic_mosaic()
+    import tifffile
+
+    tifffile.imwrite(str(root / "images" / "big.tif"), big)
+    write_label_stack(str(root / "gt" / "big.layers.tif"), big_stack)
+    return {"root": str(root), "small": str(root / "images" / "small.png"),
+            "big": str(root / "images" / "big.tif"), "gt": str(root / "gt"),
+            "small_stack": sample.stack, "big_stack": big_stack}
+
+
+@pytest.fixture(scope="session")
+def predicted(tiny_run, prediction_inputs, tmp_path_factory) -> dict:
+    """``predict.py`` run once on the small and the big (tiled) image into ``out``."""
+    out = str(tmp_path_factory.mktemp("predicted"))
+    result = run_cli("predict.py", prediction_inputs["small"], prediction_inputs["big"],
+                     "--model", tiny_run, "--out", out, "--verbose")
+    return {"out": out, "result": result}

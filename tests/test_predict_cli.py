@@ -1,0 +1,94 @@
+"""End-to-end tests of predict.py (subprocess, tiny model trained once per session)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import roifile
+import tifffile
+
+from layernet.instances import validate_stack
+from layernet.io import read_image, read_label_stack, read_mask, write_image_atomic
+from tests.conftest import run_cli
+
+
+def test_help_teaches():
+    result = run_cli("predict.py", "--help")
+    assert result.returncode == 0
+    for word in ("--tile-size", "--save-rois", "--save-coco", ".layers.tif", "--channel"):
+        assert word in result.stdout
+
+
+def test_small_and_big_tiled_image(predicted, prediction_inputs):
+    result, out = predicted["result"], predicted["out"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(25 tiles)" in result.stderr  # 2048 px in 512 px tiles with overlap: 5 x 5
+    for name, side in (("small", 96), ("big", 2048)):
+        stack = tifffile.imread(os.path.join(out, f"{name}.layers.tif"))
+        assert stack.dtype == np.uint16 and stack.ndim == 3 and stack.shape[1:] == (side, side)
+        assert stack.shape[0] >= 8
+        validate_stack(stack)
+        overlay = read_image(os.path.join(out, f"{name}.overlay.png"))
+        assert overlay.shape == (side, side, 3) and overlay.dtype == np.uint8
+    with tifffile.TiffFile(os.path.join(out, "small.layers.tif")) as tif:
+        assert tif.is_imagej
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporary files left
+
+
+def test_many_inputs_errors_and_all_outputs(tiny_run, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    write_image_atomic(str(images / "a.png"), rng.integers(0, 255, (80, 72), dtype=np.uint8))
+    tifffile.imwrite(str(images / "b.tif"), rng.random((64, 64), dtype=np.float32))
+    rgb = rng.integers(0, 4000, (70, 70, 3), dtype=np.uint16)
+    tifffile.imwrite(str(images / "c.tif"), rgb, photometric="rgb")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (images / "a.layers.tif").write_bytes(b"old output, must be skipped")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(tiny_run, runs / "only")
+    result = run_cli("predict.py", str(images), str(tmp_path / "missing.tif"),
+                     str(images / "*.png"), "--channel", "0", "--save-masks", "--save-rois",
+                     "--save-coco", "--save-flat", "--save-prob", "--quiet",
+                     cwd=str(tmp_path))  # default model: the newest run under ./runs
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, result.stderr
+    assert any("broken.png" in line for line in errors)
+    assert any("missing.tif: file not found" in line for line in errors)
+    assert "predicted 3 of 4 image(s)" in result.stderr
+    for name, shape in (("a", (80, 72)), ("b", (64, 64)), ("c", (70, 70))):
+        prefix = images / name
+        stack = read_label_stack(str(prefix) + ".layers.tif")
+        assert stack.shape[1:] == shape
+        ids = np.unique(stack[stack > 0])
+        masks = sorted(os.listdir(str(prefix) + ".masks"))
+        assert masks == [f"{i:04d}.png" for i in ids]
+        for mask_name, label in zip(masks[:3], ids[:3]):
+            np.testing.assert_array_equal(read_mask(str(prefix) + ".masks/" + mask_name),
+                                          np.any(stack == label, axis=0))
+        rois = roifile.roiread(str(prefix) + ".rois.zip") if ids.size else []
+        assert len(rois) >= ids.size
+        coco = json.loads(open(str(prefix) + ".coco.json").read())
+        assert len(coco["annotations"]) == ids.size
+        assert read_label_stack(str(prefix) + ".flat.tif").shape == (1,) + shape
+        maps = tifffile.imread(str(prefix) + ".prob.tif")
+        assert maps.shape == (9,) + shape and maps.dtype == np.float32
+        assert 0.0 <= maps.min() and maps.max() <= 1.0
+
+
+def test_channel_errors_and_model_errors(tiny_run, tmp_path):
+    image = tmp_path / "two.tif"
+    tifffile.imwrite(str(image), np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    result = run_cli("predict.py", str(image), "--model", tiny_run, "--channel", "5")
+    assert result.returncode == 1
+    assert f"{image}: channel 5 requested" in result.stderr
+    result = run_cli("predict.py", str(image), "--model", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "nope" in result.stderr.strip().splitlines()[-1]
