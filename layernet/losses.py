@@ -177,27 +177,33 @@ def _layering_terms(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor
     num_segments = batch * segments_per_image
 
     ids = overlap_free_id_map(stack)                                   # (B, H, W)
-    segments = _global_segments(ids, segments_per_image)               # (B*H*W,)
-    pixel_mask = tf.cast(tf.reshape(ids, [-1]) > 0, tf.float32)        # overlap-free foreground
-    vectors = tf.reshape(embedding, [-1, layers])
+    # Work only on the overlap-free foreground pixels of the whole batch (one flat list, no
+    # per-image loop): everything else contributes nothing to these terms.
+    flat_ids = tf.reshape(ids, [-1])
+    pixel_index = tf.where(flat_ids > 0)[:, 0]                         # (P,)
+    pixels_per_image = tf.cast(shape[1] * shape[2], tf.int64)
+    image_of_pixel = tf.cast(pixel_index // pixels_per_image, tf.int32)  # (P,)
+    segments = image_of_pixel * segments_per_image + tf.gather(flat_ids, pixel_index)
+    vectors = tf.gather(tf.reshape(embedding, [-1, layers]), pixel_index)  # (P, N)
     directions = _l2_normalize(vectors)
+    ones = tf.ones_like(image_of_pixel, dtype=tf.float32)
 
-    counts = tf.math.unsorted_segment_sum(pixel_mask, segments, num_segments)
+    counts = tf.math.unsorted_segment_sum(ones, segments, num_segments)
     source = directions if mean_mode == "normalized" else vectors
     sums = tf.math.unsorted_segment_sum(source, segments, num_segments)  # segment 0 unused
     centres = _l2_normalize(sums / tf.maximum(counts, 1.0)[:, None])  # unit u_i, (B*(K+1), N)
 
     # attraction: 1 - D(e_p, u_i)^2 per overlap-free pixel
     cosine = tf.reduce_sum(directions * tf.gather(centres, segments), axis=-1)
-    attraction_pixels = pixel_mask * (1.0 - tf.square(cosine))
+    attraction_pixels = 1.0 - tf.square(cosine)
     largest = tf.reduce_max(directions, axis=-1)
     if sparsity_mode == "authors":
-        sparsity_pixels = pixel_mask * (1.0 - tf.square(largest))
+        sparsity_pixels = 1.0 - tf.square(largest)
     else:
-        sparsity_pixels = pixel_mask * (1.0 - largest)
-    attraction_image = tf.reduce_sum(tf.reshape(attraction_pixels, [batch, -1]), axis=1)
-    sparsity_image = tf.reduce_sum(tf.reshape(sparsity_pixels, [batch, -1]), axis=1)
-    pixels_image = tf.reduce_sum(tf.reshape(pixel_mask, [batch, -1]), axis=1)
+        sparsity_pixels = 1.0 - largest
+    attraction_image = tf.math.unsorted_segment_sum(attraction_pixels, image_of_pixel, batch)
+    sparsity_image = tf.math.unsorted_segment_sum(sparsity_pixels, image_of_pixel, batch)
+    pixels_image = tf.math.unsorted_segment_sum(ones, image_of_pixel, batch)
 
     # repulsion: D(u_i, u_j)^2 over adjacent present objects of the same image
     present = tf.reshape(tf.cast(counts > 0, tf.float32), [batch, segments_per_image])
