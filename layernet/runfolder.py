@@ -12,8 +12,12 @@ Layout of a run folder::
     layer_assignment.npz frozen phase-2 object -> layer assignment (phase "overlap" only)
     logs/                TensorBoard logs
 
-Every file is written to a temporary name in the same folder and renamed, so a crash never leaves
-a half-written file behind.
+Every file is written to a temporary name (``.tmp-*``) in the same folder and renamed, so a crash
+never leaves a half-written file behind. The resume checkpoint of an epoch (``last.h5`` and
+``last_optimizer.npz``) is first written under pending names (``.pending-<epoch>-last.h5``, ...),
+committed by writing ``state.json`` and only then renamed (:func:`commit_pending`); after a crash,
+:func:`recover` finishes or discards that last step, so the checkpoint files always belong to the
+epoch ``state.json`` names.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 THRESHOLDS_FILE = "thresholds.json"
 ASSIGNMENT_FILE = "layer_assignment.npz"
+TEMPORARY_PREFIX = ".tmp-"
+PENDING_PREFIX = ".pending-"
 
 
 class RunFolderError(ValueError):
@@ -49,7 +55,7 @@ class RunFolderError(ValueError):
 
 def _temporary_path(path: str, suffix: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    handle, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
     os.close(handle)
     return tmp
 
@@ -90,6 +96,49 @@ def save_arrays_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def pending_path(run_dir: str, name: str, epoch: int) -> str:
+    """Where the checkpoint file ``name`` of ``epoch`` waits for its commit by ``state.json``."""
+    return os.path.join(run_dir, f"{PENDING_PREFIX}{epoch:06d}-{name}")
+
+
+def _pending_files(run_dir: str) -> list[tuple[str, int, str]]:
+    """``(path, epoch, final name)`` of every pending checkpoint file in ``run_dir``."""
+    found = []
+    for entry in sorted(os.listdir(run_dir)):
+        if not entry.startswith(PENDING_PREFIX):
+            continue
+        epoch_text, _, name = entry[len(PENDING_PREFIX):].partition("-")
+        if epoch_text.isdigit() and name:
+            found.append((os.path.join(run_dir, entry), int(epoch_text), name))
+    return found
+
+
+def commit_pending(run_dir: str, epoch: int) -> None:
+    """Rename the pending checkpoint files of ``epoch`` to their final names; drop other epochs'.
+
+    Call after ``state.json`` records ``epoch`` (the commit point).
+    """
+    for path, pending_epoch, name in _pending_files(run_dir):
+        if pending_epoch == epoch:
+            os.replace(path, os.path.join(run_dir, name))
+        else:
+            os.remove(path)
+
+
+def recover(run_dir: str, epoch: int) -> None:
+    """Bring an interrupted run folder back to the state of its last committed ``epoch``.
+
+    Finishes the renames of a checkpoint committed just before the crash, deletes pending files
+    of an uncommitted epoch and leftover temporary files (only call this when no other process
+    writes to ``run_dir``).
+    """
+    commit_pending(run_dir, epoch)
+    for entry in os.listdir(run_dir):
+        if entry.startswith(TEMPORARY_PREFIX):
+            logger.info("%s: removing %s left by an interrupted write", run_dir, entry)
+            os.remove(os.path.join(run_dir, entry))
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
