@@ -52,6 +52,9 @@ class Config:
     filters: int = 64  # filters of the first UNet level (doubled per level)
     layers: int = 8  # N, channels of the layering head
     head_filters: int = 64  # filters of the two 3x3 convs of each head
+    # momentum of the batch-norm moving statistics used at inference; 0.9 makes short trainings
+    # usable at validation (Keras' and the authors' 0.99 needs thousands of steps to settle)
+    bn_momentum: float = 0.9
 
     # --- targets ----------------------------------------------------------------------------
     adjacency_distance: float = 15.0  # t: objects closer than this (px) are adjacent
@@ -138,6 +141,8 @@ class Config:
                 raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
         if self.layers < 2:
             raise ConfigError("config field 'layers' must be at least 2 (N layers)")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise ConfigError("bn_momentum must be in [0, 1)")
         if self.time_budget_minutes < 0:
             raise ConfigError("time_budget_minutes must be >= 0")
         if self.epochs < 0 or self.steps_per_epoch < 0 or self.min_size < 0:
@@ -227,7 +232,7 @@ class Config:
     @classmethod
     def authors(cls, **changes: Any) -> "Config":
         """The preset that reproduces the authors' public code (see authors_code.md)."""
-        values = dict(mean_mode="normalized", repulsion_mode="pair", sparsity_mode="authors",
+        values = dict(bn_momentum=0.99, mean_mode="normalized", repulsion_mode="pair", sparsity_mode="authors",
                       overlap_targets="online", covered_objects="zero", dice_smooth=1.0,
                       overlap_per_image=True, layering_per_image=True)
         values.update(changes)
