@@ -19,6 +19,8 @@ Outputs per image, beside the input or in --out:
     <name>.coco.json     --save-coco: COCO annotations with RLE masks
     <name>.flat.tif      --save-flat: one label image (overlaps go to the smaller object)
     <name>.prob.tif      --save-prob: float32 maps, slice 1 foreground, then the N layers
+    <name>.layermaps.png --save-layer-maps: the image, the foreground and each of the N layer
+                         activation maps side by side (as the paper's Figures 3 and 5)
 
 A file that cannot be read or processed is reported on one line and skipped; the exit code is 1
 if any input failed, 2 for a usage or model error, 0 otherwise.
@@ -67,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     outputs.add_argument("--save-coco", action="store_true", help="COCO RLE annotations (JSON)")
     outputs.add_argument("--save-flat", action="store_true", help="one flat label image")
     outputs.add_argument("--save-prob", action="store_true", help="raw probability maps")
+    outputs.add_argument("--save-layer-maps", action="store_true",
+                         help="one PNG with the image, the foreground and every layer map")
     outputs.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
     parser.add_argument("--verbose", action="store_true", help="more log output")
@@ -148,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from layernet import runfolder
-    from layernet.export import write_prediction
+    from layernet.baselines import map_names
+    from layernet.export import OUTPUT_SUFFIXES, write_prediction
     from layernet.inference import Predictor
     from layernet.instances import num_objects
-    from layernet.io import as_channels, read_image
+    from layernet.io import as_channels, read_image, write_image_atomic
     from layernet.tiling import predict_image
+    from layernet.viz import layer_maps_panel
 
     files, problems = collect_inputs(args.inputs)
     prefixes = [output_prefix(path, args.out) for path in files]
@@ -192,11 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                                 expected_channels=config.channels, name=path)
             result = predict_image(predictor, image, tile_size=args.tile_size,
                                    overlap=args.tile_overlap, batch_size=args.tile_batch,
-                                   keep_maps=args.save_prob)
+                                   keep_maps=args.save_prob or args.save_layer_maps)
             maps = (result.foreground, result.layering) if args.save_prob else None
             write_prediction(prefix, result.stack, image, overlay=not args.no_overlay,
                              masks=args.save_masks, rois=args.save_rois, coco=args.save_coco,
                              flat=args.save_flat, maps=maps, file_name=os.path.basename(path))
+            if args.save_layer_maps:
+                panel = layer_maps_panel(image, result.foreground, result.layering,
+                                         names=map_names(config))
+                write_image_atomic(prefix + OUTPUT_SUFFIXES["layer_maps"], panel)
         except Exception as error:  # one bad file must not stop the others
             logger.debug("failure on %s", path, exc_info=True)
             message = _one_line(path, error)

@@ -61,8 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="training wall-time budget in minutes (0 = no limit)")
-    parser.add_argument("--epochs", type=int, default=400, help="epochs (StarDist default 400)")
-    parser.add_argument("--steps-per-epoch", type=int, default=100, help="steps per epoch (100)")
+    parser.add_argument("--epochs", type=int, default=400,
+                        help="epochs (StarDist's default 400); with --minutes, an upper bound")
+    parser.add_argument("--steps-per-epoch", type=int, default=0,
+                        help="steps per epoch; 0 = one pass over the training images, as "
+                        "train.py (StarDist's own default is 100)")
     parser.add_argument("--patch-size", type=int, default=256,
                         help="training patch side, reduced to fit the smallest image (256)")
     parser.add_argument("--batch-size", type=int, default=4, help="patches per step (4)")
@@ -135,10 +138,11 @@ def train_and_predict(args: argparse.Namespace) -> dict:
     x_test, _, test_names = prepare(splits["test"], args.normalize_low, args.normalize_high)
     channels = x_train[0].shape[-1]
     side = patch_side(x_train + x_val, args.patch_size)
+    steps = args.steps_per_epoch or max(1, -(-len(x_train) // args.batch_size))
     keras.utils.set_random_seed(args.seed)
     config = Config2D(n_rays=N_RAYS, grid=(2, 2), n_channel_in=channels,
                       train_patch_size=(side, side), train_batch_size=args.batch_size,
-                      train_epochs=args.epochs, train_steps_per_epoch=args.steps_per_epoch,
+                      train_epochs=args.epochs, train_steps_per_epoch=steps,
                       train_tensorboard=False, use_gpu=False)
     os.makedirs(args.out, exist_ok=True)
     model = StarDist2D(config, name="model", basedir=args.out)
@@ -147,7 +151,7 @@ def train_and_predict(args: argparse.Namespace) -> dict:
         model.callbacks.append(TimeBudget(args.minutes))
     start = time.perf_counter()
     model.train(x_train, y_train, validation_data=(x_val, y_val), seed=args.seed,
-                epochs=args.epochs, steps_per_epoch=args.steps_per_epoch)
+                epochs=args.epochs, steps_per_epoch=steps)
     train_seconds = time.perf_counter() - start
     if not args.no_optimize_thresholds:
         model.optimize_thresholds(x_val, y_val)

@@ -62,6 +62,7 @@ __all__ = [
     "attach_semantic_targets",
     "semantic_losses",
     "maps_from_outputs",
+    "map_names",
     "unet2_instances",
     "unet3_instances",
     "instances_from_semantic",
@@ -236,6 +237,18 @@ def maps_from_outputs(semantic: np.ndarray, method: str) -> tuple[np.ndarray, np
     if method == "unet2":
         return semantic[..., 0], semantic
     return 1.0 - semantic[..., BACKGROUND], semantic
+
+
+def map_names(config: Config) -> list[str] | None:
+    """Captions of the second map of :meth:`layernet.inference.Predictor.maps` for pictures.
+
+    None for the layering method (``layer 1`` ... ``layer N``), the class names for baselines.
+    """
+    if config.method == "unet2":
+        return ["object"]
+    if config.method == "unet3":
+        return ["background", "object", "boundary"]
+    return None
 
 
 def _check_probabilities(probabilities: np.ndarray, channels: int) -> np.ndarray:

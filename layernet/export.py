@@ -60,6 +60,7 @@ OUTPUT_SUFFIXES = {
     "coco": ".coco.json",
     "flat": ".flat.tif",
     "prob": ".prob.tif",
+    "layer_maps": ".layermaps.png",  # written by predict.py --save-layer-maps (layernet.viz)
 }
 """File name suffix of each output of :func:`write_prediction` (``masks`` is a folder)."""
 

@@ -290,9 +290,12 @@ def test_train_predict_evaluate_end_to_end(tmp_path, method):
     write_image_atomic(str(image_path), sample.image[..., 0].astype(np.uint16))
     predict = _load_script("predict")
     assert predict.main([str(image_path), "--model", str(run), "--out", str(tmp_path / "pred"),
-                         "--quiet", "--min-size", "0"]) == 0
+                         "--quiet", "--min-size", "0", "--save-layer-maps"]) == 0
     stack = read_image(str(tmp_path / "pred" / "plate.layers.tif"))
     assert stack.shape[-2:] == (96, 96)
+    picture = read_image(str(tmp_path / "pred" / "plate.layermaps.png"))
+    panels = 2 + (1 if method == "unet2" else 3)  # image, foreground, the class maps
+    assert picture.shape[1] == panels * 96 + (panels - 1) * 4
 
     evaluate = _load_script("evaluate")
     out = tmp_path / "eval"
