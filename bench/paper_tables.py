@@ -194,3 +194,18 @@ def format_console(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     for line in cells:
         out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
     return "\n".join(out)
+
+
+def budget_text(minutes: float | None, epochs: int | None) -> str:
+    """``"5 min"`` or ``"100 epochs"``."""
+    return f"{minutes:g} min" if minutes else f"{epochs} epochs"
+
+
+def report(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: str, stem: str,
+           title: str) -> None:
+    """Write ``<out>/<stem>.csv`` and ``.md`` and print the title, the table and the paths."""
+    csv_path, md_path = os.path.join(out, f"{stem}.csv"), os.path.join(out, f"{stem}.md")
+    write_tables(rows, columns, csv_path, md_path, title)
+    print(title)
+    print(format_console(rows, columns))
+    print(f"wrote {csv_path} and {md_path}")

@@ -29,7 +29,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from layernet.cli import quiet_tensorflow, run_main, setup_logging  # noqa: E402
+from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging  # noqa: E402
 
 quiet_tensorflow()
 
@@ -78,19 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value.strip()
-    return options
-
-
 def prepare(samples: list, low: float, high: float) -> tuple[list, list, list[str]]:
     """Normalised ``(H, W, C)`` images, flattened label images and names of ``samples``."""
     from layernet.baselines import flatten_with_pseudo_boundary
@@ -127,7 +114,7 @@ def train_and_predict(args: argparse.Namespace) -> dict:
     from layernet.training import TimeBudget
     from stardist.models import Config2D, StarDist2D
 
-    options = _options(args.data_option)
+    options = parse_key_values(args.data_option)
     splits = {split: load_dataset(args.data, args.data_dir, split, args.seed, **options)
               for split in ("train", "val", "test")}
     for split, samples in splits.items():

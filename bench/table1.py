@@ -23,14 +23,13 @@ retrain). Results: ``<out>/table1.csv`` and ``<out>/table1.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from layernet.cli import quiet_tensorflow, run_main, setup_logging  # noqa: E402
+from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging  # noqa: E402
 
 quiet_tensorflow()
 
@@ -94,20 +93,6 @@ def check_budget(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--phase2-share must be in (0, 1)")
 
 
-def data_options(items: list[str]) -> dict:
-    """``KEY=VALUE`` items as a dict (values parsed as JSON when possible)."""
-    options = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            options[key.strip()] = json.loads(value.strip())
-        except json.JSONDecodeError:
-            options[key.strip()] = value.strip()
-    return options
-
-
 def base_config(args: argparse.Namespace, size: str):
     """The shared configuration of every network trained by a table runner."""
     from layernet.config import Config
@@ -118,7 +103,7 @@ def base_config(args: argparse.Namespace, size: str):
     if args.config:
         values.update(Config.load(args.config).to_dict())
     overrides = {"data": args.data, "data_dir": args.data_dir,
-                 "data_options": data_options(args.data_option), "seed": args.seed,
+                 "data_options": parse_key_values(args.data_option), "seed": args.seed,
                  "size": size, "filters": args.filters, "head_filters": args.head_filters,
                  "patch_size": args.patch_size, "batch_size": args.batch_size,
                  "steps_per_epoch": args.steps_per_epoch, "learning_rate": args.lr,
@@ -219,14 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     paper, note = paper_tables.paper_dataset(args.data, config.data_options)
     rows = table_rows(results, paper, note, args.data)
     columns = ("data", "method", "source") + METRIC_COLUMNS
-    budget_text = (f"{args.minutes:g} min" if args.minutes else f"{args.epochs} epochs")
-    title = (f"Table 1 on {args.data} (test split, UNet-{args.size}, budget {budget_text} per "
-             f"method)")
-    csv_path, md_path = os.path.join(out, "table1.csv"), os.path.join(out, "table1.md")
-    paper_tables.write_tables(rows, columns, csv_path, md_path, title)
-    print(title)
-    print(paper_tables.format_console(rows, columns))
-    print(f"wrote {csv_path} and {md_path}")
+    title = (f"Table 1 on {args.data} (test split, UNet-{args.size}, budget "
+             f"{paper_tables.budget_text(args.minutes, args.epochs)} per method)")
+    paper_tables.report(rows, columns, out, "table1", title)
     return 0
 
 

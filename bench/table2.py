@@ -81,13 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     paper, note = paper_tables.paper_dataset(args.data, config.data_options)
     rows = table_rows(results, sizes, paper, note)
     columns = ("setting", "source") + tuple(f"UNet-{size}" for size in sizes)
-    budget_text = (f"{args.minutes:g} min" if args.minutes else f"{args.epochs} epochs")
-    title = f"Table 2 on {args.data}: test meanAP (budget {budget_text} per size)"
-    csv_path, md_path = os.path.join(out, "table2.csv"), os.path.join(out, "table2.md")
-    paper_tables.write_tables(rows, columns, csv_path, md_path, title)
-    print(title)
-    print(paper_tables.format_console(rows, columns))
-    print(f"wrote {csv_path} and {md_path}")
+    title = (f"Table 2 on {args.data}: test meanAP (budget "
+             f"{paper_tables.budget_text(args.minutes, args.epochs)} per size)")
+    paper_tables.report(rows, columns, out, "table2", title)
     return 0
 
 

@@ -40,3 +40,26 @@ def run_main(main: Callable[[], int], debug: bool = False) -> None:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         fail(message)
     sys.exit(code or 0)
+
+
+def parse_key_values(items: list[str], flag: str = "--data-option") -> dict:
+    """Turn repeated ``KEY=VALUE`` options into a dict; values are parsed as JSON when they can
+    be (``count=8`` -> 8, ``kind=cells`` -> "cells").
+
+    Raises
+    ------
+    ValueError
+        For an item without ``=`` (the message names ``flag``).
+    """
+    import json
+
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            options[key.strip()] = json.loads(value.strip())
+        except json.JSONDecodeError:
+            options[key.strip()] = value.strip()
+    return options

@@ -335,3 +335,47 @@ def test_layer_maps_panel_places_every_map_in_its_own_captioned_panel():
     assert eight.shape == (2 * (caption + height) + gap, 5 * width + 4 * gap, 3)
     with pytest.raises(ValueError, match="names"):
         layer_maps_panel(np.zeros((height, width)), foreground, maps, names=["a"])
+
+
+# ------------------------------------------------------------------------------------------
+# StarDist stays optional; table layout
+
+
+def test_core_never_imports_stardist():
+    import ast
+    import glob
+
+    for path in glob.glob(os.path.join(REPO, "layernet", "*.py")) + [
+            os.path.join(REPO, name) for name in ("train.py", "predict.py", "evaluate.py")]:
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            assert not [m for m in modules if m.split(".")[0] in ("stardist", "csbdeep")], path
+
+
+def test_missing_stardist_is_reported_in_one_line(monkeypatch, capsys):
+    import importlib.util as util
+
+    from bench import stardist_baseline, table1
+
+    real = util.find_spec
+    monkeypatch.setattr(util, "find_spec",
+                        lambda name, *a: None if name == "stardist" else real(name, *a))
+    assert stardist_baseline.main(["--out", "unused", "--minutes", "1"]) == 3
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "stardist" in message
+    assert "requirements-bench.txt" in message
+    reason = table1.run_stardist(table1.parse_args(["--minutes", "1"]), Config(), "unused")
+    assert isinstance(reason, str) and "stardist" in reason
+    rows = table1.table_rows({"unet3": {m: dict.fromkeys(table1.METRIC_COLUMNS, 0.5)
+                                        for m in ("reference", "hungarian")},
+                              "stardist": reason}, "OCC", "paper OCC", "synthetic")
+    assert [row["source"] for row in rows] == ["ours (reference)", "ours (hungarian)",
+                                               "paper OCC", f"not run: {reason}", "paper OCC"]
+    assert rows[2]["meanAP"] == 0.4779 and rows[4]["AJI"] == 0.6927
