@@ -32,7 +32,7 @@ import os
 import sys
 import time
 
-from layernet.cli import quiet_tensorflow, run_main, setup_logging
+from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging
 
 quiet_tensorflow()
 
@@ -87,15 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _parse_value(text: str):
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def build_config(args: argparse.Namespace):
     """Merge defaults, the --init run's config, --config and the command-line options."""
     from layernet import runfolder
@@ -123,11 +114,7 @@ def build_config(args: argparse.Namespace):
     if args.data is not None and args.init and args.data != values.get("data"):
         values["data_options"] = {}
     options = dict(values.get("data_options") or {})
-    for item in args.data_option:
-        if "=" not in item:
-            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        options[key.strip()] = _parse_value(value.strip())
+    options.update(parse_key_values(args.data_option))
     values["data_options"] = options
     values["version"] = Config().version
     return Config.from_dict(values, source="command line")
