@@ -202,7 +202,8 @@ class EpochEnd(keras.callbacks.Callback):
     """Validate by the paper's metric, write checkpoints, state and history after every epoch."""
 
     def __init__(self, run_dir: str, config: Config, val: Sequence[PreparedSample],
-                 history: list[dict[str, Any]], best: float, best_epoch: int) -> None:
+                 history: list[dict[str, Any]], best: float, best_epoch: int,
+                 best_aji: float = -1.0) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.config = config
@@ -228,9 +229,11 @@ class EpochEnd(keras.callbacks.Callback):
         step = int(optimizer.iterations.numpy())
         learning_rate = float(learning_rate_schedule(self.config)(max(step - 1, 0)))
         score = scores["meanAP"]
-        improved = score > self.best or self.best_epoch < 0
+        # best = highest validation meanAP; AJI breaks ties (e.g. while meanAP is still 0)
+        improved = (score, scores["AJI"]) > (self.best, self.best_aji) or self.best_epoch < 0
         path = self.run_dir
         # The checkpoint is written under pending names, committed by state.json and only then
+        self.best_aji = best_aji
         # renamed to last.h5 / last_optimizer.npz (runfolder.commit_pending), so a kill at any
         # moment leaves a consistent last.h5 + optimizer + state (the previous or this epoch).
         runfolder.save_model_atomic(
@@ -240,7 +243,7 @@ class EpochEnd(keras.callbacks.Callback):
             {f"v{index:04d}": np.asarray(variable.numpy())
              for index, variable in enumerate(optimizer.variables)})
         if improved:
-            self.best, self.best_epoch = score, epoch + 1
+            self.best, self.best_aji, self.best_epoch = score, scores["AJI"], epoch + 1
             runfolder.save_model_atomic(net, os.path.join(path, runfolder.BEST_FILE))
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "learning_rate": learning_rate}
         row.update({key: float(value) for key, value in logs.items()})
@@ -249,7 +252,7 @@ class EpochEnd(keras.callbacks.Callback):
         runfolder.write_history(os.path.join(path, runfolder.HISTORY_FILE), self.history)
         runfolder.save_json_atomic(os.path.join(path, runfolder.STATE_FILE), {
             "epoch": epoch + 1, "step": step, "best_score": self.best,
-            "best_epoch": self.best_epoch, "best_metric": "val_meanAP",
+            "best_aji": self.best_aji, "best_epoch": self.best_epoch, "best_metric": "val_meanAP",
             "phase": self.config.phase})
         runfolder.commit_pending(path, epoch + 1)
         logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s", epoch + 1, score, scores["AJI"],
@@ -375,7 +378,7 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     history = runfolder.read_history(os.path.join(run_dir, runfolder.HISTORY_FILE))
     history = [row for row in history if int(row.get("epoch", 0)) <= int(state["epoch"])]
     epoch_end = EpochEnd(run_dir, config, data.val, history, float(state["best_score"]),
-                         int(state["best_epoch"]))
+                         int(state["best_epoch"]), float(state.get("best_aji", -1.0)))
     callbacks = [epoch_end, keras.callbacks.TensorBoard(
         os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
     if config.time_budget_minutes > 0:
