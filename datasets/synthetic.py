@@ -33,6 +33,7 @@ import argparse
 import functools
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -614,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="probability that a neighbour overlaps instead of touching "
                              "(default 0.5)")
     parser.add_argument("--out", default="preview.png", help="output PNG (default preview.png)")
+    parser.add_argument("--write-images", metavar="DIR",
+                        help="also write every image as <DIR>/<name>.png (16-bit) and its exact "
+                             "instances as <DIR>/<name>.gt.tif (uint16 label stack), e.g. to try "
+                             "predict.py and evaluate.py --pred/--gt on files")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -634,6 +639,15 @@ def main(argv: list[str] | None = None) -> int:
     if not cv2.imwrite(args.out, np.concatenate(rows, axis=0)[:, :, ::-1]):
         print(f"error: could not write {args.out}", file=sys.stderr)
         return 1
+    if args.write_images:
+        from layernet.io import write_label_stack, write_image_atomic
+
+        os.makedirs(args.write_images, exist_ok=True)
+        for sample in samples:
+            base = os.path.join(args.write_images, sample.name)
+            write_image_atomic(base + ".png", sample.image[..., 0].astype(np.uint16))
+            write_label_stack(base + ".gt.tif", sample.stack)
+        print(f"wrote {len(samples)} images and ground truths to {args.write_images}")
     objects = [int(np.unique(s.stack).size - 1) for s in samples]
     fg = sum(int(foreground(s.stack).sum()) for s in samples)
     overlapped = sum(int((coverage(s.stack) >= 2).sum()) for s in samples)
