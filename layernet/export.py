@@ -33,7 +33,8 @@ from scipy import ndimage
 from skimage import measure
 
 from layernet.instances import flatten_stack, validate_stack
-from layernet.io import _umask, _write_atomically, write_image_atomic, write_label_stack
+from layernet.io import (_imwrite_imagej_stack, _umask, _write_atomically, write_image_atomic,
+                         write_label_stack)
 from layernet.viz import display_image, outline_overlay
 
 logger = logging.getLogger(__name__)
@@ -334,8 +335,7 @@ def save_probability_maps(path: str | os.PathLike, foreground: np.ndarray,
     """
     data = np.concatenate([np.asarray(foreground, np.float32)[None],
                            np.moveaxis(np.asarray(layering, np.float32), -1, 0)])
-    _write_atomically(os.fspath(path), lambda temporary: tifffile.imwrite(
-        temporary, data, imagej=True, metadata={"axes": "ZYX"}))
+    _write_atomically(os.fspath(path), lambda temporary: _imwrite_imagej_stack(temporary, data))
 
 
 def write_prediction(

@@ -312,18 +312,30 @@ def _umask() -> int:
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)`` for a temporary file next to ``path``, then rename it."""
     directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
+    try:
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as error:
+        raise _write_error(path, error) from None
     os.close(handle)
     try:
         write(temporary)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.remove(temporary)
+        if isinstance(error, OSError):
+            raise _write_error(path, error) from None
         raise
+
+
+def _write_error(path: str, error: OSError) -> OSError:
+    """One-line error naming the output file, for a failed write (full disk, no permission)."""
+    detail = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    return OSError(f"{path}: cannot write ({detail}); is the disk full or the folder not "
+                   "writable?")
 
 
 def write_label_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
@@ -350,10 +362,19 @@ def write_label_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
     if stack.size and int(stack.max()) > np.iinfo(np.uint16).max:
         raise LabelStackError(f"{path}: label id {int(stack.max())} does not fit into uint16")
     data = stack.astype(np.uint16)
-    _write_atomically(
-        path, lambda temporary: tifffile.imwrite(temporary, data, imagej=True,
-                                                 metadata={"axes": "ZYX"})
-    )
+    _write_atomically(path, lambda temporary: _imwrite_imagej_stack(temporary, data))
+
+
+def _imwrite_imagej_stack(path: str, data: np.ndarray) -> None:
+    """Write a ``(Z, Y, X)`` array as an ImageJ hyperstack of ``Z`` slices.
+
+    The array is passed with ImageJ's full axes ``TZCYXS``: given as ``ZYX``, tifffile takes a
+    width of 1 for one sample per pixel and writes a single ``(Z, Y)`` page instead of ``Z``
+    slices (1-pixel-wide images would come back with the wrong shape).
+    """
+    depth, height, width = data.shape
+    tifffile.imwrite(path, data.reshape(1, depth, 1, height, width, 1), imagej=True,
+                     metadata={"axes": "TZCYXS"})
 
 
 def read_label_stack(path: str | os.PathLike) -> np.ndarray:
