@@ -149,16 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    from tqdm import tqdm
-
     from layernet import runfolder
-    from layernet.baselines import map_names
-    from layernet.export import OUTPUT_SUFFIXES, write_prediction
-    from layernet.inference import Predictor
-    from layernet.instances import num_objects
-    from layernet.io import as_channels, read_image, write_image_atomic
-    from layernet.tiling import predict_image
-    from layernet.viz import layer_maps_panel
 
     files, problems = collect_inputs(args.inputs)
     prefixes = [output_prefix(path, args.out) for path in files]
@@ -174,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("no input images")
 
     model_path = runfolder.resolve_model_path(args.model or runfolder.newest_run("runs"))
+    # the heavy imports (TensorFlow) only once the inputs and the model file are checked
+    from tqdm import tqdm
+
+    from layernet.baselines import map_names
+    from layernet.export import OUTPUT_SUFFIXES, write_prediction
+    from layernet.inference import Predictor
+    from layernet.instances import num_objects
+    from layernet.io import as_channels, read_image, write_image_atomic
+    from layernet.tiling import predict_image
+    from layernet.viz import layer_maps_panel
+
     net, config = runfolder.load_trained_model(model_path)
     changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
                if value is not None}

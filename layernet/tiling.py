@@ -226,8 +226,9 @@ class _Part:
         return int(self.mask.sum())
 
 
-def _pair_counts(first: np.ndarray, second: np.ndarray) -> dict[tuple[int, int], int]:
-    """Pixel counts of every id pair ``(a, b)`` co-occurring in two label stacks of one region."""
+def _pair_codes(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Unique codes ``a * base + b`` of id pairs co-occurring at a pixel, with pixel counts."""
+    base = int(second.max()) + 1 if second.size else 1
     codes = []
     for layer_a in first:
         on_a = layer_a > 0
@@ -236,16 +237,23 @@ def _pair_counts(first: np.ndarray, second: np.ndarray) -> dict[tuple[int, int],
         for layer_b in second:
             both = on_a & (layer_b > 0)
             if both.any():
-                codes.append(np.stack([layer_a[both], layer_b[both]], axis=1))
+                codes.append(layer_a[both] * base + layer_b[both])
     if not codes:
-        return {}
-    pairs, counts = np.unique(np.concatenate(codes).astype(np.int64), axis=0, return_counts=True)
-    return {(int(a), int(b)): int(n) for (a, b), n in zip(pairs, counts)}
+        empty = np.zeros(0, np.int64)
+        return empty, empty, base
+    pairs, counts = np.unique(np.concatenate(codes), return_counts=True)
+    return pairs, counts, base
 
 
-def _areas(stack: np.ndarray) -> dict[int, int]:
-    ids, counts = np.unique(stack[stack > 0], return_counts=True)
-    return dict(zip(ids.tolist(), counts.tolist()))
+def _overlapping_pairs(stack: np.ndarray) -> set[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``a != b``, of ids of one label stack that share a pixel (both orders)."""
+    result: set[tuple[int, int]] = set()
+    for index in range(stack.shape[0] - 1):
+        pairs, _, base = _pair_codes(stack[index:index + 1], stack[index + 1:])
+        for a, b in zip((pairs // base).tolist(), (pairs % base).tolist()):
+            result.add((a, b))
+            result.add((b, a))
+    return result
 
 
 class TileStitcher:
@@ -301,6 +309,8 @@ class TileStitcher:
         self.layers = max(self.layers, stack.shape[0])
 
         local = relabel_stack(stack, dtype=np.int64)
+        if self.min_size > 1:
+            local = self._drop_small_interior(tile, local)
         count = int(local.max()) if local.size else 0
         offset = len(self._union.parent)
         self._union.add(count)
@@ -325,43 +335,73 @@ class TileStitcher:
             else:
                 self._pending[(tile_index, other)] = crop.astype(np.int64)
 
+    def _drop_small_interior(self, tile: Tile, local: np.ndarray) -> np.ndarray:
+        """Remove instances smaller than ``min_size`` that no other tile sees.
+
+        Such an instance lies in this tile's core only, so it is final as it is and would be
+        dropped after stitching anyway; removing it early saves memory and time.
+        """
+        count = int(local.max()) if local.size else 0
+        if count == 0:
+            return local
+        areas = np.bincount(local.reshape(-1), minlength=count + 1)
+        seen_elsewhere = np.zeros(count + 1, dtype=bool)
+        for _, shared in self._neighbours[tile.index]:
+            seen_elsewhere[local[(slice(None),) + _local(shared, tile.rect)].reshape(-1)] = True
+        drop = (areas < self.min_size) & ~seen_elsewhere
+        drop[0] = False
+        if not drop.any():
+            return local
+        keep = ~drop
+        keep[0] = False
+        lut = np.zeros(count + 1, dtype=np.int64)
+        lut[keep] = np.arange(1, int(keep.sum()) + 1)
+        return lut[local]
+
     def _match(self, first: np.ndarray, second: np.ndarray) -> None:
         """Merge the instances of two tiles seen in their shared region (ids shifted by +1)."""
-        counts = _pair_counts(first, second)
-        if not counts:
+        pairs, inter, base = _pair_codes(first, second)
+        if pairs.size == 0:
             return
-        area_a, area_b = _areas(first), _areas(second)
-        ious = sorted(((n / (area_a[a] + area_b[b] - n), a, b) for (a, b), n in counts.items()),
-                      key=lambda item: (-item[0], item[1], item[2]))
+        ids_a, ids_b = pairs // base, pairs % base
+        area_a = np.bincount(first.reshape(-1), minlength=int(ids_a.max()) + 1)
+        area_b = np.bincount(second.reshape(-1), minlength=base)
+        iou = inter / (area_a[ids_a] + area_b[ids_b] - inter)
+        candidates = np.flatnonzero(iou >= self.match_iou)
+        order = candidates[np.lexsort((ids_b[candidates], ids_a[candidates], -iou[candidates]))]
         partner: dict[tuple[int, int], int] = {}
-        for iou, a, b in ious:
-            if iou < self.match_iou:
-                break
+        for a, b in zip(ids_a[order].tolist(), ids_b[order].tolist()):
             if (0, a) in partner or (1, b) in partner:
                 continue
             partner[(0, a)], partner[(1, b)] = b, a
             self._union.union(a - 1, b - 1)
-        # Pieces of an object cut apart by the tile border join the piece they lie in.
-        best_a: dict[int, tuple[int, int]] = {}
-        best_b: dict[int, tuple[int, int]] = {}
-        for (a, b), n in sorted(counts.items()):
-            if n > best_a.get(a, (0, 0))[0]:
-                best_a[a] = (n, b)
-            if n > best_b.get(b, (0, 0))[0]:
-                best_b[b] = (n, a)
-        for side, best, areas, own, other_stack in ((0, best_a, area_a, first, second),
-                                                    (1, best_b, area_b, second, first)):
-            for item, (n, other) in best.items():
-                if (side, item) in partner or 2 * n < areas[item]:
+        # Pieces of an object cut apart by the tile border join the piece they lie in: for every
+        # instance, its partner of largest intersection (ties: the lowest id).
+        best_a = self._best_partners(ids_a, ids_b, inter, area_a)
+        best_b = self._best_partners(ids_b, ids_a, inter, area_b)
+        overlapping: dict[int, set[tuple[int, int]]] = {}
+        for side, best, own in ((0, best_a, first), (1, best_b, second)):
+            for item, other in best:
+                if (side, item) in partner:
                     continue
                 sibling = partner.get((1 - side, other))
                 if sibling is None:
                     continue
-                item_mask = np.any(own == item, axis=0)
-                sibling_mask = np.any(own == sibling, axis=0)
-                if np.any(item_mask & sibling_mask):
+                if side not in overlapping:
+                    overlapping[side] = _overlapping_pairs(own)
+                if (item, sibling) in overlapping[side]:
                     continue  # a different object overlapping the matched one
                 self._union.union(item - 1, other - 1)
+
+    @staticmethod
+    def _best_partners(ids: np.ndarray, others: np.ndarray, inter: np.ndarray,
+                       areas: np.ndarray) -> list[tuple[int, int]]:
+        """``(id, partner)`` for ids whose largest-intersection partner holds >= half of them."""
+        order = np.lexsort((others, -inter, ids))
+        first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
+        contained = 2 * inter[first] >= areas[ids[first]]
+        first = first[contained]
+        return list(zip(ids[first].tolist(), others[first].tolist()))
 
     def finish(self, dtype: type | None = None) -> np.ndarray:
         """Stitch the added tiles into one label stack.
