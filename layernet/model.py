@@ -57,18 +57,19 @@ class ModelWeightsError(ValueError):
 
 
 def _conv_relu_bn(x: keras.KerasTensor, filters: int, kernel: int, conv_name: str,
-                  bn_name: str, momentum: float) -> keras.KerasTensor:
+                  bn_name: str, momentum: float, synchronized: bool = False) -> keras.KerasTensor:
     """Conv (kernel x kernel, same padding) -> ReLU -> BatchNorm with the given layer names."""
     x = keras.layers.Conv2D(filters, kernel, padding="same", activation="relu",
                             name=conv_name)(x)
-    return keras.layers.BatchNormalization(momentum=momentum, name=bn_name)(x)
+    return keras.layers.BatchNormalization(momentum=momentum, synchronized=synchronized,
+                                           name=bn_name)(x)
 
 
 def _double_conv(x: keras.KerasTensor, filters: int, name: str,
-                 momentum: float) -> keras.KerasTensor:
+                 momentum: float, synchronized: bool = False) -> keras.KerasTensor:
     """Two 3x3 conv -> ReLU -> BN blocks."""
-    x = _conv_relu_bn(x, filters, 3, f"{name}_conv1", f"{name}_bn1", momentum)
-    return _conv_relu_bn(x, filters, 3, f"{name}_conv2", f"{name}_bn2", momentum)
+    x = _conv_relu_bn(x, filters, 3, f"{name}_conv1", f"{name}_bn1", momentum, synchronized)
+    return _conv_relu_bn(x, filters, 3, f"{name}_conv2", f"{name}_bn2", momentum, synchronized)
 
 
 def build_model(config: Config) -> keras.Model:
@@ -93,20 +94,25 @@ def build_model(config: Config) -> keras.Model:
     """
     depth = config.depth
     momentum = config.bn_momentum
+    # Multi-worker training: batch statistics over the global batch (all workers), so every
+    # worker keeps identical moving statistics and the run equals one with the global batch.
+    # The weights are those of a plain BatchNormalization; outside a strategy it is one.
+    synced = config.strategy == "multiworker"
     inputs = keras.Input(shape=(None, None, config.channels), name="image")
     x = inputs
     skips = []
     for level in range(1, depth + 1):
-        x = _double_conv(x, config.filters * 2 ** (level - 1), f"enc{level}", momentum)
+        x = _double_conv(x, config.filters * 2 ** (level - 1), f"enc{level}", momentum, synced)
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
-    x = _double_conv(x, config.filters * 2 ** depth, "bottleneck", momentum)
+    x = _double_conv(x, config.filters * 2 ** depth, "bottleneck", momentum, synced)
     for level in range(depth, 0, -1):
         filters = config.filters * 2 ** (level - 1)
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_upsample")(x)
-        x = _conv_relu_bn(x, filters, 1, f"dec{level}_upconv", f"dec{level}_upbn", momentum)
+        x = _conv_relu_bn(x, filters, 1, f"dec{level}_upconv", f"dec{level}_upbn", momentum,
+                           synced)
         x = keras.layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level - 1]])
-        x = _double_conv(x, filters, f"dec{level}", momentum)
+        x = _double_conv(x, filters, f"dec{level}", momentum, synced)
     features = x
     if config.method == "layering":
         specs = (("foreground", "fg_head", 1, "sigmoid"),
@@ -118,7 +124,7 @@ def build_model(config: Config) -> keras.Model:
         name = f"{config.method}_unet{config.size}"
     heads = {}
     for output_name, prefix, channels, activation in specs:
-        h = _double_conv(features, config.head_filters, prefix, momentum)
+        h = _double_conv(features, config.head_filters, prefix, momentum, synced)
         heads[output_name] = keras.layers.Conv2D(channels, 1, activation=activation,
                                                  dtype="float32", name=output_name)(h)
     return keras.Model(inputs=inputs, outputs=heads, name=name)

@@ -91,10 +91,25 @@ class LayeringTrainer(keras.Model):
     def call(self, inputs: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
         return self.net(inputs, training=training)
 
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        # Keras (3.15) builds a model under a strategy from one batch that it first averages
+        # with strategy.reduce("MEAN"), which fails for our dict batches under
+        # MultiWorkerMirroredStrategy (and would all-reduce a data batch). The network is a
+        # built functional model and there are no compiled losses or metrics, so only the
+        # optimizer state is left to create, which needs no data.
+        with self.distribute_strategy.scope():
+            if not self.optimizer.built:
+                self.optimizer.build(self.net.trainable_variables)
+
     def _update(self, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, tracker in self.trackers.items():
             tracker.update_state(losses[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras averages a multi-worker step's outputs with strategy.reduce("MEAN", axis=0),
+            # which needs a batch axis: give the scalars one (the logs come out as scalars).
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     def train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -113,6 +128,13 @@ class LayeringTrainer(keras.Model):
         return self._update(self.loss_function(outputs, batch, self.config, self.phase))
 
 
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True for a MultiWorkerMirroredStrategy that spans several workers (Keras' own test)."""
+    extended = strategy.extended
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and bool(getattr(extended, "_in_multi_worker_mode", lambda: False)()))
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """Return the ``tf.distribute`` strategy called ``default``, ``mirrored`` or ``multiworker``."""
     if name == "default":
@@ -124,6 +146,17 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             raise TrainingError("--strategy multiworker needs the TF_CONFIG environment variable")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise TrainingError(f"unknown strategy {name!r}; use default, mirrored or multiworker")
+
+
+def worker_run_dir(run_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """The folder this process writes: ``run_dir`` on the chief (and without multi-worker
+    training), ``run_dir/<task type>-<task id>`` on the other workers of a
+    MultiWorkerMirroredStrategy (their weights equal the chief's; separate folders keep the
+    writers apart and let every worker ``--resume`` from its own checkpoint)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or strategy.extended.should_checkpoint:
+        return run_dir
+    return os.path.join(run_dir, f"{resolver.task_type}-{resolver.task_id}")
 
 
 def validation_scores(predictor: Predictor, samples: Sequence[PreparedSample],
@@ -211,6 +244,7 @@ class EpochEnd(keras.callbacks.Callback):
         self.history = history
         self.best = best
         self.best_epoch = best_epoch
+        self.best_aji = best_aji
         self.predictor: Predictor | None = None
         self.epoch_start = 0.0
 
@@ -233,7 +267,6 @@ class EpochEnd(keras.callbacks.Callback):
         improved = (score, scores["AJI"]) > (self.best, self.best_aji) or self.best_epoch < 0
         path = self.run_dir
         # The checkpoint is written under pending names, committed by state.json and only then
-        self.best_aji = best_aji
         # renamed to last.h5 / last_optimizer.npz (runfolder.commit_pending), so a kill at any
         # moment leaves a consistent last.h5 + optimizer + state (the previous or this epoch).
         runfolder.save_model_atomic(
@@ -321,6 +354,9 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     config.validate()
     if config.phase == "overlap" and init is None and not resume:
         raise TrainingError("phase 'overlap' starts from a phase-1 model: pass --init <run>/best.h5")
+    # The strategy comes first: MultiWorkerMirroredStrategy must be created before any TF op.
+    strategy = make_strategy(config.strategy)
+    run_dir = worker_run_dir(run_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
     state_path = os.path.join(run_dir, runfolder.STATE_FILE)
     if resume:
@@ -338,7 +374,6 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     data = load_training_data(config)
     baselines.attach_semantic_targets(data.train, config)
 
-    strategy = make_strategy(config.strategy)
     with strategy.scope():
         net = build_model(config)
         trainer = LayeringTrainer(net, config, config.phase, name="trainer")
