@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "epoch in progress is closed (validated, checkpointed) (0 = no limit)")
     fit.add_argument("--lr", type=float, help="initial learning rate (1e-4), x0.9 every 10k steps")
     fit.add_argument("--seed", type=int, help="seed of split, augmentation and initialisation (0)")
+    fit.add_argument("--deterministic", action="store_true", default=None,
+                     help="bit-identical reruns with the same --seed (deterministic TensorFlow "
+                     "kernels; slightly slower)")
     fit.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
                      help="tf.distribute strategy (default); multiworker reads TF_CONFIG")
     post = parser.add_argument_group("validation post-processing (Algorithm 1)")
@@ -105,7 +108,7 @@ def build_config(args: argparse.Namespace):
         "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers, "precision": args.precision,
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
-        "seed": args.seed, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
+        "seed": args.seed, "deterministic": args.deterministic, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if args.phase is None:

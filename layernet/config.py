@@ -101,6 +101,10 @@ class Config:
     decay_steps: int = 10000
     decay_rate: float = 0.9
     seed: int = 0
+    # bit-identical reruns on CPU (TensorFlow's deterministic kernels); --seed alone fixes the
+    # split, augmentation and initialisation but multi-threaded reductions may differ in the
+    # last digits
+    deterministic: bool = False
     strategy: str = "default"  # default | mirrored | multiworker
     time_budget_minutes: float = 0.0  # stop a training call after this wall time (0 = no limit)
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16

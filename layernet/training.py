@@ -369,6 +369,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1}
         config.save(os.path.join(run_dir, runfolder.CONFIG_FILE))
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if config.precision != "float32":
         keras.mixed_precision.set_global_policy(config.precision)
     data = load_training_data(config)
