@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: beside each input)")
     parser.add_argument("--channel", type=int, metavar="C",
                         help="use only channel C (0-based) of multi-channel images")
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        help="compute precision of the network (default: the run's)")
     tiles = parser.add_argument_group("tiling (large images)")
     tiles.add_argument("--tile-size", default="auto", metavar="PX",
                        help="tile side in pixels, 'auto' (512) or 0 to never tile (default auto)")
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from layernet.tiling import predict_image
     from layernet.viz import layer_maps_panel
 
-    net, config = runfolder.load_trained_model(model_path)
+    net, config = runfolder.load_trained_model(model_path, precision=args.precision)
     changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
                if value is not None}
     if changes:

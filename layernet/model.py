@@ -79,7 +79,11 @@ def build_model(config: Config) -> keras.Model:
     ----------
     config : Config
         Uses ``method``, ``channels``, ``depth`` (from ``size``), ``filters``,
-        ``head_filters`` and ``layers``.
+        ``head_filters``, ``layers``, ``bn_momentum``, ``strategy`` (synchronised batch norm
+        under ``multiworker``) and ``precision``: the Keras dtype policy of every layer
+        (``float32``, ``mixed_bfloat16`` or ``mixed_float16``: variables in float32,
+        computation in the 16-bit type) except the two output layers, which always compute in
+        float32. The global Keras policy is left as it was.
 
     Returns
     -------
@@ -92,6 +96,16 @@ def build_model(config: Config) -> keras.Model:
         (sigmoid object probability) or ``{"semantic": (B, H, W, 3)}`` (softmax over
         background, object, boundary).
     """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        return _build(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(config: Config) -> keras.Model:
+    """:func:`build_model` under the dtype policy it has set."""
     depth = config.depth
     momentum = config.bn_momentum
     # Multi-worker training: batch statistics over the global batch (all workers), so every

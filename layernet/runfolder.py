@@ -242,13 +242,16 @@ def newest_run(root: str = "runs") -> str:
     return os.path.dirname(max(candidates, key=os.path.getmtime))
 
 
-def load_trained_model(path: str) -> tuple[Any, Config]:
+def load_trained_model(path: str, precision: str | None = None) -> tuple[Any, Config]:
     """Build the network from the run's ``config.json`` and load the weights of ``path``.
 
     Parameters
     ----------
     path : str
         A model file (``best.h5``/``last.h5``) or a run folder.
+    precision : str or None, optional
+        Compute precision of the built network (``float32``, ``mixed_bfloat16``,
+        ``mixed_float16``) in place of the run's; the weights are float32 in every case.
 
     Returns
     -------
@@ -261,6 +264,8 @@ def load_trained_model(path: str) -> tuple[Any, Config]:
 
     model_path = resolve_model_path(path)
     config = config_for_model(model_path)
+    if precision is not None:
+        config = config.replace(precision=precision)
     net = build_model(config)
     load_model_weights(net, model_path)
     return net, config

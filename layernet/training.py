@@ -371,8 +371,6 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if config.precision != "float32":
-        keras.mixed_precision.set_global_policy(config.precision)
     data = load_training_data(config)
     baselines.attach_semantic_targets(data.train, config)
 

@@ -150,17 +150,19 @@ def test_wrong_weights_give_one_line_error(tmp_path):
         load_model_weights(build_model(tiny_config("S")), tmp_path / "missing.h5")
 
 
-def test_mixed_precision_outputs_float32():
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    try:
-        model = build_model(tiny_config("S"))
-        assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
-        out = model(np.zeros((1, 32, 32, 1), np.float32), training=False)
-        assert np.asarray(out["foreground"]).dtype == np.float32
-        assert np.asarray(out["layering"]).dtype == np.float32
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
+@pytest.mark.parametrize("precision,compute", [("mixed_bfloat16", "bfloat16"),
+                                               ("mixed_float16", "float16"),
+                                               ("float32", "float32")])
+def test_precision_from_config_outputs_float32(precision, compute):
+    previous = keras.config.dtype_policy().name
+    model = build_model(tiny_config("S", precision=precision))
+    assert keras.config.dtype_policy().name == previous  # the global policy is left alone
+    assert model.get_layer("enc1_conv1").compute_dtype == compute
+    assert model.get_layer("enc1_conv1").kernel.dtype == "float32"
+    assert model.get_layer("foreground").compute_dtype == "float32"
+    out = model(np.zeros((1, 32, 32, 1), np.float32), training=False)
+    assert np.asarray(out["foreground"]).dtype == np.float32
+    assert np.asarray(out["layering"]).dtype == np.float32
 
 
 def test_pad_to_stride():

@@ -1,0 +1,47 @@
+"""Mixed precision end to end: a bfloat16 / float16 training run writes float32 weights, logs finite
+float32 losses, and its model predicts float32 maps close to the float32 network's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from layernet import runfolder
+from layernet.config import Config
+from layernet.inference import Predictor
+
+TINY = dict(size="S", filters=8, head_filters=16, patch_size=64, batch_size=2, min_size=30,
+            data_options={"size": 128, "count": 6}, learning_rate=1e-3, epochs=1,
+            steps_per_epoch=2)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_training_and_prediction(tmp_path, precision):
+    import keras
+
+    from layernet.training import train
+
+    before = keras.config.dtype_policy().name
+    run_dir = str(tmp_path / precision)
+    train(Config(precision=precision, **TINY).validate(), run_dir, verbose=0)
+    assert keras.config.dtype_policy().name == before
+    history = runfolder.read_history(f"{run_dir}/{runfolder.HISTORY_FILE}")
+    assert np.isfinite(history[-1]["loss"]) and history[-1]["step"] == 2
+
+    mixed, config = runfolder.load_trained_model(run_dir)
+    assert config.precision == precision
+    assert mixed.get_layer("enc1_conv1").compute_dtype == precision.split("_")[1]
+    assert all(weight.dtype == "float32" for weight in mixed.weights)
+    full, _ = runfolder.load_trained_model(run_dir, precision="float32")
+    assert full.get_layer("enc1_conv1").compute_dtype == "float32"
+
+    image = np.random.default_rng(0).random((64, 96, 1)).astype(np.float32)
+    fg_mixed, layers_mixed = Predictor(mixed, config).maps_normalized(image)
+    fg_full, layers_full = Predictor(full, config).maps_normalized(image)
+    assert fg_mixed.dtype == layers_mixed.dtype == np.float32
+    assert fg_mixed.shape == (64, 96) and layers_mixed.shape == (64, 96, config.layers)
+    # 8 (bfloat16) or 11 (float16) mantissa bits: maps agree to a few percent, not exactly
+    tolerance = 0.1 if precision == "mixed_bfloat16" else 0.02
+    assert np.abs(fg_mixed - fg_full).max() < tolerance
+    assert np.abs(layers_mixed - layers_full).max() < tolerance
+    assert np.abs(layers_mixed - layers_full).max() > 0
