@@ -41,38 +41,6 @@ def tiny_run(tmp_path_factory) -> str:
     return run_dir
 
 
-def synthetic_mosaic(blocks: int = 8, block_size: int = 256, seed: int = 0):
-    """A large synthetic image made of ``blocks x blocks`` synthetic cell scenes, with its stack.
-
-    Returns
-    -------
-    image : numpy.ndarray
-        uint8 ``(blocks * block_size, blocks * block_size)``.
-    stack : numpy.ndarray
-        int32 label stack of the same size, ids ``1..K`` unique over the mosaic.
-    """
-    import numpy as np
-
-    from datasets.synthetic import generate_sample
-
-    side = blocks * block_size
-    samples = [generate_sample(np.random.default_rng([seed, index]), "cells", block_size)
-               for index in range(blocks * blocks)]
-    layers = max(sample.stack.shape[0] for sample in samples)
-    image = np.zeros((side, side), np.uint8)
-    stack = np.zeros((layers, side, side), np.int32)
-    offset = 0
-    for index, sample in enumerate(samples):
-        y, x = divmod(index, blocks)
-        window = (slice(y * block_size, (y + 1) * block_size),
-                  slice(x * block_size, (x + 1) * block_size))
-        image[window] = np.clip(sample.image[..., 0], 0, 255).astype(np.uint8)
-        block = sample.stack
-        stack[(slice(0, block.shape[0]),) + window] = np.where(block > 0, block + offset, 0)
-        offset += int(block.max())
-    return image, stack
-
-
 @pytest.fixture(scope="session")
 def prediction_inputs(tmp_path_factory) -> dict:
     """Image files for the CLI tests and their ground truth (label stacks named like the images).
@@ -92,10 +60,13 @@ def prediction_inputs(tmp_path_factory) -> dict:
     small = (sample.image[..., 0] * 200).astype(np.uint16)
     write_image_atomic(str(root / "images" / "small.png"), small)
     write_label_stack(str(root / "gt" / "small.layers.tif"), sample.stack)
-    big, big_stack = synthetic_mosaic()
     import tifffile
 
-    tifffile.imwrite(str(root / "images" / "big.tif"), big)
+    from bench.predict import synthetic_mosaic
+
+    big, big_stack = synthetic_mosaic(2048)
+    big_uint8 = np.clip(big[..., 0], 0, 255).astype(np.uint8)
+    tifffile.imwrite(str(root / "images" / "big.tif"), big_uint8)
     write_label_stack(str(root / "gt" / "big.layers.tif"), big_stack)
     return {"root": str(root), "small": str(root / "images" / "small.png"),
             "big": str(root / "images" / "big.tif"), "gt": str(root / "gt"),
