@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                     postprocess={"tau": config.tau, "min_size": config.min_size,
                                  "overlap_layers": config.overlap_layers,
                                  "connectivity": config.connectivity},
-                    tiling={"tile_size": "off" if args.tile_size == 0 else (args.tile_size or "auto"),
+                    tiling={"tile_size": ("off" if args.tile_size == 0
+                                          else args.tile_size or "auto"),
                             "overlap": args.tile_overlap or "auto"},
                     seconds={key: round(value, 3) for key, value in timings.items()})
     else:
@@ -285,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{summaries['reference']['n_gt']} ground-truth objects, "
           f"{summaries['reference']['n_pred']} predicted")
     print(format_table(summaries))
-    print(f"wrote {json_path}, {csv_path}" + (f", {len(worst)} worst-image panels" if worst else ""))
+    panels = f", {len(worst)} worst-image panels" if worst else ""
+    print(f"wrote {json_path}, {csv_path}{panels}")
     return 0
 
 

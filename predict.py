@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         try:
             args.tile_size = int(args.tile_size)
         except ValueError:
-            parser.error(f"--tile-size: expected a number of pixels or 'auto', got {args.tile_size!r}")
+            parser.error("--tile-size: expected a number of pixels or 'auto', "
+                         f"got {args.tile_size!r}")
         if args.tile_size < 0:
             parser.error("--tile-size must be >= 0")
     if args.tile_overlap is not None and args.tile_overlap < 0:

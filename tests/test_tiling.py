@@ -125,7 +125,8 @@ def test_auto_tile_size_and_overlap():
 
 # ------------------------------------------------------------------------------ stitcher units
 def test_bar_in_different_layers_becomes_one_object_hand_computed():
-    tiles = tile_grid((10, 16), 10, 4)  # x: tile 0 = [0, 10), core [0, 8); tile 1 = [6, 16), core [8, 16)
+    # x: tile 0 = [0, 10) with core [0, 8); tile 1 = [6, 16) with core [8, 16)
+    tiles = tile_grid((10, 16), 10, 4)
     bar = np.zeros((10, 16), dtype=bool)
     bar[2:5, 3:14] = True
     left = np.zeros((8, 10, 10), np.int32)
