@@ -134,6 +134,28 @@ def greedy_colouring(adjacent: list[set[int]], order: Sequence[int]) -> list[int
     return colour
 
 
+def _overlap_graph(masks: Sequence[np.ndarray]) -> list[set[int]]:
+    """Which masks share a pixel, from the sparse (pixel, object) pairs: memory grows with the
+    objects' areas, not with objects x image size."""
+    pixels = [np.flatnonzero(mask) for mask in masks]
+    owners = np.concatenate([np.full(p.size, k, dtype=np.int64) for k, p in enumerate(pixels)])
+    pixels_all = np.concatenate(pixels)
+    order = np.argsort(pixels_all, kind="stable")
+    pixels_all, owners = pixels_all[order], owners[order]
+    adjacent: list[set[int]] = [set() for _ in masks]
+    lag = 1
+    while lag < pixels_all.size:  # objects sharing a pixel sit in one run of the sorted pixels
+        same = np.flatnonzero(pixels_all[lag:] == pixels_all[:-lag])
+        if not same.size:
+            break
+        pairs = np.unique(np.stack([owners[same], owners[same + lag]], axis=1), axis=0)
+        for first, second in pairs.tolist():
+            adjacent[first].add(second)
+            adjacent[second].add(first)
+        lag += 1
+    return adjacent
+
+
 def stack_from_masks(
     masks: Sequence[np.ndarray] | np.ndarray,
     shape: tuple[int, int] | None = None,
@@ -178,10 +200,7 @@ def stack_from_masks(
     if not masks_list:
         return np.zeros((1, height, width), dtype=dtype)
     count = len(masks_list)
-    flat = np.stack([m.reshape(-1) for m in masks_list]).astype(np.float32)
-    overlap = (flat @ flat.T) > 0
-    np.fill_diagonal(overlap, False)
-    adjacent = [set(np.flatnonzero(row).tolist()) for row in overlap]
+    adjacent = _overlap_graph(masks_list)
     order = sorted(range(count), key=lambda k: (-len(adjacent[k]), k))
     colour = greedy_colouring(adjacent, order)
     stack = np.zeros((max(colour) + 1, height, width), dtype=dtype)
