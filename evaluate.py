@@ -23,12 +23,11 @@ worst images: green = found, yellow = missed, red = false prediction).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
-from layernet.cli import quiet_tensorflow, run_main, setup_logging
+from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging
 
 quiet_tensorflow()
 
@@ -89,19 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.worst < 0:
         parser.error("--worst must be >= 0")
     return args
-
-
-def _parse_options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--data-option {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            options[key.strip()] = json.loads(value.strip())
-        except json.JSONDecodeError:
-            options[key.strip()] = value.strip()
-    return options
 
 
 def _spec_folder(spec: str) -> str:
@@ -166,7 +152,7 @@ class _Source:
             options.update(config.data_options or {})
             data_dir = data_dir or config.data_dir
             seed = config.seed if seed is None else seed
-        options.update(_parse_options(args.data_option))
+        options.update(parse_key_values(args.data_option))
         samples = load_dataset(data, data_dir, args.split, seed if seed is not None else 0,
                                **options)
         if not samples:

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as coco_mask
 import roifile
-import tifffile
 from scipy import ndimage
 from skimage import measure
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 import keras
 
 from layernet import baselines, runfolder
-from layernet.config import Config, ConfigError
+from layernet.config import Config
 from layernet.inference import Predictor
 from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
