@@ -568,25 +568,11 @@ def load(data_dir: str | None = None, split: str = "train", seed: int = 0, kind:
 
 
 def _outline_overlay(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """Grey image and the same with each object's outline in its own colour, uint8 RGB."""
-    from scipy import ndimage
+    """Grey image and the same with each object outlined in its own colour, uint8 RGB."""
+    from layernet.viz import display_image, outline_overlay
 
-    image = sample.image[:, :, 0]
-    low, high = np.percentile(image, (1.0, 99.8))
-    grey = np.clip((image - low) / max(high - low, 1e-6) * 255.0, 0, 255).astype(np.uint8)
-    grey_rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    overlay = grey_rgb.copy()
-    ids = np.unique(sample.stack)
-    ids = ids[ids != 0]
-    golden = 0.618033988749895
-    for order, label in enumerate(ids):
-        mask = np.any(sample.stack == label, axis=0)
-        outline = mask & ~ndimage.binary_erosion(mask)
-        hue = (order * golden) % 1.0
-        colour = 255.0 * np.clip(np.abs((hue * 6.0 + np.array([0.0, 4.0, 2.0])) % 6.0 - 3.0)
-                                 - 1.0, 0.0, 1.0)
-        overlay[outline] = colour.astype(np.uint8)
-    return grey_rgb, overlay
+    grey_rgb = display_image(sample.image)
+    return grey_rgb, outline_overlay(grey_rgb, sample.stack, fill=0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
