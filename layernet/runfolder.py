@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from layernet.config import Config, ConfigError, write_text_atomic
+from layernet.config import Config, ConfigError, write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -85,17 +85,7 @@ def save_arrays_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write a ``.npz`` file of named arrays through a temporary file and a rename."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    tmp = _temporary_path(path, ".npz")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def pending_path(run_dir: str, name: str, epoch: int) -> str:
