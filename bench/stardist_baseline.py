@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="dataset option, repeatable")
     parser.add_argument("--seed", type=int, default=0, help="split / training seed (0)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    parser.add_argument("--eval-split", default="test",
+                        help="split to predict and score (default test)")
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="training wall-time budget in minutes (0 = no limit)")
     parser.add_argument("--epochs", type=int, default=400,
@@ -116,13 +118,14 @@ def train_and_predict(args: argparse.Namespace) -> dict:
 
     options = parse_key_values(args.data_option)
     splits = {split: load_dataset(args.data, args.data_dir, split, args.seed, **options)
-              for split in ("train", "val", "test")}
+              for split in dict.fromkeys(("train", "val", args.eval_split))}
     for split, samples in splits.items():
         if not samples:
             raise ValueError(f"dataset {args.data!r} has no {split} images")
     x_train, y_train, _ = prepare(splits["train"], args.normalize_low, args.normalize_high)
     x_val, y_val, _ = prepare(splits["val"], args.normalize_low, args.normalize_high)
-    x_test, _, test_names = prepare(splits["test"], args.normalize_low, args.normalize_high)
+    x_test, _, test_names = prepare(splits[args.eval_split], args.normalize_low,
+                                    args.normalize_high)
     channels = x_train[0].shape[-1]
     side = patch_side(x_train + x_val, args.patch_size)
     steps = args.steps_per_epoch or max(1, -(-len(x_train) // args.batch_size))
@@ -150,8 +153,8 @@ def train_and_predict(args: argparse.Namespace) -> dict:
         write_label_stack(os.path.join(pred_dir, f"{name}.tif"), labels[None])
 
     evaluate = _load_evaluate()
-    eval_dir = os.path.join(args.out, "eval")
-    argv = ["--pred", pred_dir, "--data", args.data, "--split", "test", "--seed",
+    eval_dir = os.path.join(args.out, f"eval-{args.eval_split}")
+    argv = ["--pred", pred_dir, "--data", args.data, "--split", args.eval_split, "--seed",
             str(args.seed), "--out", eval_dir, "--worst", "0"]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
@@ -182,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         return MISSING_EXIT_CODE
     metrics = train_and_predict(args)
     reference = metrics["matchings"]["reference"]
-    print(f"StarDist ({N_RAYS} rays) trained {metrics['train_seconds'] / 60:.1f} min; test "
-          f"meanAP {reference['meanAP']:.4f}, AJI {reference['AJI']:.4f} (reference matching); "
-          f"report in {os.path.join(args.out, 'eval')}")
+    print(f"StarDist ({N_RAYS} rays) trained {metrics['train_seconds'] / 60:.1f} min; "
+          f"{args.eval_split} meanAP {reference['meanAP']:.4f}, AJI {reference['AJI']:.4f} (reference matching); "
+          f"report in {os.path.join(args.out, 'eval-' + args.eval_split)}")
     return 0
 
 

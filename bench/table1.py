@@ -9,7 +9,7 @@ epoch = one pass over the training images): UNet-2 and UNet-3 (``train.py --meth
 backbone and pipeline), StarDist (``bench/stardist_baseline.py``, 32 rays, skipped with a note
 when the optional package is missing) and the layering model, whose budget is split between
 phase 1 and phase 2 (overlap completion, from phase 1's ``best.h5``; ``--phase2-share``). Each
-trained model (its ``best.h5``) is scored on the test split by ``evaluate.py`` with both
+trained model (its ``best.h5``) is scored on the test split (``--eval-split``) by ``evaluate.py`` with both
 matchings; the table prints, for every method, our numbers (reference = the authors' evaluator
 used for the paper's table, hungarian = one-to-one) and the paper's published row beside them
 (synthetic worms are compared with BBBC, synthetic cells with OCC, as a rough stand-in only).
@@ -49,6 +49,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-option", metavar="KEY=VALUE", action="append", default=[],
                       help="dataset option, repeatable (e.g. kind=cells for synthetic)")
     data.add_argument("--seed", type=int, default=0, help="split / training seed (0)")
+    data.add_argument("--eval-split", default="test",
+                      help="split every model is scored on (default test; use val where the "
+                      "test split is kept aside, as for BBBC010 row D)")
     budget = parser.add_argument_group("budget (one of them)")
     exclusive = budget.add_mutually_exclusive_group(required=True)
     exclusive.add_argument("--minutes", type=float, help="wall-time budget per method")
@@ -136,11 +139,12 @@ def run_stardist(args: argparse.Namespace, config, out: str) -> dict | str:
     if missing:
         return missing
     folder = os.path.join(out, "stardist")
-    metrics_path = os.path.join(folder, "eval", "metrics.json")
+    metrics_path = os.path.join(folder, f"eval-{args.eval_split}", "metrics.json")
     if os.path.exists(metrics_path):
         logger.info("%s already holds StarDist results; reusing them", folder)
     else:
         argv = ["--data", args.data, "--seed", str(args.seed), "--out", folder,
+                "--eval-split", args.eval_split,
                 "--patch-size", str(config.patch_size), "--batch-size", str(config.batch_size),
                 "--steps-per-epoch", str(config.steps_per_epoch),
                 "--normalize-low", str(config.normalize_low),
@@ -193,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         if method in ("unet2", "unet3"):
             run = paper_tables.train_run(config.replace(method=method, **budget),
                                          os.path.join(out, method))
-            results[method] = paper_tables.evaluate_run(run)
+            results[method] = paper_tables.evaluate_run(run, args.eval_split)
         elif method == "layering":
             _, run = train_layering(args, config, out)
-            results[method] = paper_tables.evaluate_run(run)
+            results[method] = paper_tables.evaluate_run(run, args.eval_split)
         else:
             results[method] = run_stardist(args, config, out)
             if isinstance(results[method], str):
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     paper, note = paper_tables.paper_dataset(args.data, config.data_options)
     rows = table_rows(results, paper, note, args.data)
     columns = ("data", "method", "source") + METRIC_COLUMNS
-    title = (f"Table 1 on {args.data} (test split, UNet-{args.size}, budget "
+    title = (f"Table 1 on {args.data} ({args.eval_split} split, UNet-{args.size}, budget "
              f"{paper_tables.budget_text(args.minutes, args.epochs)} per method)")
     paper_tables.report(rows, columns, out, "table1", title)
     return 0

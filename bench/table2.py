@@ -6,7 +6,7 @@
 
 For every size the layering model trains phase 1 (without overlap completion, "w/o OC") and
 then phase 2 from phase 1's ``best.h5`` ("w/ OC"), splitting the per-size budget (``--minutes``
-or ``--epochs``) by ``--phase2-share``. Both ``best.h5`` are scored on the test split with
+or ``--epochs``) by ``--phase2-share``. Both ``best.h5`` are scored on the test split (``--eval-split``) with
 ``evaluate.py``; the table shows meanAP with the reference matching (the paper's) and, in the
 CSV, also with the hungarian matching, next to the paper's published numbers (synthetic worms
 are compared with BBBC, synthetic cells with OCC, as a rough stand-in only).
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         config = base_config(args, size)
         first, second = train_layering(args, config, out, prefix=size)
-        results[size] = {"without": paper_tables.evaluate_run(first),
-                         "with": paper_tables.evaluate_run(second)}
+        results[size] = {"without": paper_tables.evaluate_run(first, args.eval_split),
+                         "with": paper_tables.evaluate_run(second, args.eval_split)}
     config = base_config(args, sizes[0])
     paper, note = paper_tables.paper_dataset(args.data, config.data_options)
     rows = table_rows(results, sizes, paper, note)
     columns = ("setting", "source") + tuple(f"UNet-{size}" for size in sizes)
-    title = (f"Table 2 on {args.data}: test meanAP (budget "
+    title = (f"Table 2 on {args.data}: {args.eval_split} meanAP (budget "
              f"{paper_tables.budget_text(args.minutes, args.epochs)} per size)")
     paper_tables.report(rows, columns, out, "table2", title)
     return 0

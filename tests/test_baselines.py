@@ -379,3 +379,36 @@ def test_missing_stardist_is_reported_in_one_line(monkeypatch, capsys):
     assert [row["source"] for row in rows] == ["ours (reference)", "ours (hungarian)",
                                                "paper OCC", f"not run: {reason}", "paper OCC"]
     assert rows[2]["meanAP"] == 0.4779 and rows[4]["AJI"] == 0.6927
+
+
+def test_table_runners_score_the_chosen_split_end_to_end(tmp_path):
+    import csv
+
+    from bench import table1, table2
+
+    common = ["--data", "synthetic", "--data-option", "kind=cells", "--data-option", "size=96",
+              "--data-option", "count=6", "--epochs", "1", "--filters", "4",
+              "--head-filters", "4", "--patch-size", "64", "--batch-size", "2",
+              "--steps-per-epoch", "2", "--lr", "1e-3", "--min-size", "10",
+              "--eval-split", "val"]
+    out = tmp_path / "t1"
+    assert table1.main(common + ["--size", "S", "--methods", "unet2", "layering",
+                                 "--out", str(out)]) == 0
+    for run in ("unet2", "layering"):
+        report = json.loads((out / run / "eval-val" / "metrics.json").read_text())
+        assert report["split"] == "val" and report["n_images"] >= 1
+        assert not (out / run / "eval-test").exists()
+    with open(out / "table1.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["method"], row["source"]) for row in rows if row["source"].startswith("ours")] \
+        == [(name, f"ours ({m})") for name in ("UNet-2", "Ours (layering)")
+            for m in ("reference", "hungarian")]
+    assert "val split" in (out / "table1.md").read_text()
+
+    results = {"S": {setting: {m: {"meanAP": value} for m in ("reference", "hungarian")}
+                     for setting, value in (("without", 0.25), ("with", 0.5))}}
+    rows = table2.table_rows(results, ["S"], "BBBC", "paper BBBC")
+    assert [(row["setting"], row["source"]) for row in rows] == [
+        ("w/o OC", "ours (reference)"), ("w/o OC", "ours (hungarian)"), ("w/o OC", "paper BBBC"),
+        ("w/ OC", "ours (reference)"), ("w/ OC", "ours (hungarian)"), ("w/ OC", "paper BBBC")]
+    assert rows[3]["UNet-S"] == 0.5
