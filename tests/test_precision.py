@@ -32,6 +32,9 @@ def test_mixed_precision_training_and_prediction(tmp_path, precision):
     assert config.precision == precision
     assert mixed.get_layer("enc1_conv1").compute_dtype == precision.split("_")[1]
     assert all(weight.dtype == "float32" for weight in mixed.weights)
+    # no fast 16-bit bilinear kernel on the CPU: upsampling stays in float32 (model.py)
+    assert mixed.get_layer("dec1_upsample").compute_dtype == "float32"
+    assert mixed.get_layer("dec1_upconv").compute_dtype == precision.split("_")[1]
     full, _ = runfolder.load_trained_model(run_dir, precision="float32")
     assert full.get_layer("enc1_conv1").compute_dtype == "float32"
 
