@@ -5,7 +5,8 @@ the same run (baseline and candidate calls interleaved, medians), so a busy mach
 Rows:
 
 * machine:   a float32 and a bfloat16 ``N^3`` matmul and 3x3 convolution (64 -> 64 channels,
-             4 x 224^2) in GFLOP/s: what the hardware delivers (AMX on recent Xeons);
+             4 x 224^2) in GFLOP/s: what the hardware delivers (AMX on recent Xeons; the
+             header names the CPU and whether it has AMX);
 * train:     one training step (forward, all phase-1 losses, gradients, RMSprop) in float32 vs
              mixed_bfloat16, UNet-S/M at 256^2 and 448^2 patches;
 * pipeline:  batches/s of the tf.data training pipeline alone (all augmentations) vs the batches/s
@@ -66,6 +67,26 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int, warmup
             function()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def cpu_description(path: str = "/proc/cpuinfo") -> str:
+    """CPU model and the instruction sets that decide the bf16 speed-up (Linux; else "?").
+
+    AMX (``amx_bf16``, Sapphire Rapids and later Xeons) multiplies bf16 tiles several times
+    faster than float32 FMA; ``avx512_bf16`` alone (e.g. AMD Zen 4) has at most twice the
+    float32 rate, which bounds a bf16 train step's speed-up at about 2x.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError:
+        return "?"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                      if line.startswith("flags")), []))
+    isa = [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if flag in flags]
+    return f"{model} ({' '.join(isa) or 'no AVX-512'}; AMX {'yes' if 'amx_bf16' in flags else 'no'})"
 
 
 def machine_rates(args: argparse.Namespace) -> dict[str, float]:
@@ -332,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only or ("machine", "train", "pipeline", "loss", "forward", "postproc",
                              "predict"))
     start = time.perf_counter()
-    print(f"layernet speed, {os.cpu_count()} CPU cores, TF {tf.__version__}, medians of "
+    print(f"layernet speed, {os.cpu_count()} CPU cores of {cpu_description()}, "
+          f"TF {tf.__version__}, medians of "
           f"{args.repeats} interleaved runs; ratio = baseline / candidate time (or rate ratio)")
     print(f"  {'section':<9} {'what':<44} {'value':>14} {'baseline':>14} {'ratio':>8}")
     rates = machine_rates(args) if "machine" in only else None
