@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from layernet.instances import relabel_stack
+from layernet.ordered_worker import OrderedWorker
 from layernet.postprocess import postprocess
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ __all__ = [
     "predict_tiled",
     "Prediction",
     "predict_image",
+    "submit_prediction",
 ]
 
 MapsFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -459,6 +462,66 @@ class TileStitcher:
         return np.stack(slices)
 
 
+def _start_tiled(
+    image: np.ndarray,
+    maps: MapsFunction,
+    tiles: list[Tile],
+    instances: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    min_size: int,
+    batch_size: int,
+    match_iou: float,
+    spent: dict[str, float],
+    maps_out: tuple[np.ndarray, np.ndarray] | None,
+    worker: OrderedWorker,
+) -> Future:
+    """Run the network on the tile batches here and hand their post-processing to ``worker``.
+
+    Returns the future of the stitched label stack. Once a batch fails, the later batches are
+    neither run nor post-processed and the future raises that error.
+    """
+    stitcher = TileStitcher(image.shape[:2], tiles, min_size=min_size, match_iou=match_iou)
+    failed: list[BaseException] = []
+
+    def post_batch(batch_tiles: list[Tile], foregrounds: np.ndarray, layerings: np.ndarray
+                   ) -> None:
+        if failed:
+            return
+        clock = time.perf_counter()
+        try:
+            for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings):
+                if maps_out is not None:
+                    core = _local(tile.core, tile.rect)
+                    y0, x0, y1, x1 = tile.core
+                    maps_out[0][y0:y1, x0:x1] = np.asarray(foreground).reshape(
+                        layering.shape[:2])[core]
+                    maps_out[1][y0:y1, x0:x1] = layering[core]
+                stitcher.add(tile.index, instances(foreground, layering))
+        except BaseException as error:
+            failed.append(error)
+            raise
+        finally:
+            spent["postprocess"] += time.perf_counter() - clock
+
+    def stitch() -> np.ndarray:
+        if failed:
+            raise failed[0]
+        clock = time.perf_counter()
+        result = stitcher.finish()
+        spent["postprocess"] += time.perf_counter() - clock
+        return result
+
+    for start in range(0, len(tiles), batch_size):
+        if failed:
+            break
+        batch_tiles = tiles[start:start + batch_size]
+        batch = np.stack([image[tile.slices] for tile in batch_tiles])
+        clock = time.perf_counter()
+        foregrounds, layerings = maps(batch)
+        spent["network"] += time.perf_counter() - clock
+        worker.submit(post_batch, batch_tiles, foregrounds, layerings)
+    return worker.submit(stitch)
+
+
 def predict_tiled(
     image: np.ndarray,
     maps: MapsFunction,
@@ -473,6 +536,7 @@ def predict_tiled(
     timings: dict[str, float] | None = None,
     maps_out: tuple[np.ndarray, np.ndarray] | None = None,
     instances: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    worker: OrderedWorker | None = None,
 ) -> np.ndarray:
     """Instances of a normalised image predicted tile by tile and stitched (see module doc).
 
@@ -504,6 +568,10 @@ def predict_tiled(
         Post-processing of one tile's maps into a label stack, called as
         ``instances(foreground, layering)`` with no size screening (it is applied after
         stitching). Default: Algorithm 1 with ``tau``, ``overlap_layers``, ``connectivity``.
+    worker : layernet.ordered_worker.OrderedWorker, optional
+        Runs the post-processing of each tile batch; a threaded worker post-processes batch
+        ``k`` while the network runs on batch ``k + 1`` (same result). Default: one after the
+        other in this thread.
 
     Returns
     -------
@@ -516,31 +584,13 @@ def predict_tiled(
     if batch_size < 1:
         raise TilingError(f"batch size must be >= 1, got {batch_size}")
     tiles = tile_grid(image.shape[:2], tile_size, overlap)
-    stitcher = TileStitcher(image.shape[:2], tiles, min_size=min_size, match_iou=match_iou)
+    if instances is None:
+        def instances(foreground: np.ndarray, layering: np.ndarray) -> np.ndarray:
+            return postprocess(foreground, layering, tau=tau, min_size=0,
+                               overlap_layers=overlap_layers, connectivity=connectivity)
     spent = {"network": 0.0, "postprocess": 0.0}
-    for start in range(0, len(tiles), batch_size):
-        batch_tiles = tiles[start:start + batch_size]
-        batch = np.stack([image[tile.slices] for tile in batch_tiles])
-        clock = time.perf_counter()
-        foregrounds, layerings = maps(batch)
-        spent["network"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings):
-            if maps_out is not None:
-                core = _local(tile.core, tile.rect)
-                y0, x0, y1, x1 = tile.core
-                maps_out[0][y0:y1, x0:x1] = np.asarray(foreground).reshape(layering.shape[:2])[core]
-                maps_out[1][y0:y1, x0:x1] = layering[core]
-            if instances is None:
-                stack = postprocess(foreground, layering, tau=tau, min_size=0,
-                                    overlap_layers=overlap_layers, connectivity=connectivity)
-            else:
-                stack = instances(foreground, layering)
-            stitcher.add(tile.index, stack)
-        spent["postprocess"] += time.perf_counter() - clock
-    clock = time.perf_counter()
-    result = stitcher.finish()
-    spent["postprocess"] += time.perf_counter() - clock
+    result = _start_tiled(image, maps, tiles, instances, min_size, batch_size, match_iou, spent,
+                          maps_out, worker or OrderedWorker(threaded=False)).result()
     logger.debug("tiled prediction: %d tiles of %d px, overlap %d", len(tiles), tile_size, overlap)
     if timings is not None:
         for key, value in spent.items():
@@ -568,6 +618,88 @@ class Prediction:
     tiles: int = 1
 
 
+def submit_prediction(
+    predictor: Any,
+    image: np.ndarray,
+    worker: OrderedWorker,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 1,
+    keep_maps: bool = False,
+    timings: dict[str, float] | None = None,
+) -> Future:
+    """Start predicting one raw image: network here, post-processing on ``worker``.
+
+    Normalisation and the network (of the whole image, or of every batch of tiles) run in the
+    calling thread; post-processing and stitching are submitted to ``worker``. With a threaded
+    :class:`~layernet.ordered_worker.OrderedWorker` this returns as soon as the network is done,
+    so the caller can run the network on the next image while this one is post-processed.
+    Parameters are those of :func:`predict_image`.
+
+    Returns
+    -------
+    concurrent.futures.Future
+        Resolves to the :class:`Prediction` (or raises the post-processing error). ``timings``
+        is updated when it resolves.
+
+    Raises
+    ------
+    TilingError
+        For a tile size smaller than twice the network stride. Errors of the network are
+        raised here too.
+    """
+    config = predictor.config
+    stride = config.stride
+    spent = {"normalize": 0.0, "network": 0.0, "postprocess": 0.0}
+    clock = time.perf_counter()
+    normalized = predictor.normalize(image)
+    spent["normalize"] += time.perf_counter() - clock
+    height, width = normalized.shape[:2]
+    if tile_size is None:
+        tile_size = auto_tile_size(stride)
+    elif tile_size:
+        if tile_size < 2 * stride:
+            raise TilingError(f"tile size {tile_size} is too small; use at least {2 * stride} "
+                              f"(the network stride is {stride})")
+        tile_size = tile_size // stride * stride
+
+    def finish(result: Prediction) -> Prediction:
+        if timings is not None:
+            for key, value in spent.items():
+                timings[key] = timings.get(key, 0.0) + value
+        return result
+
+    if not tile_size or (height <= tile_size and width <= tile_size):
+        clock = time.perf_counter()
+        foreground, layering = predictor.maps_batch_normalized(normalized[None])
+        foreground, layering = foreground[0], layering[0]
+        spent["network"] += time.perf_counter() - clock
+
+        def post_whole() -> Prediction:
+            clock = time.perf_counter()
+            stack = predictor.instances_from_maps(foreground, layering)
+            spent["postprocess"] += time.perf_counter() - clock
+            return finish(Prediction(stack, foreground if keep_maps else None,
+                                     layering if keep_maps else None, 1))
+
+        return worker.submit(post_whole)
+    if overlap is None:
+        overlap = default_overlap(tile_size, stride)
+    maps_out = None
+    if keep_maps:
+        channels = getattr(predictor, "map_channels", config.layers)
+        maps_out = (np.zeros((height, width), np.float32),
+                    np.zeros((height, width, channels), np.float32))
+    tiles = tile_grid((height, width), tile_size, overlap)
+    stitched = _start_tiled(
+        normalized, predictor.maps_batch_normalized, tiles,
+        lambda fg, maps: predictor.instances_from_maps(fg, maps, min_size=0), config.min_size,
+        batch_size, 0.5, spent, maps_out, worker)
+    logger.debug("tiled prediction: %d tiles of %d px, overlap %d", len(tiles), tile_size, overlap)
+    return worker.submit(lambda: finish(Prediction(stitched.result(),
+                                                   *(maps_out or (None, None)), len(tiles))))
+
+
 def predict_image(
     predictor: Any,
     image: np.ndarray,
@@ -576,6 +708,7 @@ def predict_image(
     batch_size: int = 1,
     keep_maps: bool = False,
     timings: dict[str, float] | None = None,
+    worker: OrderedWorker | None = None,
 ) -> Prediction:
     """Predict the instances of one raw image, tiled when it is larger than a tile.
 
@@ -600,50 +733,15 @@ def predict_image(
         Also return the probability maps.
     timings : dict, optional
         Seconds spent in ``"normalize"``, ``"network"`` and ``"postprocess"`` are added to it.
+    worker : layernet.ordered_worker.OrderedWorker, optional
+        Runs the post-processing; a threaded worker overlaps the post-processing of each tile
+        batch with the network on the next (same result). Default: one after the other in this
+        thread. To overlap whole images, use :func:`submit_prediction`.
 
     Returns
     -------
     Prediction
     """
-    config = predictor.config
-    stride = config.stride
-    spent = {"normalize": 0.0, "network": 0.0, "postprocess": 0.0}
-    clock = time.perf_counter()
-    normalized = predictor.normalize(image)
-    spent["normalize"] += time.perf_counter() - clock
-    height, width = normalized.shape[:2]
-    if tile_size is None:
-        tile_size = auto_tile_size(stride)
-    elif tile_size:
-        if tile_size < 2 * stride:
-            raise TilingError(f"tile size {tile_size} is too small; use at least {2 * stride} "
-                              f"(the network stride is {stride})")
-        tile_size = tile_size // stride * stride
-    if not tile_size or (height <= tile_size and width <= tile_size):
-        clock = time.perf_counter()
-        foreground, layering = predictor.maps_batch_normalized(normalized[None])
-        foreground, layering = foreground[0], layering[0]
-        spent["network"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        stack = predictor.instances_from_maps(foreground, layering)
-        spent["postprocess"] += time.perf_counter() - clock
-        result = Prediction(stack, foreground if keep_maps else None,
-                            layering if keep_maps else None, 1)
-    else:
-        if overlap is None:
-            overlap = default_overlap(tile_size, stride)
-        maps_out = None
-        if keep_maps:
-            channels = getattr(predictor, "map_channels", config.layers)
-            maps_out = (np.zeros((height, width), np.float32),
-                        np.zeros((height, width, channels), np.float32))
-        stack = predict_tiled(
-            normalized, predictor.maps_batch_normalized, tile_size, overlap,
-            min_size=config.min_size, batch_size=batch_size, timings=spent, maps_out=maps_out,
-            instances=lambda fg, maps: predictor.instances_from_maps(fg, maps, min_size=0))
-        tiles = len(tile_grid((height, width), tile_size, overlap))
-        result = Prediction(stack, *(maps_out or (None, None)), tiles)
-    if timings is not None:
-        for key, value in spent.items():
-            timings[key] = timings.get(key, 0.0) + value
-    return result
+    return submit_prediction(predictor, image, worker or OrderedWorker(threaded=False),
+                             tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                             keep_maps=keep_maps, timings=timings).result()
