@@ -22,6 +22,10 @@ Outputs per image, beside the input or in --out:
     <name>.layermaps.png --save-layer-maps: the image, the foreground and each of the N layer
                          activation maps side by side (as the paper's Figures 3 and 5)
 
+The network runs on the next image (or batch of tiles) while the last one is post-processed and
+written (--sequential turns this off; the files are the same). --workers N spreads the files over
+N processes with one model each and the CPU cores shared out among them.
+
 A file that cannot be read or processed is reported on one line and skipped; the exit code is 1
 if any input failed, 2 for a usage or model error, 0 otherwise.
 """
@@ -74,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     outputs.add_argument("--save-layer-maps", action="store_true",
                          help="one PNG with the image, the foreground and every layer map")
     outputs.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="predict with N processes, one model each, TensorFlow threads "
+                       "shared out (default 1: in this process)")
+    speed.add_argument("--sequential", action="store_true",
+                       help="post-process and write each image before the network starts on "
+                       "the next (default: overlapped, same results)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
     parser.add_argument("--verbose", action="store_true", help="more log output")
     args = parser.parse_args(argv)
@@ -91,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tile-overlap must be >= 0")
     if args.tile_batch < 1:
         parser.error("--tile-batch must be >= 1")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
     return args
 
 
@@ -142,11 +155,6 @@ def output_prefix(path: str, out_dir: str | None) -> str:
     return os.path.join(out_dir if out_dir else os.path.dirname(os.path.abspath(path)), stem)
 
 
-def _one_line(path: str, error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if path in text else f"{path}: {text}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
@@ -168,23 +176,22 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("no input images")
 
     model_path = runfolder.resolve_model_path(args.model or runfolder.newest_run("runs"))
+    config = runfolder.config_for_model(model_path)
     # the heavy imports (TensorFlow) only once the inputs and the model file are checked
     from tqdm import tqdm
 
-    from layernet.baselines import map_names
-    from layernet.export import OUTPUT_SUFFIXES, write_prediction
-    from layernet.inference import Predictor
-    from layernet.instances import num_objects
-    from layernet.io import as_channels, read_image, write_image_atomic
-    from layernet.tiling import predict_image
-    from layernet.viz import layer_maps_panel
+    from layernet import batch_predict
 
-    net, config = runfolder.load_trained_model(model_path, precision=args.precision)
     changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
                if value is not None}
+    options = batch_predict.PredictOptions(
+        channel=args.channel, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        tile_batch=args.tile_batch, overlay=not args.no_overlay, masks=args.save_masks,
+        rois=args.save_rois, coco=args.save_coco, flat=args.save_flat, prob=args.save_prob,
+        layer_maps=args.save_layer_maps, overlapped=not args.sequential)
     if changes:
         config = config.replace(**changes)
-    predictor = Predictor(net, config)
+    jobs = [(index, path, prefix) for index, (path, prefix) in enumerate(zip(files, prefixes))]
     logger.info("model %s (UNet-%s, %d layers); %d image(s)", model_path, config.size,
                 config.layers, len(files))
     if args.out:
@@ -194,34 +201,31 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     total_objects = 0
-    bar = tqdm(list(zip(files, prefixes)), unit="image", disable=True if args.quiet else None,
+    bar = tqdm(total=len(files), unit="image", disable=True if args.quiet else None,
                file=sys.stderr)
-    for path, prefix in bar:
-        bar.set_postfix_str(os.path.basename(path), refresh=False)
-        try:
-            image = as_channels(read_image(path), channel=args.channel,
-                                expected_channels=config.channels, name=path)
-            result = predict_image(predictor, image, tile_size=args.tile_size,
-                                   overlap=args.tile_overlap, batch_size=args.tile_batch,
-                                   keep_maps=args.save_prob or args.save_layer_maps)
-            maps = (result.foreground, result.layering) if args.save_prob else None
-            write_prediction(prefix, result.stack, image, overlay=not args.no_overlay,
-                             masks=args.save_masks, rois=args.save_rois, coco=args.save_coco,
-                             flat=args.save_flat, maps=maps, file_name=os.path.basename(path))
-            if args.save_layer_maps:
-                panel = layer_maps_panel(image, result.foreground, result.layering,
-                                         names=map_names(config))
-                write_image_atomic(prefix + OUTPUT_SUFFIXES["layer_maps"], panel)
-        except Exception as error:  # one bad file must not stop the others
-            logger.debug("failure on %s", path, exc_info=True)
-            message = _one_line(path, error)
-            failures.append(message)
-            tqdm.write(f"error: {message}", file=sys.stderr)
-            continue
-        objects = num_objects(result.stack)
-        total_objects += objects
-        logger.debug("%s: %d objects%s", path, objects,
+
+    def report(result: batch_predict.FileResult) -> None:
+        nonlocal total_objects
+        bar.set_postfix_str(os.path.basename(result.path), refresh=False)
+        bar.update(1)
+        if result.error is not None:
+            failures.append(result.error)
+            tqdm.write(f"error: {result.error}", file=sys.stderr)
+            return
+        total_objects += result.objects
+        logger.debug("%s: %d objects%s", result.path, result.objects,
                      f" ({result.tiles} tiles)" if result.tiles > 1 else "")
+
+    try:
+        if args.workers > 1:
+            batch_predict.predict_files_in_processes(
+                model_path, jobs, options, args.workers, report, precision=args.precision,
+                config_changes=changes)
+        else:
+            predictor = batch_predict.load_predictor(model_path, args.precision, changes)
+            batch_predict.predict_files(predictor, jobs, options, report)
+    finally:
+        bar.close()
     done = len(files) - (len(failures) - len(problems))
     print(f"predicted {done} of {len(files)} image(s), {total_objects} objects"
           + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)

@@ -1,0 +1,379 @@
+"""Predicting many image files: the network overlapped with post-processing, one or N processes.
+
+:func:`predict_files` is what ``predict.py`` does in one process. For every file, in the calling
+thread: read it, normalise it and run the network (whole, or tile batch by tile batch); then hand
+post-processing, stitching and writing of the outputs to an
+:class:`~layernet.ordered_worker.OrderedWorker`. With ``overlapped=True`` that worker is a
+background thread, so the network already runs on the next file (or tile batch) while the last
+one is post-processed and written; with ``overlapped=False`` everything runs one step after the
+other. Both give byte-identical files. Every file ends in exactly one :class:`FileResult`, handed
+to a ``report`` callback in input order: an error on one file becomes its one-line message and
+the other files go on.
+
+:func:`predict_files_in_processes` spreads the files over N worker processes (``spawn``), each
+loading the model once and running :func:`predict_files` on the files it takes from a shared
+queue (so a worker with small files takes more of them). Each worker's TensorFlow uses
+``cores // N`` threads, so N workers do not oversubscribe the CPU. Results come back to the
+calling process, which reports them. Ctrl-C (SIGINT) reaches only the calling process; it stops
+the workers with SIGTERM, on which a worker finishes the file it is writing (outputs are written
+atomically) and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FileJob",
+    "FileResult",
+    "PredictOptions",
+    "WorkerError",
+    "load_predictor",
+    "one_line_message",
+    "predict_files",
+    "predict_files_in_processes",
+    "threads_per_worker",
+]
+
+FileJob = tuple[int, str, str]
+"""``(index, input path, output prefix)`` of one file to predict."""
+
+
+class WorkerError(ValueError):
+    """A worker process could not start (e.g. the model does not load); the message says why."""
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to read, predict and write every file (the options of ``predict.py``).
+
+    Attributes
+    ----------
+    channel : int or None
+        Use only this channel of multi-channel images.
+    tile_size, tile_overlap, tile_batch
+        Tiling of large images, as in :func:`layernet.tiling.predict_image`.
+    overlay, masks, rois, coco, flat, prob : bool
+        Outputs to write, as in :func:`layernet.export.write_prediction` (``prob``: the maps).
+    layer_maps : bool
+        Also write the panel of the image, the foreground and every layer map.
+    overlapped : bool
+        Post-process and write in a background thread while the network runs on the next file.
+    """
+
+    channel: int | None = None
+    tile_size: int | None = None
+    tile_overlap: int | None = None
+    tile_batch: int = 1
+    overlay: bool = True
+    masks: bool = False
+    rois: bool = False
+    coco: bool = False
+    flat: bool = False
+    prob: bool = False
+    layer_maps: bool = False
+    overlapped: bool = True
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """Outcome of one file: its objects and tiles, or the one-line error."""
+
+    index: int
+    path: str
+    objects: int = 0
+    tiles: int = 0
+    error: str | None = None
+
+
+def one_line_message(path: str, error: BaseException) -> str:
+    """The error on one line, starting with ``path`` unless the message already names it."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if path in text else f"{path}: {text}"
+
+
+def load_predictor(model_path: str, precision: str | None = None,
+                   config_changes: dict[str, Any] | None = None) -> Any:
+    """Load a trained model and wrap it in a :class:`layernet.inference.Predictor`.
+
+    Parameters
+    ----------
+    model_path : str
+        Run folder or model file.
+    precision : str or None, optional
+        Compute precision in place of the run's.
+    config_changes : dict, optional
+        Configuration values to override (e.g. ``tau``, ``min_size``).
+    """
+    from layernet import runfolder
+    from layernet.inference import Predictor
+
+    net, config = runfolder.load_trained_model(model_path, precision=precision)
+    if config_changes:
+        config = config.replace(**config_changes)
+    return Predictor(net, config)
+
+
+def _failed(index: int, path: str, error: BaseException) -> FileResult:
+    logger.debug("failure on %s", path, exc_info=error)
+    return FileResult(index, path, error=one_line_message(path, error))
+
+
+def _write_outputs(predictor: Any, job: FileJob, image: Any, prediction: Any,
+                   options: PredictOptions) -> FileResult:
+    """Wait for the prediction of one file (submitted earlier) and write its outputs."""
+    from layernet.baselines import map_names
+    from layernet.export import OUTPUT_SUFFIXES, write_prediction
+    from layernet.instances import num_objects
+    from layernet.io import write_image_atomic
+    from layernet.viz import layer_maps_panel
+
+    index, path, prefix = job
+    try:
+        result = prediction.result()
+        maps = (result.foreground, result.layering) if options.prob else None
+        write_prediction(prefix, result.stack, image, overlay=options.overlay,
+                         masks=options.masks, rois=options.rois, coco=options.coco,
+                         flat=options.flat, maps=maps, file_name=os.path.basename(path))
+        if options.layer_maps:
+            panel = layer_maps_panel(image, result.foreground, result.layering,
+                                     names=map_names(predictor.config))
+            write_image_atomic(prefix + OUTPUT_SUFFIXES["layer_maps"], panel)
+    except Exception as error:  # one bad file must not stop the others
+        return _failed(index, path, error)
+    return FileResult(index, path, objects=num_objects(result.stack), tiles=result.tiles)
+
+
+def predict_files(predictor: Any, jobs: Iterable[FileJob], options: PredictOptions,
+                  report: Callable[[FileResult], None]) -> None:
+    """Predict every file of ``jobs`` and write its outputs; report each file once, in order.
+
+    Parameters
+    ----------
+    predictor : layernet.inference.Predictor
+        The model.
+    jobs : iterable of FileJob
+        ``(index, path, output prefix)``; consumed lazily, one file ahead of the writing.
+    options : PredictOptions
+        Reading, tiling and output options; ``options.overlapped`` chooses the background thread.
+    report : callable
+        Called with the :class:`FileResult` of every file, in the order of ``jobs`` (from the
+        background thread when overlapped). An exception it raises is re-raised here.
+    """
+    from layernet.io import as_channels, read_image
+    from layernet.ordered_worker import OrderedWorker
+    from layernet.tiling import submit_prediction
+
+    config = predictor.config
+    reports = []
+    with OrderedWorker(depth=1, threaded=options.overlapped) as worker:
+        for job in jobs:
+            index, path, _ = job
+            try:
+                image = as_channels(read_image(path), channel=options.channel,
+                                    expected_channels=config.channels, name=path)
+                prediction = submit_prediction(
+                    predictor, image, worker, tile_size=options.tile_size,
+                    overlap=options.tile_overlap, batch_size=options.tile_batch,
+                    keep_maps=options.prob or options.layer_maps)
+            except Exception as error:  # reported in order, after the files before it
+                reports.append(worker.submit(lambda failure: report(failure),
+                                             _failed(index, path, error)))
+                continue
+            reports.append(worker.submit(
+                lambda *args: report(_write_outputs(predictor, *args)),
+                job, image, prediction, options))
+            del image, prediction  # the worker holds them until the file is written
+    for done in reports:
+        done.result()
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """TensorFlow threads of each of ``workers`` processes: the available cores shared out."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+def _worker_main(worker_id: int, model_path: str, precision: str | None,
+                 config_changes: dict[str, Any] | None, options: PredictOptions, threads: int,
+                 log_level: int, tasks: Any, results: Any) -> None:
+    """Body of one worker process: load the model once, then predict files from ``tasks``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+    def terminate(signum: int, frame: Any) -> None:
+        results.cancel_join_thread()  # the parent may no longer read: do not wait on the pipe
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    from layernet.cli import setup_logging
+
+    setup_logging(log_level <= logging.DEBUG)
+    logging.getLogger().setLevel(log_level)
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        predictor = load_predictor(model_path, precision, config_changes)
+    except Exception as error:
+        logger.debug("worker %d could not load the model", worker_id, exc_info=True)
+        text = str(error).strip()
+        results.put(("fatal", worker_id, text.splitlines()[0] if text else type(error).__name__))
+        return
+    results.put(("ready", worker_id, None))
+
+    def jobs() -> Iterator[FileJob]:
+        while True:
+            job = tasks.get()
+            if job is None:
+                return
+            results.put(("start", worker_id, job[0]))
+            yield job
+
+    predict_files(predictor, jobs(), options, lambda result: results.put(("done", worker_id,
+                                                                          result)))
+
+
+def _stop(processes: list[Any], grace: float = 10.0) -> None:
+    """SIGTERM the workers still running, give them ``grace`` seconds, then SIGKILL."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(grace)
+        if process.is_alive():
+            logger.warning("worker %s did not stop; killing it", process.name)
+            process.kill()
+            process.join()
+
+
+def predict_files_in_processes(
+    model_path: str,
+    jobs: list[FileJob],
+    options: PredictOptions,
+    workers: int,
+    report: Callable[[FileResult], None],
+    precision: str | None = None,
+    config_changes: dict[str, Any] | None = None,
+    poll_seconds: float = 0.5,
+) -> None:
+    """Predict ``jobs`` with ``workers`` processes, one model each; report every file once.
+
+    Parameters
+    ----------
+    model_path : str
+        Run folder or model file; every worker loads it once.
+    jobs : list of FileJob
+        The files; workers take them one by one from a shared queue.
+    options : PredictOptions
+        As for :func:`predict_files` (each worker overlaps its own network and writing).
+    workers : int
+        Number of processes; no more than one per file are started.
+    report : callable
+        Called in this process with every :class:`FileResult`, in the order files finish.
+    precision, config_changes
+        As for :func:`load_predictor`.
+    poll_seconds : float, optional
+        How often to check that the workers are still alive.
+
+    Raises
+    ------
+    WorkerError
+        When a worker cannot load the model (the message is the loading error's).
+    """
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if not jobs:
+        return
+    count = min(workers, len(jobs))
+    threads = threads_per_worker(count)
+    context = multiprocessing.get_context("spawn")
+    tasks, results = context.Queue(), context.Queue()
+    for job in jobs:
+        tasks.put(job)
+    for _ in range(count):
+        tasks.put(None)
+    log_level = logging.getLogger().getEffectiveLevel()
+    logger.info("%d worker processes, %d TensorFlow thread(s) each", count, threads)
+    processes = []
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    # Children inherit an ignored SIGINT from the start (before they can install a handler).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        for worker_id in range(count):
+            process = context.Process(
+                target=_worker_main, name=f"layernet-predict-{worker_id}", daemon=True,
+                args=(worker_id, model_path, precision, config_changes, options, threads,
+                      log_level, tasks, results))
+            process.start()
+            processes.append(process)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    try:
+        _collect(jobs, processes, results, report, poll_seconds)
+    finally:
+        _stop(processes)
+        for channel in (tasks, results):
+            channel.cancel_join_thread()
+            channel.close()
+
+
+def _collect(jobs: list[FileJob], processes: list[Any], results: Any,
+             report: Callable[[FileResult], None], poll_seconds: float) -> None:
+    """Report the workers' results until every file has one; cover for workers that die."""
+    paths = {index: path for index, path, _ in jobs}
+    pending = set(paths)
+    taken: dict[int, set[int]] = {worker_id: set() for worker_id in range(len(processes))}
+    ended: set[int] = set()
+
+    def handle(message: tuple) -> None:
+        kind, worker_id, value = message
+        if kind == "fatal":
+            raise WorkerError(value)
+        if kind == "start":
+            taken[worker_id].add(value)
+        elif kind == "done":
+            taken[worker_id].discard(value.index)
+            if value.index in pending:
+                pending.discard(value.index)
+                report(value)
+
+    while pending:
+        try:
+            handle(results.get(timeout=poll_seconds))
+            continue
+        except queue.Empty:
+            pass
+        dead = [worker_id for worker_id, process in enumerate(processes)
+                if worker_id not in ended and not process.is_alive()]
+        if not dead:
+            continue
+        while True:  # a worker's messages are in the pipe before it exits: read them first
+            try:
+                handle(results.get(timeout=0.05))
+            except queue.Empty:
+                break
+        for worker_id in dead:
+            ended.add(worker_id)
+            code = processes[worker_id].exitcode
+            for index in sorted(taken[worker_id] & pending):
+                pending.discard(index)
+                report(FileResult(index, paths[index], error=f"{paths[index]}: worker process "
+                                  f"ended unexpectedly (exit code {code})"))
+        if len(ended) == len(processes):
+            for index in sorted(pending):
+                report(FileResult(index, paths[index],
+                                  error=f"{paths[index]}: no worker process left to predict it"))
+            pending.clear()
