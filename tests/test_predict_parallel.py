@@ -1,0 +1,271 @@
+"""Prediction speed-ups give the same files: the network overlapped with post-processing
+(:mod:`layernet.ordered_worker`, :func:`layernet.batch_predict.predict_files`) and
+``predict.py --workers N`` (:func:`layernet.batch_predict.predict_files_in_processes`).
+
+The model is an untrained UNet-S with 4 filters (seed 1, whose random maps hold hundreds of noise
+objects, so the comparisons are not between empty stacks).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import numpy as np
+import pytest
+import tifffile
+
+from bench.predict import synthetic_mosaic
+from bench.predict_memory import make_inputs
+from layernet.batch_predict import FileResult, PredictOptions, predict_files
+from layernet.ordered_worker import OrderedWorker
+from tests.conftest import REPO, run_cli
+
+MODEL_SEED = 1
+MIN_SIZE = "5"
+
+
+# ------------------------------------------------------------------------------------------
+# OrderedWorker
+
+
+def test_ordered_worker_runs_jobs_in_order_and_passes_errors_on() -> None:
+    done: list[int] = []
+    with OrderedWorker(depth=2) as worker:
+        futures = [worker.submit(lambda i=i: done.append(i) or i * i) for i in range(20)]
+        failing = worker.submit(lambda: 1 / 0)
+        after = worker.submit(lambda: "still runs")
+    assert done == list(range(20))
+    assert [future.result() for future in futures] == [i * i for i in range(20)]
+    with pytest.raises(ZeroDivisionError):
+        failing.result()
+    assert after.result() == "still runs"
+
+
+def test_ordered_worker_sequential_runs_jobs_at_once_in_this_thread() -> None:
+    worker = OrderedWorker(threaded=False)
+    future = worker.submit(threading.get_ident)
+    assert future.done() and future.result() == threading.get_ident()
+    with pytest.raises(ValueError, match="depth"):
+        OrderedWorker(depth=0)
+
+
+def test_ordered_worker_blocks_when_the_queue_is_full_and_cancels_on_error() -> None:
+    release = threading.Event()
+    started = threading.Event()
+    submitted: list[int] = []
+
+    def blocked() -> None:
+        started.set()
+        release.wait(10)
+
+    worker = OrderedWorker(depth=1)
+    first = worker.submit(blocked)
+    assert started.wait(10)
+    worker.submit(lambda: None)  # waits in the queue (depth 1)
+    producer = threading.Thread(target=lambda: submitted.append(worker.submit(lambda: None)))
+    producer.start()
+    producer.join(0.3)
+    assert producer.is_alive() and not submitted  # a third job must wait for room
+    release.set()
+    producer.join(10)
+    assert len(submitted) == 1
+    worker.close()
+    assert first.done()
+
+    release.clear()
+    started.clear()
+    with pytest.raises(KeyError):
+        with OrderedWorker(depth=1) as worker:
+            running = worker.submit(blocked)
+            started.wait(10)
+            waiting = worker.submit(lambda: "never")
+            threading.Timer(0.2, release.set).start()
+            raise KeyError("stop")
+    assert running.done() and running.exception() is None  # the running job was finished
+    with pytest.raises(CancelledError):
+        waiting.result()
+
+
+# ------------------------------------------------------------------------------------------
+# overlapped == sequential, in process
+
+
+@pytest.fixture(scope="module")
+def model_and_images(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("parallel")
+    _, run = make_inputs(str(folder), 32, seed=MODEL_SEED)
+    images = folder / "images"
+    images.mkdir()
+    for index, (height, width) in enumerate([(96, 120), (64, 64), (300, 260), (80, 100)]):
+        image, _ = synthetic_mosaic(max(height, width), seed=index)
+        tifffile.imwrite(str(images / f"im{index}.tif"),
+                         image[:height, :width, 0].astype(np.uint16))
+    (images / "broken.tif").write_bytes(b"II*\x00 not a tiff")
+    return {"run": run, "images": str(images), "folder": str(folder)}
+
+
+@pytest.fixture(scope="module")
+def predictor(model_and_images):
+    from layernet.batch_predict import load_predictor
+
+    return load_predictor(model_and_images["run"], config_changes={"min_size": int(MIN_SIZE)})
+
+
+def _jobs(images: str, out: str) -> list[tuple[int, str, str]]:
+    names = sorted(os.listdir(images))
+    return [(index, os.path.join(images, name), os.path.join(out, os.path.splitext(name)[0]))
+            for index, name in enumerate(names)]
+
+
+def _same_files(first: str, second: str) -> list[str]:
+    """The two folders hold the same files, byte for byte; return their names."""
+    names = sorted(os.listdir(first))
+    assert names == sorted(os.listdir(second))
+    names = [name for name in names if os.path.isfile(os.path.join(first, name))]
+    comparison = filecmp.cmpfiles(first, second, names, shallow=False)
+    assert comparison[0] == names, comparison
+    return names
+
+
+def test_overlapped_files_equal_sequential_files(model_and_images, predictor, tmp_path) -> None:
+    folders = {}
+    for overlapped in (False, True):
+        out = str(tmp_path / f"overlapped-{overlapped}")
+        os.makedirs(out)
+        jobs = _jobs(model_and_images["images"], out)
+        # im3 gets an output name that is a folder: it fails while being written (in the
+        # background thread when overlapped), after the network, and must still be reported
+        os.makedirs(jobs[4][2] + ".layers.tif")
+        results: list[FileResult] = []
+        options = PredictOptions(tile_size=128, tile_overlap=24, tile_batch=2, prob=True,
+                                 rois=True, coco=True, overlapped=overlapped)
+        predict_files(predictor, jobs, options, results.append)
+        assert [result.index for result in results] == list(range(len(jobs)))  # in order
+        errors = {result.path: result.error for result in results if result.error}
+        assert sorted(errors) == [jobs[0][1], jobs[4][1]]  # broken.tif, im3.tif
+        assert "no image data" in errors[jobs[0][1]] and "\n" not in errors[jobs[0][1]]
+        assert errors[jobs[4][1]].startswith(jobs[4][1] + ": ")
+        tiled = [result for result in results if result.tiles > 1]
+        assert [os.path.basename(result.path) for result in tiled] == ["im2.tif"]
+        assert tiled[0].tiles == 9 and tiled[0].objects >= 10, tiled
+        folders[overlapped] = out
+    names = _same_files(folders[False], folders[True])
+    assert "im2.layers.tif" in names and "im2.prob.tif" in names
+    assert not [name for name in names if name.startswith(".")]
+
+
+def test_overlapped_tiles_equal_sequential_tiles(model_and_images, predictor) -> None:
+    from layernet.tiling import predict_image
+
+    image = tifffile.imread(os.path.join(model_and_images["images"], "im2.tif"))[..., None]
+    sequential, overlapped = {}, {}
+    first = predict_image(predictor, image, tile_size=64, overlap=16, keep_maps=True,
+                          timings=sequential)
+    with OrderedWorker(depth=1) as worker:
+        second = predict_image(predictor, image, tile_size=64, overlap=16, keep_maps=True,
+                               timings=overlapped, worker=worker)
+    assert first.tiles == second.tiles == 36
+    np.testing.assert_array_equal(first.stack, second.stack)
+    np.testing.assert_array_equal(first.layering, second.layering)
+    assert np.unique(first.stack).size > 10
+    assert set(sequential) == set(overlapped) == {"normalize", "network", "postprocess"}
+
+
+# ------------------------------------------------------------------------------------------
+# predict.py --workers
+
+
+def _predict_in_process(argv: list[str], capsys) -> tuple[int, str]:
+    """``python predict.py argv`` run in this process (the model is loaded here); exit code and
+    stderr."""
+    spec = importlib.util.spec_from_file_location("_predict_cli", os.path.join(REPO, "predict.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    code = module.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_workers_give_the_same_files_and_report_bad_files(model_and_images, tmp_path,
+                                                          capsys) -> None:
+    outputs = {}
+    for workers in ("1", "2"):
+        out = str(tmp_path / f"workers-{workers}")
+        argv = [model_and_images["images"], "--model", model_and_images["run"], "--out", out,
+                "--workers", workers, "--tile-size", "128", "--min-size", MIN_SIZE,
+                "--save-prob", "--save-coco", "--verbose"]
+        if workers == "1":
+            code, stderr = _predict_in_process(argv, capsys)
+        else:
+            result = run_cli("predict.py", *argv, timeout=240)
+            code, stderr = result.returncode, result.stderr
+            assert re.search(r"2 worker processes, \d+ TensorFlow thread", stderr)
+            assert re.search(r"im2.tif: \d+ objects \(9 tiles\)", stderr)
+        assert code == 1, stderr[-3000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "broken.tif" in errors[0], stderr[-3000:]
+        assert "predicted 4 of 5 image(s)" in stderr
+        outputs[workers] = out
+    names = _same_files(outputs["1"], outputs["2"])
+    assert len(names) == 4 * 4 and not [name for name in names if "broken" in name]
+
+
+def test_more_workers_than_files_and_model_errors(model_and_images, tmp_path) -> None:
+    image = os.path.join(model_and_images["images"], "im1.tif")
+    result = run_cli("predict.py", image, "--model", model_and_images["run"], "--out",
+                     str(tmp_path / "out"), "--workers", "8", "--quiet", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(tmp_path / "out" / "im1.layers.tif")
+    assert "predicted 1 of 1 image(s)" in result.stderr
+    result = run_cli("predict.py", image, "--model", model_and_images["run"], "--workers", "0")
+    assert result.returncode == 2 and "--workers must be >= 1" in result.stderr
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(model_and_images,
+                                                              tmp_path) -> None:
+    images = tmp_path / "many"
+    images.mkdir()
+    source = open(os.path.join(model_and_images["images"], "im2.tif"), "rb").read()
+    for index in range(60):
+        (images / f"copy{index:02d}.tif").write_bytes(source)
+    out = tmp_path / "out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "predict.py"), str(images), "--model",
+         model_and_images["run"], "--out", str(out), "--workers", "2", "--tile-size", "64",
+         "--quiet"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        while not (out.exists() and any(name.endswith(".overlay.png")
+                                        for name in os.listdir(out))):
+            assert process.poll() is None and time.monotonic() < deadline, "no output"
+            time.sleep(0.05)
+        workers = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(process.pid)],
+                                 capture_output=True, text=True).stdout.splitlines()
+        workers = [int(line.split()[0]) for line in workers if "spawn_main" in line]
+        assert len(workers) == 2, workers
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split()[2] == "Z", f"worker {pid} still runs"
+    names = os.listdir(out)
+    assert not [name for name in names if name.startswith(".")], names  # no temporary file
+    assert len([name for name in names if name.endswith(".layers.tif")]) < 60
