@@ -1,13 +1,17 @@
 """Datasets: one module per dataset, each returning :class:`Sample` objects and official splits.
 
-Every dataset module exposes ``load(data_dir, split, seed, **options) -> list[Sample]``.
-:func:`load_dataset` dispatches by name.
+Every dataset module exposes ``load(data_dir, split, seed, **options) -> list[Sample]`` and
+``source(data_dir, split, seed, **options) -> SampleSource``, the same samples listed without
+decoding and decoded one at a time (streaming training of datasets larger than memory).
+:func:`load_dataset` and :func:`load_source` dispatch by name.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +41,71 @@ class Sample:
     meta: dict = field(default_factory=dict)
 
 
+@dataclass
+class SampleSource:
+    """The items of one split of a dataset: listed without decoding, decoded one at a time.
+
+    Attributes
+    ----------
+    names : list of str
+        The sample names, in the order of the split (as :func:`load_dataset` returns them).
+    files : list of tuple of str
+        Per item, the files or folders it is decoded from; their sizes and modification times
+        identify the decoded sample in caches (empty for generated data).
+    read : callable
+        ``read(index) -> Sample`` decodes item ``index``.
+    key : str
+        Everything else that decides the decoded samples: the dataset and its decoding options
+        (and the seed of generated data).
+    """
+
+    names: list[str]
+    files: list[tuple[str, ...]]
+    read: Callable[[int], Sample]
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, index: int) -> Sample:
+        """Decode item ``index`` (``0 <= index < len(self)``)."""
+        if not 0 <= index < len(self.names):
+            raise IndexError(f"sample index {index} out of range for {len(self.names)} items")
+        return self.read(index)
+
+    def load_all(self) -> list[Sample]:
+        """Decode every item, in order."""
+        return [self.read(index) for index in range(len(self.names))]
+
+
+def source_key(dataset: str, **options) -> str:
+    """The :attr:`SampleSource.key` of ``dataset`` decoded with ``options`` (canonical JSON)."""
+    return json.dumps({"dataset": dataset, **options}, sort_keys=True, default=repr)
+
+
+def _dataset_module(name: str, split: str):
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return importlib.import_module(f"datasets.{name}")
+
+
+def load_source(name: str, data_dir: str | None = None, split: str = "train", seed: int = 0,
+                **options) -> SampleSource:
+    """List the samples of one split of a dataset by name, without decoding them.
+
+    Parameters are those of :func:`load_dataset`; ``load_source(...).load_all()`` equals
+    ``load_dataset(...)``.
+
+    Returns
+    -------
+    SampleSource
+    """
+    return _dataset_module(name, split).source(data_dir=data_dir, split=split, seed=seed,
+                                               **options)
+
+
 def load_dataset(name: str, data_dir: str | None = None, split: str = "train", seed: int = 0,
                  **options) -> list[Sample]:
     """Load the samples of one split of a dataset by name.
@@ -58,12 +127,7 @@ def load_dataset(name: str, data_dir: str | None = None, split: str = "train", s
     -------
     list of Sample
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    module = importlib.import_module(f"datasets.{name}")
-    return module.load(data_dir=data_dir, split=split, seed=seed, **options)
+    return _dataset_module(name, split).load(data_dir=data_dir, split=split, seed=seed, **options)
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

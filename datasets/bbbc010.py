@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from datasets import Sample
+from datasets import Sample, SampleSource, source_key
 from datasets.common import DatasetError, apply_limit, make_sample, require_folder, select_split
 from layernet.io import as_channels, read_image, read_mask
 
@@ -168,7 +168,7 @@ def split_wells(data_dir: str, split: str = "train", seed: int = 0,
     return _split(usable_wells(data_dir, _channels(channel))[0], split, seed, data_dir)
 
 
-def load(
+def source(
     data_dir: str,
     split: str = "train",
     seed: int = 0,
@@ -177,8 +177,8 @@ def load(
     wells: Sequence[str] | None = None,
     limit: int | None = None,
     **_,
-) -> list[Sample]:
-    """Load one split of BBBC010.
+) -> SampleSource:
+    """List one split of BBBC010 without reading any image.
 
     Parameters
     ----------
@@ -201,14 +201,15 @@ def load(
 
     Returns
     -------
-    list of Sample
-        ``name`` = well, ``image`` float32 ``(H, W, C)``, ``stack`` int32 ``(L, H, W)``.
+    datasets.SampleSource
+        Items named by well; the files of an item are its image(s) and per-worm masks. Each
+        decoded sample has ``image`` float32 ``(H, W, C)`` and ``stack`` int32 ``(L, H, W)``.
 
     Raises
     ------
     DatasetError
-        If folders are missing, the test split (row D) is requested but absent, or files
-        disagree in shape.
+        If folders are missing or the test split (row D) is requested but absent; files that
+        disagree in shape raise it when their sample is decoded.
     """
     channels = _channels(channel)
     usable, images, masks = usable_wells(data_dir, channels)
@@ -220,7 +221,17 @@ def load(
             raise DatasetError(f"{data_dir}: BBBC010 well(s) {', '.join(unknown)} not available")
         chosen = [w for w in chosen if w in wanted]
     chosen = apply_limit(chosen, limit)
-    return [_load_well(w, images[w], masks[w], channels, crop) for w in chosen]
+    return SampleSource(
+        names=list(chosen),
+        files=[tuple(images[w][c] for c in channels) + tuple(masks[w]) for w in chosen],
+        read=lambda index: _load_well(chosen[index], images[chosen[index]],
+                                      masks[chosen[index]], channels, crop),
+        key=source_key("bbbc010", channel=channel, crop=crop))
+
+
+def load(data_dir: str, split: str = "train", seed: int = 0, **options) -> list[Sample]:
+    """Decode every sample of ``source(data_dir, split, seed, **options)`` (see :func:`source`)."""
+    return source(data_dir, split, seed, **options).load_all()
 
 
 def _fetch(url: str, path: str, progress: bool) -> None:

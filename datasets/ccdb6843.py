@@ -33,7 +33,7 @@ import re
 import numpy as np
 from scipy import ndimage
 
-from datasets import Sample
+from datasets import Sample, SampleSource, source_key
 from datasets.common import (DatasetError, apply_limit, as_size, make_sample, require_folder,
                              select_split)
 from layernet.io import as_channels, read_image
@@ -101,13 +101,13 @@ def scan(data_dir: str) -> dict[str, str]:
     return images
 
 
-def _load_key(key: str, image_path: str, mask_folder: str, min_size: int,
-              size: tuple[int, int] | None) -> Sample | None:
-    gt_paths = [p for p in (_find_file(mask_folder, f"{key}_GT_{n}.tif") for n in ("01", "02"))
-                if p]
-    if not gt_paths:
-        logger.warning("CCDB6843 %s: no %s_GT_01.tif in %s; image skipped", key, key, mask_folder)
-        return None
+def _ground_truth_paths(key: str, mask_folder: str) -> list[str]:
+    """The ``<key>_GT_01.tif`` / ``_GT_02.tif`` files of ``key`` that exist."""
+    return [p for p in (_find_file(mask_folder, f"{key}_GT_{n}.tif") for n in ("01", "02")) if p]
+
+
+def _load_key(key: str, image_path: str, gt_paths: list[str], min_size: int,
+              size: tuple[int, int] | None) -> Sample:
     image = as_channels(read_image(image_path), expected_channels=1, name=image_path)
     masks = []
     for path in gt_paths:
@@ -120,7 +120,7 @@ def _load_key(key: str, image_path: str, mask_folder: str, min_size: int,
     return make_sample(image, masks, key, meta, size)
 
 
-def load(
+def source(
     data_dir: str,
     split: str = "train",
     seed: int = 0,
@@ -128,8 +128,10 @@ def load(
     min_size: int = MIN_SIZE,
     limit: int | None = None,
     **_,
-) -> list[Sample]:
-    """Load one split of CCDB6843.
+) -> SampleSource:
+    """List one split of CCDB6843 without reading any image.
+
+    Images without ``<key>_GT_01.tif`` are skipped with a warning.
 
     Parameters
     ----------
@@ -148,17 +150,33 @@ def load(
 
     Returns
     -------
-    list of Sample
+    datasets.SampleSource
+        Items named by key; the files of an item are its image and ground-truth files.
     """
     images = scan(data_dir)
     mask_folder = require_folder(os.path.join(data_dir, MASK_FOLDER), "CCDB6843 ground-truth")
     keys = sorted(images)
     test = [k for k in keys if k.startswith(TEST_PREFIX)]
     trainval = [k for k in keys if not k.startswith(TEST_PREFIX)]
-    chosen = apply_limit(select_split(trainval, test, split, seed), limit)
+    chosen = []
+    for key in apply_limit(select_split(trainval, test, split, seed), limit):
+        gt_paths = _ground_truth_paths(key, mask_folder)
+        if not gt_paths:
+            logger.warning("CCDB6843 %s: no %s_GT_01.tif in %s; image skipped", key, key,
+                           mask_folder)
+            continue
+        chosen.append((key, images[key], gt_paths))
     target = as_size(size)
-    samples = [_load_key(k, images[k], mask_folder, min_size, target) for k in chosen]
-    return [s for s in samples if s is not None]
+    return SampleSource(
+        names=[key for key, _, _ in chosen],
+        files=[(image_path, *gt_paths) for _, image_path, gt_paths in chosen],
+        read=lambda index: _load_key(*chosen[index], min_size, target),
+        key=source_key("ccdb6843", size=target, min_size=min_size))
+
+
+def load(data_dir: str, split: str = "train", seed: int = 0, **options) -> list[Sample]:
+    """Decode every sample of ``source(data_dir, split, seed, **options)`` (see :func:`source`)."""
+    return source(data_dir, split, seed, **options).load_all()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from datasets import Sample, split_indices
+from datasets import Sample, SampleSource, source_key, split_indices
 from datasets.common import (IMAGE_EXTENSIONS, DatasetError, apply_limit, as_size, make_sample,
                              require_folder, select_split)
 from layernet.instances import LabelStackError, masks_from_stack, validate_stack
@@ -161,7 +161,7 @@ def _load_pair(stem: str, image_path: str, mask_path: str, channel: int | None,
                        size)
 
 
-def load(
+def source(
     data_dir: str,
     split: str = "train",
     seed: int = 0,
@@ -171,8 +171,8 @@ def load(
     val_fraction: float = 0.1,
     limit: int | None = None,
     **_,
-) -> list[Sample]:
-    """Load one split of a folder dataset.
+) -> SampleSource:
+    """List one split of a folder dataset without reading any image.
 
     Parameters
     ----------
@@ -193,7 +193,8 @@ def load(
 
     Returns
     -------
-    list of Sample
+    datasets.SampleSource
+        Items named by stem; the files of an item are its image and its mask file or folder.
     """
     require_folder(data_dir, "dataset")
     pairs = find_pairs(data_dir)
@@ -210,7 +211,17 @@ def load(
                            "masks/<stem>.<ext> or masks/<stem>/)")
     chosen = apply_limit(select_split(trainval, test, split, seed, val_fraction), limit)
     target = as_size(size)
-    samples = [_load_pair(*pair, channel=channel, size=target) for pair in chosen]
+    return SampleSource(
+        names=[stem for stem, _, _ in chosen],
+        files=[(image_path, mask_path) for _, image_path, mask_path in chosen],
+        read=lambda index: _load_pair(*chosen[index], channel=channel, size=target),
+        key=source_key("folder", size=target, channel=channel))
+
+
+def load(data_dir: str, split: str = "train", seed: int = 0, **options) -> list[Sample]:
+    """Decode every sample of ``source(data_dir, split, seed, **options)`` (see :func:`source`);
+    raise :class:`DatasetError` if their channel counts differ."""
+    samples = source(data_dir, split, seed, **options).load_all()
     if samples:
         channels = samples[0].image.shape[-1]
         for sample in samples[1:]:

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 import scipy.io
 
-from datasets import Sample
+from datasets import Sample, SampleSource, source_key
 from datasets.common import DatasetError, apply_limit, as_size, make_sample, select_split
 from layernet.io import as_channels, read_image
 
@@ -280,15 +280,18 @@ def _to_sample(entry: _Entry, size: tuple[int, int] | None) -> Sample:
     return make_sample(image, masks, entry.name, entry.meta, size)
 
 
-def load(
+def source(
     data_dir: str,
     split: str = "train",
     seed: int = 0,
     size: int | None = DEFAULT_SIZE,
     limit: int | None = None,
     **_,
-) -> list[Sample]:
-    """Load one split of OCC2014 (cytoplasm masks, overlapping).
+) -> SampleSource:
+    """List one split of OCC2014 (cytoplasm masks, overlapping).
+
+    The individual-image layout is decoded one image at a time; the images of a ``.mat`` layout
+    are read with their file (MATLAB files hold the whole set).
 
     Parameters
     ----------
@@ -305,8 +308,10 @@ def load(
 
     Returns
     -------
-    list of Sample
-        ``image`` float32 ``(size, size, 1)``, ``stack`` int32 ``(L, size, size)``.
+    datasets.SampleSource
+        Items named ``train001``, ``test001``, ...; the files of an item are its image source
+        and ground-truth file. Each decoded sample has ``image`` float32 ``(size, size, 1)`` and
+        ``stack`` int32 ``(L, size, size)``.
     """
     train, test = find_sources(data_dir)
     if test is not None:
@@ -317,7 +322,16 @@ def load(
         test_entries = [e for k, e in enumerate(train) if k % 4 == 0]
     chosen = apply_limit(select_split(trainval, test_entries, split, seed), limit)
     target = as_size(size)
-    return [_to_sample(entry, target) for entry in chosen]
+    return SampleSource(
+        names=[entry.name for entry in chosen],
+        files=[(entry.meta["source"], entry.meta["ground_truth"]) for entry in chosen],
+        read=lambda index: _to_sample(chosen[index], target),
+        key=source_key("occ2014", size=target))
+
+
+def load(data_dir: str, split: str = "train", seed: int = 0, **options) -> list[Sample]:
+    """Decode every sample of ``source(data_dir, split, seed, **options)`` (see :func:`source`)."""
+    return source(data_dir, split, seed, **options).load_all()
 
 
 if __name__ == "__main__":

@@ -39,12 +39,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datasets import SPLITS, Sample, split_indices
+from datasets import SPLITS, Sample, SampleSource, source_key, split_indices
 from layernet.instances import coverage, foreground, stack_from_masks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KINDS", "DEFAULT_COUNTS", "SyntheticOptionError", "generate_sample", "load", "main"]
+__all__ = ["KINDS", "DEFAULT_COUNTS", "SyntheticOptionError", "generate_sample", "load", "main",
+           "source"]
 
 KINDS = ("worms", "cells", "mixed")
 #: Default number of images of each pool (``trainval`` and ``test``).
@@ -479,13 +480,79 @@ def generate_sample(rng: np.random.Generator, kind: str = "worms", size: int = 1
     return Sample(image=image[:, :, None], stack=stack, name=f"synthetic-{kind}", meta=meta)
 
 
+def _image_kind(kind: str, index: int) -> str:
+    """Scene type of image ``index`` of a pool: ``kind``, or alternating for ``mixed``."""
+    return kind if kind != "mixed" else ("worms" if index % 2 == 0 else "cells")
+
+
 def _pool_sample(seed: int, pool: str, index: int, kind: str, size: int, params: dict) -> Sample:
     """Image ``index`` of ``pool`` ("trainval" or "test"), independent of the pool's size."""
     sequence = np.random.SeedSequence(seed, spawn_key=(_STREAMS[pool], index))
-    image_kind = kind if kind != "mixed" else ("worms" if index % 2 == 0 else "cells")
-    sample = generate_sample(np.random.default_rng(sequence), image_kind, size, **params)
+    sample = generate_sample(np.random.default_rng(sequence), _image_kind(kind, index), size,
+                             **params)
     sample.meta.update({"pool": pool, "index": index, "seed": seed})
     return sample
+
+
+def source(data_dir: str | None = None, split: str = "train", seed: int = 0,
+           kind: str = "worms", count: int | None = None, size: int = 192, **params
+           ) -> SampleSource:
+    """List one split of the synthetic dataset; each image is generated when it is read.
+
+    Parameters are those of :func:`load`.
+
+    Returns
+    -------
+    datasets.SampleSource
+        Items named as by :func:`load`, no files.
+
+    Raises
+    ------
+    SyntheticOptionError
+        If the split, kind, count or an option is invalid.
+    """
+    del data_dir  # generated data, no folder
+    if split not in SPLITS:
+        raise SyntheticOptionError(f"synthetic: unknown split {split!r}; choose one of "
+                                   f"{', '.join(SPLITS)}")
+    if kind not in KINDS:
+        raise SyntheticOptionError(f"synthetic: unknown kind {kind!r}; choose one of "
+                                   f"{', '.join(KINDS)}")
+    if count is not None and (not isinstance(count, (int, np.integer)) or isinstance(count, bool)
+                              or count < 1):
+        raise SyntheticOptionError(f"synthetic: count must be a positive integer, got {count!r}")
+    # fail early on bad options, before generating anything
+    for checked_kind in (("worms", "cells") if kind == "mixed" else (kind,)):
+        _resolve_options(checked_kind, size, params)
+    if split == "test":
+        pools = [("test", count or DEFAULT_COUNTS["test"])]
+    elif split == "all":
+        test_count = max(1, round(count / 3)) if count else DEFAULT_COUNTS["test"]
+        pools = [("trainval", count or DEFAULT_COUNTS["trainval"]), ("test", test_count)]
+    else:
+        pools = [("trainval", count or DEFAULT_COUNTS["trainval"])]
+    items = []  # (pool, index, part)
+    for pool, pool_count in pools:
+        if pool == "test":
+            parts = {index: "test" for index in range(pool_count)}
+        else:
+            train, val = split_indices(pool_count, 0.1, seed)
+            parts = {int(index): "train" for index in train}
+            parts.update({int(index): "val" for index in val})
+        items.extend((pool, index, parts[index]) for index in range(pool_count)
+                     if split not in ("train", "val") or parts[index] == split)
+
+    def read(position: int) -> Sample:
+        pool, index, part = items[position]
+        sample = _pool_sample(seed, pool, index, kind, size, params)
+        sample.name = f"synthetic-{sample.meta['kind']}-{part}-{index:04d}"
+        sample.meta["part"] = part
+        return sample
+
+    names = [f"synthetic-{_image_kind(kind, index)}-{part}-{index:04d}"
+             for _, index, part in items]
+    return SampleSource(names=names, files=[() for _ in items], read=read,
+                        key=source_key("synthetic", seed=seed, kind=kind, size=size, **params))
 
 
 def load(data_dir: str | None = None, split: str = "train", seed: int = 0, kind: str = "worms",
@@ -524,41 +591,7 @@ def load(data_dir: str | None = None, split: str = "train", seed: int = 0, kind:
     SyntheticOptionError
         If the split, kind, count or an option is invalid.
     """
-    del data_dir  # generated data, no folder
-    if split not in SPLITS:
-        raise SyntheticOptionError(f"synthetic: unknown split {split!r}; choose one of "
-                                   f"{', '.join(SPLITS)}")
-    if kind not in KINDS:
-        raise SyntheticOptionError(f"synthetic: unknown kind {kind!r}; choose one of "
-                                   f"{', '.join(KINDS)}")
-    if count is not None and (not isinstance(count, (int, np.integer)) or isinstance(count, bool)
-                              or count < 1):
-        raise SyntheticOptionError(f"synthetic: count must be a positive integer, got {count!r}")
-    # fail early on bad options, before generating anything
-    for checked_kind in (("worms", "cells") if kind == "mixed" else (kind,)):
-        _resolve_options(checked_kind, size, params)
-    if split == "test":
-        pools = [("test", count or DEFAULT_COUNTS["test"])]
-    elif split == "all":
-        test_count = max(1, round(count / 3)) if count else DEFAULT_COUNTS["test"]
-        pools = [("trainval", count or DEFAULT_COUNTS["trainval"]), ("test", test_count)]
-    else:
-        pools = [("trainval", count or DEFAULT_COUNTS["trainval"])]
-    samples = []
-    for pool, pool_count in pools:
-        if pool == "test":
-            parts = {index: "test" for index in range(pool_count)}
-        else:
-            train, val = split_indices(pool_count, 0.1, seed)
-            parts = {int(index): "train" for index in train}
-            parts.update({int(index): "val" for index in val})
-        for index in range(pool_count):
-            if split in ("train", "val") and parts[index] != split:
-                continue
-            sample = _pool_sample(seed, pool, index, kind, size, params)
-            sample.name = f"synthetic-{sample.meta['kind']}-{parts[index]}-{index:04d}"
-            sample.meta["part"] = parts[index]
-            samples.append(sample)
+    samples = source(data_dir, split, seed, kind, count, size, **params).load_all()
     logger.info("synthetic: %d %s images (%s split, seed %d)", len(samples), kind, split, seed)
     return samples
 
