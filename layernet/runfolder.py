@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -136,7 +137,7 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise RunFolderError(f"{path}: cannot read ({error})") from None
 
 
