@@ -63,6 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="dataset option, repeatable (e.g. kind=cells for synthetic)")
     data.add_argument("--channels", type=int, help="image channels (default 1)")
     data.add_argument("--val-fraction", type=float, help="validation share of the training data (0.1)")
+    data.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                      help="--stream: prepare every image once into a compressed disk cache "
+                      "and stream it while training, for datasets larger than memory (same "
+                      "batches as in memory); --no-stream: load everything into memory; "
+                      "default: stream when the decoded data would exceed a quarter of the "
+                      "available memory. Also accepted with --resume")
+    data.add_argument("--cache-dir", metavar="DIR", help="streaming cache folder, reusable by "
+                      "other runs on the same data (default <run>/cache)")
     model = parser.add_argument_group("model")
     model.add_argument("--size", choices=("S", "M", "L"), help="UNet-S/M/L: 3/4/5 poolings (M)")
     model.add_argument("--filters", type=int, help="filters of the first UNet level (64)")
@@ -90,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+_STREAMING = {True: "on", False: "off", None: None}
+"""``--stream`` / ``--no-stream`` / neither -> Config.streaming (None: keep)."""
+
+
 def build_config(args: argparse.Namespace):
     """Merge defaults, the --init run's config, --config and the command-line options."""
     from layernet import runfolder
@@ -109,6 +121,7 @@ def build_config(args: argparse.Namespace):
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
         "seed": args.seed, "deterministic": args.deterministic, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
+        "streaming": _STREAMING[args.stream], "cache_dir": args.cache_dir,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if args.phase is None:
@@ -135,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         if not run_dir:
             raise ValueError("--resume needs the run folder (or --out)")
         config = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))
+        # how the data is read does not change the batches: may differ from the first run
+        if args.stream is not None:
+            config = config.replace(streaming=_STREAMING[args.stream])
+        if args.cache_dir is not None:
+            config = config.replace(cache_dir=args.cache_dir)
         result = train(config, run_dir, resume=True)
     else:
         config = build_config(args)

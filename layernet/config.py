@@ -44,6 +44,11 @@ class Config:
     normalize_low: float = 1.0  # percentile mapped to 0 (per image and channel)
     normalize_high: float = 99.8  # percentile mapped to 1
     val_fraction: float = 0.1  # seeded train/validation split of the training data
+    # datasets larger than memory: "on" prepares every image once into a disk cache and streams
+    # it (the same batches as in memory); "off" loads everything into memory; "auto" streams
+    # when the decoded data would exceed a quarter of the available memory (layernet.streaming)
+    streaming: str = "auto"
+    cache_dir: str | None = None  # folder of the streaming cache (None: <run folder>/cache)
 
     # --- model ------------------------------------------------------------------------------
     # "layering" (paper), "unet2" (object/background) or "unet3" (object/boundary/background)
@@ -131,6 +136,7 @@ class Config:
             "phase": ("layering", "overlap"),
             "strategy": ("default", "mirrored", "multiworker"),
             "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+            "streaming": ("auto", "on", "off"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

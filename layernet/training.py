@@ -32,8 +32,12 @@ from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
 from layernet.model import build_model, load_model_weights
 from layernet.pipeline import PreparedSample, make_dataset, prepare_samples
+from layernet.streaming import prepare_to_cache, prune_cache, use_streaming
 
 logger = logging.getLogger(__name__)
+
+CACHE_FOLDER = "cache"
+"""Streaming cache of a run (``<run>/cache``) when ``Config.cache_dir`` is not set."""
 
 LOSS_NAMES = ("loss", "foreground", "attraction", "repulsion", "sparsity", "layering", "overlap")
 
@@ -203,31 +207,68 @@ def frozen_layer_assignment(net: keras.Model, samples: Sequence[PreparedSample],
 
 @dataclass
 class TrainingData:
-    """Prepared training and validation samples of a run."""
+    """Prepared training and validation samples of a run.
 
-    train: list[PreparedSample]
-    val: list[PreparedSample]
+    ``train`` and ``val`` are lists held in memory, or :class:`layernet.pipeline.CachedSamples`
+    read from the streaming cache one sample at a time (``streamed``).
+    """
+
+    train: Sequence[PreparedSample]
+    val: Sequence[PreparedSample]
+    streamed: bool = False
 
 
-def load_training_data(config: Config) -> TrainingData:
-    """Load, prepare (normalise, targets) and return the training and validation splits."""
-    from datasets import load_dataset
+def load_training_data(config: Config, run_dir: str | None = None) -> TrainingData:
+    """Load, prepare (normalise, targets) and return the training and validation splits.
+
+    With streaming (``config.streaming``, :func:`layernet.streaming.use_streaming`) every sample
+    is prepared once into the cache ``config.cache_dir`` (default ``<run_dir>/cache``) and the
+    returned splits read it one sample at a time; otherwise everything is loaded into memory.
+
+    Parameters
+    ----------
+    config : Config
+        The run's settings.
+    run_dir : str or None, optional
+        The run folder (home of the default streaming cache).
+
+    Returns
+    -------
+    TrainingData
+    """
+    from datasets import load_source
 
     start = time.perf_counter()
-    train = load_dataset(config.data, config.data_dir, "train", config.seed, **config.data_options)
-    val = load_dataset(config.data, config.data_dir, "val", config.seed, **config.data_options)
-    if not train:
+    sources = [load_source(config.data, config.data_dir, split, config.seed,
+                           **config.data_options) for split in ("train", "val")]
+    if not len(sources[0]):
         raise TrainingError(f"dataset {config.data!r} has no training images")
-    if not val:
+    if not len(sources[1]):
         raise TrainingError(f"dataset {config.data!r} has no validation images; add images or "
                             "raise --val-fraction")
-    channels = {sample.image.shape[-1] for sample in train + val}
-    if channels != {config.channels}:
-        raise TrainingError(f"dataset images have {sorted(channels)} channel(s) but the config "
-                            f"expects {config.channels} (set --channels)")
-    data = TrainingData(prepare_samples(train, config), prepare_samples(val, config))
-    logger.info("loaded %d training and %d validation images of %r in %.1f s", len(data.train),
-                len(data.val), config.data, time.perf_counter() - start)
+    streamed = use_streaming(config, sources)
+    if streamed:
+        if config.cache_dir is None and run_dir is None:
+            raise TrainingError("streaming needs a cache folder: set config.cache_dir "
+                                "(--cache-dir) or pass the run folder")
+        cache_dir = config.cache_dir or os.path.join(run_dir, CACHE_FOLDER)
+        train = prepare_to_cache(sources[0], config, cache_dir,
+                                 semantic=config.method == "unet3")
+        val = prepare_to_cache(sources[1], config, cache_dir)
+        if config.cache_dir is None:
+            prune_cache(cache_dir, train.paths + val.paths)
+        data = TrainingData(train, val, streamed=True)
+    else:
+        train_samples, val_samples = (source.load_all() for source in sources)
+        channels = {sample.image.shape[-1] for sample in train_samples + val_samples}
+        if channels != {config.channels}:
+            raise TrainingError(f"dataset images have {sorted(channels)} channel(s) but the "
+                                f"config expects {config.channels} (set --channels)")
+        data = TrainingData(prepare_samples(train_samples, config),
+                            prepare_samples(val_samples, config))
+    logger.info("loaded %d training and %d validation images of %r in %.1f s%s", len(data.train),
+                len(data.val), config.data, time.perf_counter() - start,
+                " (streamed from disk)" if streamed else "")
     return data
 
 
@@ -240,7 +281,7 @@ class EpochEnd(keras.callbacks.Callback):
         super().__init__()
         self.run_dir = run_dir
         self.config = config
-        self.val = list(val)
+        self.val = val  # a list, or CachedSamples read one sample at a time
         self.history = history
         self.best = best
         self.best_epoch = best_epoch
@@ -371,8 +412,9 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    data = load_training_data(config)
-    baselines.attach_semantic_targets(data.train, config)
+    data = load_training_data(config, run_dir)
+    if not data.streamed:  # the streaming cache holds the UNet-3 targets already
+        baselines.attach_semantic_targets(data.train, config)
 
     with strategy.scope():
         net = build_model(config)

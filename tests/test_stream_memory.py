@@ -1,0 +1,30 @@
+"""Memory: streamed training of a folder dataset whose decoded images and stacks (512 MB) exceed
+the budget of :data:`GROWTH_BUDGET_MB` has about the peak memory of training on a small version
+of the same dataset (``bench/stream_memory.py`` measures it, each run in a fresh process)."""
+
+from __future__ import annotations
+
+import os
+
+from bench.stream_memory import decoded_megabytes, run_measurement, write_folder_dataset
+
+SIDE = 1024
+BIG, SMALL = 64, 4
+GROWTH_BUDGET_MB = 0.25 * (decoded_megabytes(BIG, SIDE) - decoded_megabytes(SMALL, SIDE))
+"""Largest allowed growth of the peak memory from the small to the big dataset (120 MB): a
+quarter of the growth of the decoded data, which loading into memory would hold three times."""
+
+
+def test_streamed_training_memory_does_not_grow_with_the_dataset(tmp_path) -> None:
+    for name, count in (("small", SMALL), ("big", BIG)):
+        write_folder_dataset(str(tmp_path / name), count, SIDE)
+    peaks = {}
+    for name in ("small", "big"):
+        seconds, peaks[name], images = run_measurement(str(tmp_path / name),
+                                                       str(tmp_path / f"run-{name}"), "on")
+        assert images == (BIG if name == "big" else SMALL) - 2  # one val and one test image
+        assert len(os.listdir(tmp_path / f"run-{name}" / "cache")) == images + 1
+    growth = peaks["big"] - peaks["small"]
+    print(f"peak RSS: small {peaks['small']:.0f} MB, big {peaks['big']:.0f} MB "
+          f"({decoded_megabytes(BIG, SIDE):.0f} MB decoded), growth {growth:.0f} MB")
+    assert growth < GROWTH_BUDGET_MB, peaks
