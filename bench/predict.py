@@ -22,6 +22,24 @@ Without ``--model`` an untrained UNet with the default architecture (UNet-M, 64 
 ideal-map post-processing of the untiled size is the median of at least 10 runs. Example::
 
     python bench/predict.py --model runs/demo-overlap --sides 448 2048 --repeats 3
+
+``--folder K`` times what ``predict.py`` does on a folder instead: K synthetic ``side`` x ``side``
+16-bit TIFFs (``--sides``, first value) read, predicted and written (default outputs) by
+:func:`layernet.batch_predict.predict_files`, in the same run:
+
+* network only: the network alone on the K normalised images (the speed to approach);
+* sequential:   read, normalise, network, post-process, write, one image after the other
+                (``predict.py --sequential``);
+* overlapped:   post-processing and writing in a background thread while the network runs on
+                the next image (``predict.py``, the default);
+* workers N:    ``predict.py --workers N`` (``--workers``, default 2), total wall time with the
+                workers' start-up (importing TensorFlow, loading the model), and per image once
+                all workers are ready.
+
+Seconds per image and the ratio to the sequential time (``x faster``), and whether the written
+files are byte-identical. The in-process model is traced on one image first. Example::
+
+    python bench/predict.py --size S --filters 16 --folder 8 --sides 448 --workers 2
 """
 
 from __future__ import annotations
@@ -161,6 +179,117 @@ def bench_side(predictor, side: int, repeats: int, folder: str) -> dict[str, flo
     return row
 
 
+def _save_untrained_run(folder: str, size: str | None, filters: int | None) -> str:
+    """A run folder holding an untrained model (``config.json`` + ``best.h5``); return it."""
+    import keras
+
+    from layernet import runfolder
+    from layernet.config import Config
+    from layernet.model import build_model
+
+    changes = {key: value for key, value in (("size", size), ("filters", filters)) if value}
+    config = Config(**changes).validate()
+    keras.utils.set_random_seed(0)
+    run = os.path.join(folder, "run")
+    os.makedirs(run, exist_ok=True)
+    config.save(os.path.join(run, runfolder.CONFIG_FILE))
+    runfolder.save_model_atomic(build_model(config), os.path.join(run, runfolder.BEST_FILE))
+    return run
+
+
+def _same_outputs(first: str, second: str) -> bool:
+    import filecmp
+
+    names = sorted(os.listdir(first))
+    return names == sorted(os.listdir(second)) and \
+        filecmp.cmpfiles(first, second, names, shallow=False)[0] == names
+
+
+def bench_folder(args: argparse.Namespace) -> int:
+    """Time predict.py's folder modes (see the module doc); print one table."""
+    import tifffile
+
+    from layernet.batch_predict import (PredictOptions, load_predictor, predict_files,
+                                        predict_files_in_processes)
+
+    side, count = args.sides[0], args.folder
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder:
+        model = args.model or _save_untrained_run(folder, args.size, args.filters)
+        images = os.path.join(folder, "images")
+        os.makedirs(images)
+        paths = []
+        for index in range(count + 1):  # image 0 traces the network
+            image, _ = synthetic_mosaic(side, seed=index)
+            paths.append(os.path.join(images, f"image{index:03d}.tif"))
+            tifffile.imwrite(paths[-1], (image[..., 0] * 100).astype(np.uint16))
+        predictor = load_predictor(model)
+        config = predictor.config
+
+        def jobs(out: str) -> list[tuple[int, str, str]]:
+            os.makedirs(out, exist_ok=True)
+            return [(index, path, os.path.join(out, os.path.splitext(os.path.basename(path))[0]))
+                    for index, path in enumerate(paths[1:])]
+
+        failures: list[str] = []
+        objects: list[int] = []
+
+        def report(result) -> None:
+            if result.error:
+                failures.append(result.error)
+            objects.append(result.objects)
+
+        predict_files(predictor, jobs(os.path.join(folder, "warm-up"))[:1],
+                      PredictOptions(overlapped=False), report)
+        from layernet.io import as_channels, read_image
+
+        normalized = [predictor.normalize(as_channels(read_image(path))) for path in paths[1:]]
+        clock = time.perf_counter()
+        for image in normalized:
+            predictor.maps_batch_normalized(image[None])
+        rows = [("network only", time.perf_counter() - clock, None)]
+        outputs = {}
+        for name, overlapped in (("sequential", False), ("overlapped", True)):
+            outputs[name] = os.path.join(folder, name)
+            work = jobs(outputs[name])
+            clock = time.perf_counter()
+            predict_files(predictor, work, PredictOptions(overlapped=overlapped), report)
+            rows.append((name, time.perf_counter() - clock, None))
+        ready: list[float] = []
+        done_after_ready: list[float] = []
+
+        def report_worker(result) -> None:
+            report(result)
+            if len(ready) == args.workers:
+                done_after_ready.append(time.perf_counter())
+
+        name = f"workers {args.workers}"
+        outputs[name] = os.path.join(folder, "workers")
+        work = jobs(outputs[name])
+        clock = time.perf_counter()
+        predict_files_in_processes(model, work, PredictOptions(), args.workers, report_worker,
+                                   on_ready=lambda _: ready.append(time.perf_counter()))
+        end = time.perf_counter()
+        steady = ((end - ready[-1]) * count / len(done_after_ready)
+                  if len(ready) == args.workers and done_after_ready else None)
+        rows.append((name, end - clock, steady))
+        identical = all(_same_outputs(outputs["sequential"], outputs[key])
+                        for key in outputs if key != "sequential")
+    print(f"model: {args.model or 'untrained'} UNet-{config.size}, {config.filters} filters, "
+          f"{config.layers} layers; {count} images of {side} x {side} px, "
+          f"{os.cpu_count()} CPU cores (load average before: {load:.1f}); "
+          f"{sum(objects) // max(len(objects), 1)} objects per image")
+    print(f"{'mode':<14} {'total s':>8} {'s/image':>8} {'x faster':>9}")
+    baseline = rows[1][1]
+    for mode, seconds, steady in rows:
+        print(f"{mode:<14} {seconds:>8.2f} {seconds / count:>8.3f} {baseline / seconds:>9.2f}")
+        if steady is not None:
+            print(f"{'  once ready':<14} {'':>8} {steady / count:>8.3f} {baseline / steady:>9.2f}")
+    print(f"identical files in every mode: {'yes' if identical else 'NO'}"
+          + (f"; {len(failures)} failed: {failures[:2]}" if failures else ""))
+    return 0 if identical and not failures else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,7 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sides", type=int, nargs="+", default=[448, 2048],
                         help="image sides (default 448 2048)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
+    parser.add_argument("--folder", type=int, default=0, metavar="K",
+                        help="time predict.py on a folder of K images instead (see above)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="--folder: processes of the multi-process mode (default 2)")
     args = parser.parse_args(argv)
+    if args.folder:
+        return bench_folder(args)
     predictor = _load_predictor(args.model, args.size, args.filters)
     config = predictor.config
     print(f"model: {args.model or 'untrained'} UNet-{config.size}, {config.filters} filters, "

@@ -267,6 +267,7 @@ def predict_files_in_processes(
     precision: str | None = None,
     config_changes: dict[str, Any] | None = None,
     poll_seconds: float = 0.5,
+    on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Predict ``jobs`` with ``workers`` processes, one model each; report every file once.
 
@@ -286,6 +287,8 @@ def predict_files_in_processes(
         As for :func:`load_predictor`.
     poll_seconds : float, optional
         How often to check that the workers are still alive.
+    on_ready : callable, optional
+        Called with a worker's number when it has loaded the model.
 
     Raises
     ------
@@ -322,7 +325,7 @@ def predict_files_in_processes(
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
     try:
-        _collect(jobs, processes, results, report, poll_seconds)
+        _collect(jobs, processes, results, report, poll_seconds, on_ready)
     finally:
         _stop(processes)
         for channel in (tasks, results):
@@ -331,7 +334,8 @@ def predict_files_in_processes(
 
 
 def _collect(jobs: list[FileJob], processes: list[Any], results: Any,
-             report: Callable[[FileResult], None], poll_seconds: float) -> None:
+             report: Callable[[FileResult], None], poll_seconds: float,
+             on_ready: Callable[[int], None] | None) -> None:
     """Report the workers' results until every file has one; cover for workers that die."""
     paths = {index: path for index, path, _ in jobs}
     pending = set(paths)
@@ -342,7 +346,9 @@ def _collect(jobs: list[FileJob], processes: list[Any], results: Any,
         kind, worker_id, value = message
         if kind == "fatal":
             raise WorkerError(value)
-        if kind == "start":
+        if kind == "ready" and on_ready is not None:
+            on_ready(worker_id)
+        elif kind == "start":
             taken[worker_id].add(value)
         elif kind == "done":
             taken[worker_id].discard(value.index)
