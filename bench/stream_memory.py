@@ -101,16 +101,27 @@ def measure_training(data_dir: str, run_dir: str, streaming: str) -> tuple[float
     return seconds, peak_mb, images
 
 
+def start_measurement(data_dir: str, run_dir: str, streaming: str) -> subprocess.Popen:
+    """Start :func:`measure_training` in a fresh Python process (several may run at once: each
+    reports its own peak); :func:`finish_measurement` collects its numbers."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--measure", data_dir,
+                             run_dir, streaming], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO)
+
+
+def finish_measurement(process: subprocess.Popen) -> tuple[float, float, int]:
+    """Wait for a :func:`start_measurement` process; return its seconds, peak MB and images."""
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"measurement failed: {stderr.strip()[-2000:]}")
+    seconds, peak_mb, images = stdout.split()[-3:]
+    return float(seconds), float(peak_mb), int(images)
+
+
 def run_measurement(data_dir: str, run_dir: str, streaming: str) -> tuple[float, float, int]:
     """:func:`measure_training` in a fresh Python process; returns its three numbers."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", data_dir,
-                           run_dir, streaming], capture_output=True, text=True, env=env,
-                          cwd=REPO)
-    if done.returncode != 0:
-        raise RuntimeError(f"measurement failed: {done.stderr.strip()[-2000:]}")
-    seconds, peak_mb, images = done.stdout.split()[-3:]
-    return float(seconds), float(peak_mb), int(images)
+    return finish_measurement(start_measurement(data_dir, run_dir, streaming))
 
 
 def main(argv: list[str] | None = None) -> int:
