@@ -250,6 +250,15 @@ def load_prepared(path: str) -> PreparedSample:
     """Read a sample written by :func:`save_prepared` (the same arrays :func:`prepare_samples`
     returns for it, bit for bit).
 
+    Parameters
+    ----------
+    path : str
+        The ``.npz`` file.
+
+    Returns
+    -------
+    PreparedSample
+
     Raises
     ------
     PipelineError

@@ -87,7 +87,24 @@ def file_identity(paths: Iterable[str]) -> list[list]:
 
 
 def sample_key(source: SampleSource, index: int, config: Config, semantic: bool = False) -> str:
-    """The cache key (SHA-1 hex) of item ``index`` of ``source`` prepared with ``config``."""
+    """The cache key (SHA-1 hex) of item ``index`` of ``source`` prepared with ``config``.
+
+    Parameters
+    ----------
+    source : datasets.SampleSource
+        The split the item belongs to.
+    index : int
+        Position of the item in ``source``.
+    config : Config
+        Its ``channels``, ``normalize_low``, ``normalize_high`` and ``adjacency_distance`` count.
+    semantic : bool, optional
+        Whether the entry holds the UNet-3 class map.
+
+    Returns
+    -------
+    str
+        40 hex digits.
+    """
     description = {
         "format": CACHE_FORMAT, "source": source.key, "name": source.names[index],
         "files": file_identity(source.files[index]), "channels": config.channels,
@@ -173,6 +190,13 @@ def prune_cache(cache_dir: str, keep: Iterable[str]) -> int:
 
     Only for a cache owned by one run (other runs' entries would go too).
 
+    Parameters
+    ----------
+    cache_dir : str
+        The cache folder.
+    keep : iterable of str
+        Paths of the entries still in use.
+
     Returns
     -------
     int
@@ -231,6 +255,18 @@ def use_streaming(config: Config, sources: Sequence[SampleSource]) -> bool:
     ``config.streaming`` ``"on"`` / ``"off"`` decide alone; ``"auto"`` decodes the first sample,
     estimates the decoded size of all samples from it and streams when that exceeds
     :data:`AUTO_MEMORY_FRACTION` of :func:`available_memory`.
+
+    Parameters
+    ----------
+    config : Config
+        ``streaming`` is ``"auto"``, ``"on"`` or ``"off"``.
+    sources : sequence of datasets.SampleSource
+        The splits training reads (train and validation).
+
+    Returns
+    -------
+    bool
+        True to stream.
     """
     if config.streaming != "auto":
         if config.streaming == "on":
