@@ -12,6 +12,7 @@ import filecmp
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,14 +220,25 @@ def test_workers_give_the_same_files_and_report_bad_files(model_and_images, tmp_
     assert len(names) == 4 * 4 and not [name for name in names if "broken" in name]
 
 
-def test_more_workers_than_files_and_model_errors(model_and_images, tmp_path) -> None:
+def test_more_workers_than_files_and_a_model_that_does_not_load(model_and_images, tmp_path,
+                                                                 capsys) -> None:
+    """One file and --workers 8: one worker starts; it cannot load the model, which ends the
+    run with the one-line loading error and exit code 2, as in one process."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(os.path.join(model_and_images["run"], "config.json"), run / "config.json")
+    (run / "best.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 10)
     image = os.path.join(model_and_images["images"], "im1.tif")
-    result = run_cli("predict.py", image, "--model", model_and_images["run"], "--out",
-                     str(tmp_path / "out"), "--workers", "8", "--quiet", timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert os.path.exists(tmp_path / "out" / "im1.layers.tif")
-    assert "predicted 1 of 1 image(s)" in result.stderr
-    result = run_cli("predict.py", image, "--model", model_and_images["run"], "--workers", "0")
+    argv = [image, "--model", str(run), "--out", str(tmp_path / "out")]
+    with pytest.raises(Exception) as in_process:
+        _predict_in_process(argv, capsys)
+    result = run_cli("predict.py", *argv, "--workers", "8", timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "1 worker processes" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: " + str(in_process.value).strip().splitlines()[0], last
+    assert str(run / "best.h5") in last
+    result = run_cli("predict.py", image, "--model", str(run), "--workers", "0")
     assert result.returncode == 2 and "--workers must be >= 1" in result.stderr
 
 
