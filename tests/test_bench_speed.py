@@ -32,3 +32,20 @@ def test_cpu_description_names_the_model_and_amx(tmp_path):
     path.write_text(CPUINFO.format(vendor="x", model="Old CPU", flags=""))
     assert cpu_description(str(path)) == "Old CPU (no AVX-512; AMX no)"
     assert cpu_description(str(tmp_path / "missing")) == "?"
+
+
+def test_precision_accuracy_trains_both_precisions_on_the_same_steps(tmp_path, capsys):
+    from bench import precision_accuracy
+
+    tiny = ["--size", "S", "--filters", "4", "--head-filters", "4", "--patch-size", "64",
+            "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2",
+            "--data-option", "size=96", "--data-option", "count=6", "--min-size", "10"]
+    assert precision_accuracy.main(["--seeds", "0", "--out", str(tmp_path), "--"] + tiny) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = [line.split() for line in lines if line.split()[0] in ("float32", "mixed_bfloat16")]
+    assert [(run[0], run[1], run[2]) for run in runs] == [("float32", "0", "2"),
+                                                         ("mixed_bfloat16", "0", "2")]
+    assert all(0.0 <= float(run[3]) <= 1.0 for run in runs)
+    for precision in ("float32", "mixed_bfloat16"):
+        config = (tmp_path / f"{precision}-seed0" / "config.json").read_text()
+        assert f'"precision": "{precision}"' in config
