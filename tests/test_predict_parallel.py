@@ -273,7 +273,11 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(model_and_images,
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
+    # multiprocessing's resource tracker (a separate process) may still warn about the queues'
+    # semaphores of the killed workers after predict.py's own last line: not ours to assert on
+    own = [line for line in stderr.strip().splitlines()
+           if "resource_tracker" not in line and not line.strip().startswith("warnings.warn(")]
+    assert own[-1] == "error: interrupted", stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or \
