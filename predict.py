@@ -39,6 +39,7 @@ import os
 import sys
 
 from layernet.cli import quiet_tensorflow, run_main, setup_logging
+from layernet.config import PRECISIONS
 
 quiet_tensorflow()
 
@@ -57,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: beside each input)")
     parser.add_argument("--channel", type=int, metavar="C",
                         help="use only channel C (0-based) of multi-channel images")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                        help="compute precision of the network (default: the run's)")
+    parser.add_argument("--precision", choices=("auto",) + PRECISIONS,
+                        help="compute precision of the network (default: the run's; auto = "
+                        "bf16 on an AMX CPU or a GPU, else float32)")
     tiles = parser.add_argument_group("tiling (large images)")
     tiles.add_argument("--tile-size", default="auto", metavar="PX",
                        help="tile side in pixels, 'auto' (512) or 0 to never tile (default auto)")
@@ -162,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     from layernet import runfolder
 
+    if args.precision == "auto":
+        from layernet.model import auto_precision
+
+        args.precision = auto_precision()
+        logging.getLogger("predict").info("--precision auto: %s on this machine", args.precision)
     files, problems = collect_inputs(args.inputs)
     prefixes = [output_prefix(path, args.out) for path in files]
     seen: dict[str, str] = {}

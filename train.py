@@ -28,11 +28,13 @@ the command-line options.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 
 from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging
+from layernet.config import PRECISIONS
 
 quiet_tensorflow()
 
@@ -76,8 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--filters", type=int, help="filters of the first UNet level (64)")
     model.add_argument("--layers", type=int, help="N, number of output layers (8)")
     model.add_argument("--head-filters", type=int, help="filters of the two 3x3 convs per head (64)")
-    model.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
-                       help="compute precision (float32)")
+    model.add_argument("--precision", choices=("auto",) + PRECISIONS,
+                       help="compute precision (float32); auto = bf16 on an AMX CPU or a "
+                       "GPU, else float32 (the choice is written to config.json)")
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=int, help="epochs to train (100)")
     fit.add_argument("--steps-per-epoch", type=int, help="steps per epoch (0 = one pass over the images)")
@@ -102,6 +105,17 @@ _STREAMING = {True: "on", False: "off", None: None}
 """``--stream`` / ``--no-stream`` / neither -> Config.streaming (None: keep)."""
 
 
+def resolve_precision(precision: str | None) -> str | None:
+    """``--precision``: ``auto`` becomes the precision that pays on this machine."""
+    if precision != "auto":
+        return precision
+    from layernet.model import auto_precision
+
+    chosen = auto_precision()
+    logging.getLogger("train").info("--precision auto: %s on this machine", chosen)
+    return chosen
+
+
 def build_config(args: argparse.Namespace):
     """Merge defaults, the --init run's config, --config and the command-line options."""
     from layernet import runfolder
@@ -117,7 +131,8 @@ def build_config(args: argparse.Namespace):
     overrides = {
         "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
         "channels": args.channels, "val_fraction": args.val_fraction, "size": args.size,
-        "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers, "precision": args.precision,
+        "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers,
+        "precision": resolve_precision(args.precision),
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
         "seed": args.seed, "deterministic": args.deterministic, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,

@@ -22,6 +22,10 @@ METHODS = ("layering", "unet2", "unet3")
 """``layering`` = the paper's model; ``unet2`` / ``unet3`` = the semantic-segmentation baselines of
 the paper's Sec. 3.3 (:mod:`layernet.baselines`)."""
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+"""Compute precisions (Keras dtype policies) of a model; ``--precision auto`` resolves to one
+of them with :func:`layernet.model.auto_precision`."""
+
 
 class ConfigError(ValueError):
     """Raised for an unreadable, invalid or incompatible configuration."""
@@ -135,7 +139,7 @@ class Config:
             "covered_objects": ("full", "zero"),
             "phase": ("layering", "overlap"),
             "strategy": ("default", "mirrored", "multiworker"),
-            "precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+            "precision": PRECISIONS,
             "streaming": ("auto", "on", "off"),
         }
         for name, allowed in choices.items():

@@ -48,3 +48,36 @@ def test_mixed_precision_training_and_prediction(tmp_path, precision):
     assert np.abs(fg_mixed - fg_full).max() < tolerance
     assert np.abs(layers_mixed - layers_full).max() < tolerance
     assert np.abs(layers_mixed - layers_full).max() > 0
+
+
+def test_auto_precision_picks_bf16_only_where_it_pays(tmp_path):
+    import tensorflow as tf
+
+    from layernet.model import auto_precision, cpu_flags
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_flags(str(amx)) >= {"amx_bf16", "avx512_bf16"}
+    assert cpu_flags(str(tmp_path / "missing")) == set()
+    assert not tf.config.list_physical_devices("GPU")  # CI and this machine: CPU only
+    assert auto_precision(str(amx)) == "mixed_bfloat16"
+    assert auto_precision(str(plain)) == "float32"
+    assert auto_precision(str(tmp_path / "missing")) == "float32"
+
+
+def test_train_precision_auto_writes_the_resolved_precision(monkeypatch):
+    import importlib.util
+    import os
+
+    from layernet import model
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("_train_cli", os.path.join(repo, "train.py"))
+    train_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_cli)
+    monkeypatch.setattr(model, "auto_precision", lambda: "mixed_bfloat16")
+    config = train_cli.build_config(train_cli.parse_args(["--precision", "auto"]))
+    assert config.precision == "mixed_bfloat16"
+    config = train_cli.build_config(train_cli.parse_args(["--precision", "float32"]))
+    assert config.precision == "float32"
