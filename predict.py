@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "bf16 on an AMX CPU or a GPU, else float32)")
     tiles = parser.add_argument_group("tiling (large images)")
     tiles.add_argument("--tile-size", default="auto", metavar="PX",
-                       help="tile side in pixels, 'auto' (512) or 0 to never tile (default auto)")
+                       help="tiles hold at most PX x PX pixels; images of at most that many pixels "
+                       "are predicted whole, larger ones cut into the tiles that cover them with the "
+                       "fewest pixels; 'auto' (768) or 0 to never tile (default auto)")
     tiles.add_argument("--tile-overlap", type=int, metavar="PX",
                        help="pixels shared by neighbouring tiles (default: about tile size / 6)")
     tiles.add_argument("--tile-batch", type=int, default=1, metavar="B",

@@ -9,7 +9,8 @@ in a fresh process per tile setting and reports its wall time and peak resident 
     python bench/predict_memory.py --side 4096 --tile-sizes auto 0
 
 Measured on the 2-core CI machine (TF 2.21 CPU, UNet-S, 4 filters, 4 layers, 4096 x 4096):
-tiled (512 px tiles) 1.1 GB peak, in one piece 3.5 GB. ``tests/test_memory.py`` holds tiled
+tiled (512 px tiles) 1.1 GB peak, in one piece 3.5 GB; tiled with the 768 x 768 budget
+that replaced them (balanced tiles), 1.1 GB. ``tests/test_memory.py`` holds tiled
 prediction of 4096 x 4096 under :data:`TILED_PEAK_LIMIT_MB`.
 """
 

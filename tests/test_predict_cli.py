@@ -25,7 +25,7 @@ def test_help_teaches():
 def test_small_and_big_tiled_image(predicted, prediction_inputs):
     result, out = predicted["result"], predicted["out"]
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "(25 tiles)" in result.stderr  # 2048 px in 512 px tiles with overlap: 5 x 5
+    assert "(9 tiles)" in result.stderr  # 2048 px: 3 x 3 balanced tiles of 768 px, overlap 128
     for name, side in (("small", 96), ("big", 2048)):
         stack = tifffile.imread(os.path.join(out, f"{name}.layers.tif"))
         assert stack.dtype == np.uint16 and stack.ndim == 3 and stack.shape[1:] == (side, side)

@@ -14,8 +14,8 @@ from scipy import ndimage
 
 from layernet.instances import masks_from_stack, stack_from_masks, validate_stack
 from layernet.postprocess import postprocess
-from layernet.tiling import (TileStitcher, TilingError, auto_tile_size, default_overlap,
-                             predict_tiled, tile_grid, tile_starts)
+from layernet.tiling import (TileStitcher, TilingError, auto_tile_size, balanced_tile_shape,
+                             default_overlap, predict_tiled, tile_grid, tile_starts)
 
 LAYERS = 8
 
@@ -116,11 +116,85 @@ def test_core_cuts_in_the_middle_of_the_overlap():
 
 
 def test_auto_tile_size_and_overlap():
-    assert auto_tile_size(16) == 512
+    assert auto_tile_size(16) == 768
+    assert auto_tile_size(16, 512) == 512
     assert auto_tile_size(32, 500) == 480
     assert auto_tile_size(32, 20) == 128
     assert default_overlap(512, 16) == 96
     assert default_overlap(512, 16) % 16 == 0
+
+
+# ------------------------------------------------------------------------- balanced tile shapes
+def test_balanced_tile_shape_hand_computed():
+    # BBBC010's 696 x 520 images fit a 768 px budget: one tile (four 512 px tiles before)
+    assert balanced_tile_shape((520, 696), 768, 128, 16) == (520, 696)
+    assert balanced_tile_shape((520, 696), 512, 96, 16) == (520, 400)  # 2 tiles, 1.15x pixels
+    assert len(tile_grid((520, 696), (520, 400), 96)) == 2
+    # 2048^2 with 768 / 128: 3 rows of (2048 + 2 * 128) / 3 = 768 px, 3 columns the same
+    assert balanced_tile_shape((2048, 2048), 768, 128, 16) == (768, 768)
+    assert len(tile_grid((2048, 2048), (768, 768), 128)) == 9
+    # 512 / 96: 4 rows of 584 -> 592 px need 6 columns of 432 (24 tiles, 6,137,856 px), just
+    # under 5 x 5 tiles of 496 px (6,150,400 px); square 512 px tiles took 25 x 512^2 = 6,553,600
+    assert balanced_tile_shape((2048, 2048), 512, 96, 16) == (592, 432)
+    assert len(tile_grid((2048, 2048), (592, 432), 96)) == 24
+    # a strip: tall tiles as wide as the image
+    assert balanced_tile_shape((20000, 30), 768, 128, 16) == (10064, 30)
+    with pytest.raises(TilingError, match="empty"):
+        balanced_tile_shape((0, 10), 64, 8)
+    with pytest.raises(TilingError, match="no tile"):
+        balanced_tile_shape((200, 200), 8, 16)
+
+
+def _fewest_pixels_by_brute_force(shape, tile, overlap, stride):
+    """(pixels, tiles) of the best grid over every tile shape (multiples of ``stride`` or the
+    image's side) within the budget: the slow, obviously correct reference."""
+    height, width = shape
+    best = None
+    for tile_height in sorted({height, *range(stride, height, stride)}):
+        for tile_width in sorted({width, *range(stride, width, stride)}):
+            if tile_height * tile_width > tile * tile:
+                continue
+            if (tile_height < height and tile_height <= overlap) or \
+                    (tile_width < width and tile_width <= overlap):
+                continue
+            count = len(tile_grid(shape, (tile_height, tile_width), overlap))
+            candidate = (count * tile_height * tile_width, count)
+            best = candidate if best is None or candidate < best else best
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_balanced_tile_shape_is_the_fewest_pixels_within_the_budget(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        tile = int(rng.choice([256, 512, 768]))
+        overlap = default_overlap(tile, 16)
+        shape = (int(rng.integers(100, 2200)), int(rng.integers(100, 2200)))
+        got = balanced_tile_shape(shape, tile, overlap, 16)
+        tiles = tile_grid(shape, got, overlap)
+        assert got[0] * got[1] <= tile * tile
+        assert (len(tiles) * got[0] * got[1], len(tiles)) == \
+            _fewest_pixels_by_brute_force(shape, tile, overlap, 16), (shape, tile, got)
+        owners = np.zeros(shape, dtype=int)
+        for t in tiles:
+            cy0, cx0, cy1, cx1 = t.core
+            owners[cy0:cy1, cx0:cx1] += 1
+        assert np.all(owners == 1)
+
+
+def test_balanced_tile_shape_is_near_the_fewest_pixels_for_tiny_tiles():
+    # with tiles of a few strides, rounding to the stride can make odd shapes slightly better
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        stride = int(rng.choice([1, 2, 4, 8]))
+        tile = int(rng.integers(8, 40))
+        overlap = int(rng.integers(0, tile // 2))
+        shape = (int(rng.integers(1, 150)), int(rng.integers(1, 150)))
+        got = balanced_tile_shape(shape, tile, overlap, stride)
+        count = len(tile_grid(shape, got, overlap))
+        best, _ = _fewest_pixels_by_brute_force(shape, tile, overlap, stride)
+        assert got[0] * got[1] <= tile * tile
+        assert count * got[0] * got[1] <= 1.1 * best, (shape, tile, overlap, stride, got)
 
 
 # ------------------------------------------------------------------------------ stitcher units
@@ -221,6 +295,7 @@ def _untiled(image, network, min_size):
     (0, (300, 330), 128, 32, 1),
     (1, (256, 400), 96, 24, 3),
     (2, (200, 200), 64, 16, 4),
+    (3, (256, 300), (96, 160), 24, 2),  # rectangular tiles (balanced_tile_shape)
 ])
 def test_tiled_prediction_equals_untiled(seed, shape, tile, overlap, batch):
     objects = _random_objects(shape, 22, seed)
