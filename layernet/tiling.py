@@ -341,6 +341,16 @@ def _overlapping_pairs(stack: np.ndarray) -> set[tuple[int, int]]:
     return result
 
 
+def _id_areas(stack: np.ndarray) -> np.ndarray | None:
+    """Pixels per id (index = id) of a non-negative integer label stack; ``None`` for other
+    stacks or ids too large for a table."""
+    if stack.size == 0 or not np.issubdtype(stack.dtype, np.integer):
+        return None
+    if int(stack.min()) < 0 or int(stack.max()) > 2 * stack.size + 65536:
+        return None
+    return np.bincount(stack.reshape(-1).astype(np.intp, copy=False))
+
+
 class TileStitcher:
     """Collect the label stacks of the tiles of one image and stitch them into one label stack.
 
@@ -393,20 +403,25 @@ class TileStitcher:
         self._added.add(tile_index)
         self.layers = max(self.layers, stack.shape[0])
 
-        local = relabel_stack(stack, dtype=np.int64)
-        if self.min_size > 1:
-            local = self._drop_small_interior(tile, local)
+        areas = _id_areas(stack)
+        if areas is not None and areas.size > 1 and areas[1:].all():
+            local = stack  # ids are 1..K already (Algorithm 1's output): no renumbering pass
+        else:
+            local = relabel_stack(stack, dtype=np.int64)
+            areas = _id_areas(local)
         count = int(local.max()) if local.size else 0
+        dropped = (self._small_interior(tile, local, areas) if self.min_size > 1 and count
+                   else np.zeros(count + 1, dtype=bool))
         offset = len(self._union.parent)
         self._union.add(count)
-        fragments = np.where(local > 0, local + (offset - 1), -1)  # global fragment ids, -1 = none
 
         core = _local(tile.core, tile.rect)
         for layer_index, layer in enumerate(local):
             core_labels = layer[core]
-            boxes = ndimage.find_objects(core_labels.astype(np.int32), max_label=count)
+            boxes = ndimage.find_objects(core_labels.astype(np.int32, copy=False),
+                                         max_label=count)
             for label, box in enumerate(boxes, start=1):
-                if box is None:
+                if box is None or dropped[label]:
                     continue
                 mask = core_labels[box] == label
                 self._parts.append(_Part(
@@ -414,34 +429,26 @@ class TileStitcher:
                     (tile.core[0] + box[0].start, tile.core[1] + box[1].start), mask))
 
         for other, shared in self._neighbours[tile_index]:
-            crop = fragments[(slice(None),) + _local(shared, tile.rect)] + 1  # 0 = none
+            crop = local[(slice(None),) + _local(shared, tile.rect)].astype(np.int64)
+            crop = np.where(crop > 0, crop + offset, 0)  # global fragment id + 1, 0 = none
             if other in self._added:
                 self._match(self._pending.pop((other, tile_index)), crop)
             else:
-                self._pending[(tile_index, other)] = crop.astype(np.int64)
+                self._pending[(tile_index, other)] = crop
 
-    def _drop_small_interior(self, tile: Tile, local: np.ndarray) -> np.ndarray:
-        """Remove instances smaller than ``min_size`` that no other tile sees.
+    def _small_interior(self, tile: Tile, local: np.ndarray, areas: np.ndarray) -> np.ndarray:
+        """Which ids of ``local`` (pixel counts ``areas``, index = id) are smaller than
+        ``min_size`` and seen by no other tile (boolean, like ``areas``).
 
         Such an instance lies in this tile's core only, so it is final as it is and would be
-        dropped after stitching anyway; removing it early saves memory and time.
+        dropped after stitching anyway; skipping it early saves memory and time.
         """
-        count = int(local.max()) if local.size else 0
-        if count == 0:
-            return local
-        areas = np.bincount(local.reshape(-1), minlength=count + 1)
-        seen_elsewhere = np.zeros(count + 1, dtype=bool)
+        seen_elsewhere = np.zeros(areas.size, dtype=bool)
         for _, shared in self._neighbours[tile.index]:
             seen_elsewhere[local[(slice(None),) + _local(shared, tile.rect)].reshape(-1)] = True
         drop = (areas < self.min_size) & ~seen_elsewhere
         drop[0] = False
-        if not drop.any():
-            return local
-        keep = ~drop
-        keep[0] = False
-        lut = np.zeros(count + 1, dtype=np.int64)
-        lut[keep] = np.arange(1, int(keep.sum()) + 1)
-        return lut[local]
+        return drop
 
     def _match(self, first: np.ndarray, second: np.ndarray) -> None:
         """Merge the instances of two tiles seen in their shared region (ids shifted by +1)."""

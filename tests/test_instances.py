@@ -327,3 +327,20 @@ def test_compact_and_pad():
     np.testing.assert_array_equal(padded[0], compact[0])
     assert not padded[1:].any()
     assert pad_stack(stack, 2) is stack  # never truncates
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.uint16, np.int32, np.uint32, np.int64])
+def test_object_ids_equal_the_sorted_unique_ids(dtype):
+    # object_ids counts ids in a table when they are small and non-negative, else sorts them
+    rng = np.random.default_rng(0)
+    for high in (0, 1, 7, 120, 10 ** 6, 2 ** 40):
+        high = min(high, int(np.iinfo(dtype).max))
+        stack = rng.integers(0, high + 1, (3, 20, 30), dtype=np.int64).astype(dtype)
+        stack[0, :2] = 0
+        if np.iinfo(dtype).min < 0:
+            stack[1, 0, 0] = -1
+        reference = np.array(sorted({int(v) for v in stack.ravel()} - {0}), dtype=dtype)
+        ids = object_ids(stack)
+        assert ids.dtype == dtype
+        np.testing.assert_array_equal(ids, reference)
+    assert object_ids(np.zeros((0, 4, 4), np.int32)).size == 0
