@@ -11,12 +11,19 @@ to a ``report`` callback in input order: an error on one file becomes its one-li
 the other files go on.
 
 :func:`predict_files_in_processes` spreads the files over N worker processes (``spawn``), each
-loading the model once and running :func:`predict_files` on the files it takes from a shared
-queue (so a worker with small files takes more of them). Each worker's TensorFlow uses
-``cores // N`` threads, so N workers do not oversubscribe the CPU. Results come back to the
-calling process, which reports them. Ctrl-C (SIGINT) reaches only the calling process; it stops
-the workers with SIGTERM, on which a worker finishes the file it is writing (outputs are written
-atomically) and exits.
+loading the model once and running :func:`predict_files` on the files it takes one by one
+(the next index of the job list, from a shared counter; so a worker with small files takes more
+of them). Each worker's TensorFlow uses ``cores // N`` threads, so N workers do not
+oversubscribe the CPU. Results come back to the calling process through a queue, and it reports
+them. Ctrl-C (SIGINT) reaches only the calling process; it stops the workers with SIGTERM, on
+which a worker finishes the file it is writing (outputs are written atomically) and exits.
+
+The calling process only reads from the results queue and never writes to a multiprocessing
+queue, so it runs no queue feeder thread: every semaphore it created is released in its main
+thread (the workers are joined and the queue is closed before :func:`predict_files_in_processes`
+returns or raises). A feeder thread still holding a queue's semaphores at interpreter exit could
+be stopped midway through unregistering them, and multiprocessing's resource tracker then warned
+about "leaked semaphore objects" after a Ctrl-C.
 """
 
 from __future__ import annotations
@@ -207,8 +214,9 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 def _worker_main(worker_id: int, model_path: str, precision: str | None,
                  config_changes: dict[str, Any] | None, options: PredictOptions, threads: int,
-                 log_level: int, tasks: Any, results: Any) -> None:
-    """Body of one worker process: load the model once, then predict files from ``tasks``."""
+                 log_level: int, jobs: list[FileJob], next_job: Any, results: Any) -> None:
+    """Body of one worker process: load the model once, then predict the files of ``jobs``
+    whose indices it takes from the shared counter ``next_job``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
     def terminate(signum: int, frame: Any) -> None:
@@ -216,6 +224,20 @@ def _worker_main(worker_id: int, model_path: str, precision: str | None,
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminate)
+    try:
+        _worker_run(worker_id, model_path, precision, config_changes, threads, log_level,
+                    options, jobs, next_job, results)
+    finally:
+        # The work is over and the process is ending (TensorFlow's teardown can take a moment):
+        # a SIGTERM now must not raise SystemExit inside some ``__del__`` of that teardown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _worker_run(worker_id: int, model_path: str, precision: str | None,
+                config_changes: dict[str, Any] | None, threads: int, log_level: int,
+                options: PredictOptions, jobs: list[FileJob], next_job: Any,
+                results: Any) -> None:
+    """What a worker does between its signal handlers being set and its exit."""
     from layernet.cli import setup_logging
 
     setup_logging(log_level <= logging.DEBUG)
@@ -233,20 +255,30 @@ def _worker_main(worker_id: int, model_path: str, precision: str | None,
         return
     results.put(("ready", worker_id, None))
 
-    def jobs() -> Iterator[FileJob]:
+    def taken_jobs() -> Iterator[FileJob]:
         while True:
-            job = tasks.get()
-            if job is None:
-                return
-            results.put(("start", worker_id, job[0]))
-            yield job
+            with next_job.get_lock():
+                position = next_job.value
+                if position >= len(jobs):
+                    return
+                next_job.value = position + 1
+            results.put(("start", worker_id, jobs[position][0]))
+            yield jobs[position]
 
-    predict_files(predictor, jobs(), options, lambda result: results.put(("done", worker_id,
-                                                                          result)))
+    predict_files(predictor, taken_jobs(), options,
+                  lambda result: results.put(("done", worker_id, result)))
 
 
-def _stop(processes: list[Any], grace: float = 10.0) -> None:
-    """SIGTERM the workers still running, give them ``grace`` seconds, then SIGKILL."""
+def _stop(processes: list[Any], grace: float = 10.0, finished: bool = False) -> None:
+    """SIGTERM the workers still running, give them ``grace`` seconds, then SIGKILL; join and
+    close every one (its pipes and sentinel are released here, not at interpreter exit).
+
+    With ``finished`` (every file is done, so the workers are ending by themselves) they first
+    get ``grace`` seconds to exit on their own.
+    """
+    if finished:
+        for process in processes:
+            process.join(grace)
     for process in processes:
         if process.is_alive():
             process.terminate()
@@ -256,6 +288,7 @@ def _stop(processes: list[Any], grace: float = 10.0) -> None:
             logger.warning("worker %s did not stop; killing it", process.name)
             process.kill()
             process.join()
+        process.close()
 
 
 def predict_files_in_processes(
@@ -302,35 +335,35 @@ def predict_files_in_processes(
     count = min(workers, len(jobs))
     threads = threads_per_worker(count)
     context = multiprocessing.get_context("spawn")
-    tasks, results = context.Queue(), context.Queue()
-    for job in jobs:
-        tasks.put(job)
-    for _ in range(count):
-        tasks.put(None)
+    # The jobs go to every worker with its arguments and a shared counter hands out the next
+    # one: no queue that this process writes to, hence no feeder thread here (module docstring).
+    next_job = context.Value("q", 0)
+    results = context.Queue()
     log_level = logging.getLogger().getEffectiveLevel()
     logger.info("%d worker processes, %d TensorFlow thread(s) each", count, threads)
     processes = []
+    finished = False
     in_main_thread = threading.current_thread() is threading.main_thread()
     # Children inherit an ignored SIGINT from the start (before they can install a handler).
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
     try:
-        for worker_id in range(count):
-            process = context.Process(
-                target=_worker_main, name=f"layernet-predict-{worker_id}", daemon=True,
-                args=(worker_id, model_path, precision, config_changes, options, threads,
-                      log_level, tasks, results))
-            process.start()
-            processes.append(process)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
-    try:
+        try:
+            for worker_id in range(count):
+                process = context.Process(
+                    target=_worker_main, name=f"layernet-predict-{worker_id}", daemon=True,
+                    args=(worker_id, model_path, precision, config_changes, options, threads,
+                          log_level, list(jobs), next_job, results))
+                process.start()
+                processes.append(process)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
         _collect(jobs, processes, results, report, poll_seconds, on_ready)
+        finished = True
     finally:
-        _stop(processes)
-        for channel in (tasks, results):
-            channel.cancel_join_thread()
-            channel.close()
+        _stop(processes, finished=finished)
+        results.close()
+        results.join_thread()  # no feeder thread in this process: returns at once
 
 
 def _collect(jobs: list[FileJob], processes: list[Any], results: Any,
