@@ -5,6 +5,9 @@ Evaluate a trained model on a dataset split:
 
     python evaluate.py --model runs/demo-overlap/best.h5 --data bbbc010 --data-dir data/bbbc010
 
+With --model the network runs on the next image while the last one is post-processed and
+scored (--sequential turns this off; the scores are the same).
+
 Score predictions already on disk (any tool's: label-stack TIFFs <name>.layers.tif, label
 images <name>.tif/.png, or per-object mask folders <name>/) against a dataset's ground truth,
 or against ground truth files of the same kinds:
@@ -61,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--min-size", type=int, help="smallest object (default: the run's)")
     run.add_argument("--save-pred", action="store_true",
                      help="also write the predictions to <out>/pred/<name>.layers.tif")
+    run.add_argument("--sequential", action="store_true",
+                     help="post-process and score each image before the network starts on the "
+                     "next (default: overlapped, same scores)")
     report = parser.add_argument_group("report")
     report.add_argument("--out", metavar="DIR", help="output folder")
     report.add_argument("--thresholds", type=float, nargs="+", metavar="T",
@@ -185,16 +191,28 @@ class _Source:
                            self.image_files[name])
         return np.zeros(shape + (1,), np.float32)
 
-    def prediction(self, name: str, timings: dict | None = None):
+    def submit_prediction(self, name: str, worker, timings: dict | None = None):
+        """Future of the label stack predicted for (or read from disk for) image ``name``.
+
+        With a model the network runs here and its post-processing is a job of ``worker`` (an
+        :class:`~layernet.ordered_worker.OrderedWorker`); a file on disk is read by ``worker``.
+        """
         from layernet.evaluation import read_instances
-        from layernet.tiling import predict_image
+        from layernet.tiling import submit_prediction
 
         if self.predictor is None:
-            return read_instances(self.pred_files[name])
+            return worker.submit(read_instances, self.pred_files[name])
         args = self.args
-        return predict_image(self.predictor, self.samples[name].image, tile_size=args.tile_size,
-                             overlap=args.tile_overlap, batch_size=args.tile_batch,
-                             timings=timings).stack
+        prediction = submit_prediction(self.predictor, self.samples[name].image, worker,
+                                       tile_size=args.tile_size, overlap=args.tile_overlap,
+                                       batch_size=args.tile_batch, timings=timings)
+        return worker.submit(lambda: prediction.result().stack)
+
+    def prediction(self, name: str):
+        """The label stack of image ``name``, predicted or read here and now."""
+        from layernet.ordered_worker import OrderedWorker
+
+        return self.submit_prediction(name, OrderedWorker(threaded=False)).result()
 
     def default_out(self) -> str:
         if self.args.model:
@@ -221,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from layernet.evaluation import format_table, worst_images, write_report
     from layernet.io import write_image_atomic, write_label_stack
     from layernet.metrics import DEFAULT_THRESHOLDS, MATCHINGS, score_image, summarize
+    from layernet.ordered_worker import OrderedWorker
     from layernet.viz import comparison_panel
 
     thresholds = tuple(args.thresholds or DEFAULT_THRESHOLDS)
@@ -229,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     scores = {matching: [] for matching in MATCHINGS}
     timings: dict[str, float] = {}
-    for name in tqdm(source.names, unit="image", file=sys.stderr, disable=None):
+    bar = tqdm(total=len(source.names), unit="image", file=sys.stderr, disable=None)
+
+    def score(name: str, prediction) -> None:
+        """Score one image once its prediction is done (a job of ``worker``, in image order)."""
         gt = source.ground_truth(name)
-        pred = source.prediction(name, timings)
+        pred = prediction.result()
         if pred.shape[1:] != gt.shape[1:]:
             raise ValueError(f"{name}: prediction has size {pred.shape[1:]} but the ground truth "
                              f"has {gt.shape[1:]}")
@@ -240,6 +262,24 @@ def main(argv: list[str] | None = None) -> int:
             write_label_stack(os.path.join(out_dir, "pred", f"{name}.layers.tif"), pred)
         for matching in MATCHINGS:
             scores[matching].append(score_image(gt, pred, matching, thresholds, name=name))
+        bar.update(1)
+
+    # The network runs here on the next image while the worker post-processes and scores the
+    # last one (--sequential: one after the other; the same jobs in the same order either way).
+    scored = []
+    try:
+        with OrderedWorker(depth=1, threaded=not args.sequential) as worker:
+            for name in source.names:
+                for done in scored:  # stop at the first failure, as the sequential path does
+                    if done.done():
+                        done.result()
+                scored = [done for done in scored if not done.done()]
+                scored.append(worker.submit(score, name, source.submit_prediction(
+                    name, worker, timings)))
+        for done in scored:
+            done.result()
+    finally:
+        bar.close()
     summaries = {matching: summarize(items) for matching, items in scores.items()}
 
     meta = {"data": source.data, "split": source.split, "n_images": len(source.names),
