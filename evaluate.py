@@ -31,6 +31,7 @@ import os
 import sys
 
 from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging
+from layernet.config import PRECISIONS
 
 quiet_tensorflow()
 
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="tile side, 'auto' or 0 to never tile (default auto)")
     run.add_argument("--tile-overlap", type=int, metavar="PX", help="tile overlap (default auto)")
     run.add_argument("--tile-batch", type=int, default=1, metavar="B", help="tiles per call")
+    run.add_argument("--precision", choices=("auto",) + PRECISIONS,
+                     help="compute precision of the network (default: the run's; auto = bf16 on "
+                     "an AMX CPU or a GPU, else float32)")
     run.add_argument("--tau", type=float, help="post-processing threshold (default: the run's)")
     run.add_argument("--min-size", type=int, help="smallest object (default: the run's)")
     run.add_argument("--save-pred", action="store_true",
@@ -119,14 +123,16 @@ class _Source:
         self.samples: dict = {}
         if args.model:
             from layernet import runfolder
-            from layernet.inference import Predictor
+            from layernet.batch_predict import load_predictor
 
             self.model_path = runfolder.resolve_model_path(args.model)
-            net, config = runfolder.load_trained_model(self.model_path)
             changes = {k: v for k, v in (("tau", args.tau), ("min_size", args.min_size))
                        if v is not None}
-            self.config = config.replace(**changes) if changes else config
-            self.predictor = Predictor(net, self.config)
+            from layernet.model import resolve_precision
+
+            self.predictor = load_predictor(self.model_path, resolve_precision(args.precision),
+                                            changes)
+            self.config = self.predictor.config
         else:
             self.pred_files = index_by_name(args.pred)
         if args.gt:
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             "thresholds": list(thresholds)}
     if source.predictor is not None:
         config = source.config
-        meta.update(model=os.path.abspath(source.model_path),
+        meta.update(model=os.path.abspath(source.model_path), precision=config.precision,
                     postprocess={"tau": config.tau, "min_size": config.min_size,
                                  "overlap_layers": config.overlap_layers,
                                  "connectivity": config.connectivity},

@@ -166,11 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     from layernet import runfolder
 
-    if args.precision == "auto":
-        from layernet.model import auto_precision
+    from layernet.model import resolve_precision
 
-        args.precision = auto_precision()
-        logging.getLogger("predict").info("--precision auto: %s on this machine", args.precision)
+    args.precision = resolve_precision(args.precision)
     files, problems = collect_inputs(args.inputs)
     prefixes = [output_prefix(path, args.out) for path in files]
     seen: dict[str, str] = {}

@@ -28,7 +28,6 @@ the command-line options.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -105,21 +104,11 @@ _STREAMING = {True: "on", False: "off", None: None}
 """``--stream`` / ``--no-stream`` / neither -> Config.streaming (None: keep)."""
 
 
-def resolve_precision(precision: str | None) -> str | None:
-    """``--precision``: ``auto`` becomes the precision that pays on this machine."""
-    if precision != "auto":
-        return precision
-    from layernet.model import auto_precision
-
-    chosen = auto_precision()
-    logging.getLogger("train").info("--precision auto: %s on this machine", chosen)
-    return chosen
-
-
 def build_config(args: argparse.Namespace):
     """Merge defaults, the --init run's config, --config and the command-line options."""
     from layernet import runfolder
     from layernet.config import Config
+    from layernet.model import resolve_precision
 
     values = Config().to_dict()
     if args.init:

@@ -11,6 +11,12 @@ difference between precisions must be compared with. Example (about 12 minutes o
     python bench/precision_accuracy.py --seeds 0 1 --out runs/precision-accuracy
 
 Arguments after ``--`` replace the default ``train.py`` model and budget options.
+
+``--model RUN`` instead scores one trained model's predictions in each precision
+(``evaluate.py --precision``) on ``--split`` of its dataset (``--data`` / ``--data-dir``, default
+the run's): does a float32-trained model predict as well in bf16? Example::
+
+    python bench/precision_accuracy.py --model runs/bbbc-o --split val --out runs/prec-predict
 """
 
 from __future__ import annotations
@@ -36,6 +42,28 @@ def best_epoch(history: list[dict]) -> dict:
     return max(history, key=lambda row: float(row["val_meanAP"]))
 
 
+def score_predictions(args: argparse.Namespace) -> int:
+    """``--model``: one ``evaluate.py`` per precision; print meanAP, AJI and seconds."""
+    import json
+
+    print(f"{'precision':<16} {'images':>6} {'meanAP':>8} {'AJI':>7} {'network s':>10} "
+          f"{'total s':>8}", flush=True)
+    for precision in args.precisions:
+        out = os.path.join(args.out, f"eval-{precision}")
+        command = [sys.executable, os.path.join(REPO, "evaluate.py"), "--model", args.model,
+                   "--split", args.split, "--precision", precision, "--out", out]
+        command += ["--data", args.data] if args.data else []
+        command += ["--data-dir", args.data_dir] if args.data_dir else []
+        subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as handle:
+            metrics = json.load(handle)
+        pooled, seconds = metrics["matchings"]["reference"], metrics.get("seconds", {})
+        print(f"{precision:<16} {metrics['n_images']:>6} {pooled['meanAP']:>8.4f} "
+              f"{pooled['AJI']:>7.4f} {seconds.get('network', 0.0):>10.2f} "
+              f"{sum(seconds.values()):>8.2f}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
@@ -45,9 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"],
                         choices=("float32", "mixed_bfloat16", "mixed_float16"))
-    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--data", help="dataset (default: synthetic; with --model the run's)")
     parser.add_argument("--out", required=True, help="folder of the run folders")
+    parser.add_argument("--model", help="score this trained model's predictions instead")
+    parser.add_argument("--data-dir", help="with --model: dataset folder (default: the run's)")
+    parser.add_argument("--split", default="val", help="with --model: split to score (val)")
     args = parser.parse_args(own)
+    if args.model:
+        return score_predictions(args)
+    args.data = args.data or "synthetic"
     results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in args.precisions}
     print(f"{'precision':<16} {'seed':>4} {'steps':>6} {'best val meanAP':>16} {'AJI':>7} "
           f"{'train s':>8}", flush=True)

@@ -18,7 +18,8 @@ Rows:
 * predict:   end to end per image (normalise, network, post-process, write .layers.tif) at 448^2
              and 2048^2 (tiled), float32 and bf16, vs StarDist ``predict_instances`` (+ its
              normalisation and writing) with a StarDist2D of comparable size trained for a few
-             steps, when the optional ``stardist`` package is installed.
+             steps, when the optional ``stardist`` package is installed; and the convolution
+             FLOPs of both networks on a 448^2 image.
 
 Example (about 5 minutes on 2 cores)::
 
@@ -216,7 +217,7 @@ def conv_flops(net, side: int, channels: int) -> float:
 
     convs = [layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D)]
     probe = keras.Model(net.inputs, [layer.output for layer in convs])
-    outputs = probe({"image": np.zeros((1, side, side, channels), np.float32)}, training=False)
+    outputs = probe(np.zeros((1, side, side, channels), np.float32), training=False)
     total = 0.0
     for layer, output in zip(convs, outputs):
         kh, kw, cin, cout = layer.kernel.shape
@@ -300,6 +301,10 @@ def predict_end_to_end(args: argparse.Namespace, predictors: dict) -> None:
     star = None
     if importlib.util.find_spec("stardist") is not None and not args.no_stardist:
         star = stardist_model(args, folder)
+        ours, theirs = (conv_flops(predictors["float32"].net, 448, 1),
+                        conv_flops(star.keras_model, 448, 1))
+        row("predict", "network GFLOP per 448^2 image (ours | StarDist)", f"{ours / 1e9:.1f}",
+            f"{theirs / 1e9:.1f}", f"{ours / theirs:.2f}x")
     for side in (448, 2048):
         image, _ = synthetic_mosaic(side)
         functions = {}

@@ -112,6 +112,16 @@ def auto_precision(cpuinfo: str = "/proc/cpuinfo") -> str:
     return "mixed_bfloat16" if "amx_bf16" in cpu_flags(cpuinfo) else "float32"
 
 
+def resolve_precision(precision: str | None) -> str | None:
+    """A ``--precision`` option: ``auto`` becomes :func:`auto_precision` (logged), anything
+    else (a precision or ``None`` = the run's) is returned as it is."""
+    if precision != "auto":
+        return precision
+    chosen = auto_precision()
+    logger.info("--precision auto: %s on this machine", chosen)
+    return chosen
+
+
 def build_model(config: Config) -> keras.Model:
     """Build the layering UNet described in the module docstring.
 

@@ -49,3 +49,14 @@ def test_precision_accuracy_trains_both_precisions_on_the_same_steps(tmp_path, c
     for precision in ("float32", "mixed_bfloat16"):
         config = (tmp_path / f"{precision}-seed0" / "config.json").read_text()
         assert f'"precision": "{precision}"' in config
+    # --model: the float32 run's predictions scored in both precisions (evaluate.py --precision)
+    scored = tmp_path / "scored"
+    assert precision_accuracy.main(["--model", str(tmp_path / "float32-seed0"), "--split",
+                                    "test", "--out", str(scored)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.split()[0] in ("float32", "mixed_bfloat16")]
+    assert [row[0] for row in rows] == ["float32", "mixed_bfloat16"]
+    assert all(int(row[1]) > 0 and 0.0 <= float(row[2]) <= 1.0 for row in rows)
+    for precision in ("float32", "mixed_bfloat16"):
+        assert f'"precision": "{precision}"' in (scored / f"eval-{precision}" /
+                                                 "metrics.json").read_text()

@@ -81,3 +81,21 @@ def test_train_precision_auto_writes_the_resolved_precision(monkeypatch):
     assert config.precision == "mixed_bfloat16"
     config = train_cli.build_config(train_cli.parse_args(["--precision", "float32"]))
     assert config.precision == "float32"
+
+
+def test_evaluate_scores_a_model_in_another_precision(tiny_run, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    for precision in ("float32", "mixed_bfloat16"):
+        out = tmp_path / precision
+        result = run_cli("evaluate.py", "--model", tiny_run, "--data", "synthetic", "--split",
+                         "test", "--data-option", "count=3", "--precision", precision,
+                         "--out", str(out))
+        assert result.returncode == 0, result.stderr[-2000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["precision"] == precision and metrics["n_images"] == 3
+        assert 0.0 <= metrics["matchings"]["reference"]["meanAP"] <= 1.0
+    result = run_cli("evaluate.py", "--model", tiny_run, "--precision", "bf16")
+    assert result.returncode == 2 and "--precision" in result.stderr
