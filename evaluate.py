@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--tile-batch", type=int, default=1, metavar="B", help="tiles per call")
     run.add_argument("--precision", choices=("auto",) + PRECISIONS,
                      help="compute precision of the network (default: the run's; auto = bf16 on "
-                     "an AMX CPU or a GPU, else float32)")
+                     "a GPU or a CPU with bf16 instructions, else float32)")
     run.add_argument("--tau", type=float, help="post-processing threshold (default: the run's)")
     run.add_argument("--min-size", type=int, help="smallest object (default: the run's)")
     run.add_argument("--save-pred", action="store_true",

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="use only channel C (0-based) of multi-channel images")
     parser.add_argument("--precision", choices=("auto",) + PRECISIONS,
                         help="compute precision of the network (default: the run's; auto = "
-                        "bf16 on an AMX CPU or a GPU, else float32)")
+                        "bf16 on a GPU or a CPU with bf16 instructions, else float32)")
     tiles = parser.add_argument_group("tiling (large images)")
     tiles.add_argument("--tile-size", default="auto", metavar="PX",
                        help="tiles hold at most PX x PX pixels; images of at most that many pixels "

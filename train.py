@@ -78,8 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--layers", type=int, help="N, number of output layers (8)")
     model.add_argument("--head-filters", type=int, help="filters of the two 3x3 convs per head (64)")
     model.add_argument("--precision", choices=("auto",) + PRECISIONS,
-                       help="compute precision (float32); auto = bf16 on an AMX CPU or a "
-                       "GPU, else float32 (the choice is written to config.json)")
+                       help="compute precision (float32); auto = bf16 on a GPU or a CPU with "
+                       "bf16 instructions (AVX512-BF16, AMX), else float32 (the choice is written "
+                       "to config.json)")
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=int, help="epochs to train (100)")
     fit.add_argument("--steps-per-epoch", type=int, help="steps per epoch (0 = one pass over the images)")

@@ -50,18 +50,20 @@ def test_mixed_precision_training_and_prediction(tmp_path, precision):
     assert np.abs(layers_mixed - layers_full).max() > 0
 
 
-def test_auto_precision_picks_bf16_only_where_it_pays(tmp_path):
+def test_auto_precision_picks_bf16_where_the_cpu_has_bf16_instructions(tmp_path):
     import tensorflow as tf
 
     from layernet.model import auto_precision, cpu_flags
 
-    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx, avx512, plain = tmp_path / "amx", tmp_path / "avx512", tmp_path / "plain"
     amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    plain.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
     assert cpu_flags(str(amx)) >= {"amx_bf16", "avx512_bf16"}
     assert cpu_flags(str(tmp_path / "missing")) == set()
     assert not tf.config.list_physical_devices("GPU")  # CI and this machine: CPU only
     assert auto_precision(str(amx)) == "mixed_bfloat16"
+    assert auto_precision(str(avx512)) == "mixed_bfloat16"
     assert auto_precision(str(plain)) == "float32"
     assert auto_precision(str(tmp_path / "missing")) == "float32"
 
