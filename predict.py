@@ -223,6 +223,23 @@ def main(argv: list[str] | None = None) -> int:
         logger.debug("%s: %d objects%s", result.path, result.objects,
                      f" ({result.tiles} tiles)" if result.tiles > 1 else "")
 
+    tiles = {"bar": None, "path": None, "done": 0}  # the bar of the tiles of the current file
+
+    def on_tiles(path: str, done: int, total: int) -> None:
+        """A second bar for the tiles of a large image (shown on a terminal only)."""
+        if tiles["bar"] is not None and (tiles["path"] != path or done < tiles["done"]):
+            tiles["bar"].close()  # the last file stopped on an error
+            tiles["bar"] = None
+        if tiles["bar"] is None:
+            tiles.update(bar=tqdm(total=total, unit="tile", leave=False, file=sys.stderr,
+                                  desc=os.path.basename(path),
+                                  disable=True if args.quiet else None), path=path, done=0)
+        tiles["bar"].update(done - tiles["done"])
+        tiles["done"] = done
+        if done >= total:
+            tiles["bar"].close()
+            tiles["bar"] = None
+
     try:
         if args.workers > 1:
             batch_predict.predict_files_in_processes(
@@ -230,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                 config_changes=changes)
         else:
             predictor = batch_predict.load_predictor(model_path, args.precision, changes)
-            batch_predict.predict_files(predictor, jobs, options, report)
+            batch_predict.predict_files(predictor, jobs, options, report, on_tiles)
     finally:
+        if tiles["bar"] is not None:
+            tiles["bar"].close()
         bar.close()
     done = len(files) - (len(failures) - len(problems))
     print(f"predicted {done} of {len(files)} image(s), {total_objects} objects"

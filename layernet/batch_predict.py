@@ -161,7 +161,8 @@ def _write_outputs(predictor: Any, job: FileJob, image: Any, prediction: Any,
 
 
 def predict_files(predictor: Any, jobs: Iterable[FileJob], options: PredictOptions,
-                  report: Callable[[FileResult], None]) -> None:
+                  report: Callable[[FileResult], None],
+                  on_tiles: Callable[[str, int, int], None] | None = None) -> None:
     """Predict every file of ``jobs`` and write its outputs; report each file once, in order.
 
     Parameters
@@ -175,6 +176,9 @@ def predict_files(predictor: Any, jobs: Iterable[FileJob], options: PredictOptio
     report : callable
         Called with the :class:`FileResult` of every file, in the order of ``jobs`` (from the
         background thread when overlapped). An exception it raises is re-raised here.
+    on_tiles : callable, optional
+        Progress inside a large file: ``on_tiles(path, done, total)`` after the network's every
+        batch of tiles (from this thread).
     """
     from layernet.io import as_channels, read_image
     from layernet.ordered_worker import OrderedWorker
@@ -191,7 +195,9 @@ def predict_files(predictor: Any, jobs: Iterable[FileJob], options: PredictOptio
                 prediction = submit_prediction(
                     predictor, image, worker, tile_size=options.tile_size,
                     overlap=options.tile_overlap, batch_size=options.tile_batch,
-                    keep_maps=options.prob or options.layer_maps)
+                    keep_maps=options.prob or options.layer_maps,
+                    on_tiles=None if on_tiles is None else
+                    (lambda done, total, path=path: on_tiles(path, done, total)))
             except Exception as error:  # reported in order, after the files before it
                 reports.append(worker.submit(lambda failure: report(failure),
                                              _failed(index, path, error)))

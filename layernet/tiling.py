@@ -562,8 +562,11 @@ def _start_tiled(
     spent: dict[str, float],
     maps_out: tuple[np.ndarray, np.ndarray] | None,
     worker: OrderedWorker,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> Future:
     """Run the network on the tile batches here and hand their post-processing to ``worker``.
+
+    ``on_tiles(done, total)`` is called here after the network's every batch of tiles.
 
     Returns the future of the stitched label stack. Once a batch fails, the later batches are
     neither run nor post-processed and the future raises that error.
@@ -608,6 +611,8 @@ def _start_tiled(
         foregrounds, layerings = maps(batch)
         spent["network"] += time.perf_counter() - clock
         worker.submit(post_batch, batch_tiles, foregrounds, layerings)
+        if on_tiles is not None:
+            on_tiles(start + len(batch_tiles), len(tiles))
     return worker.submit(stitch)
 
 
@@ -716,6 +721,7 @@ def submit_prediction(
     batch_size: int = 1,
     keep_maps: bool = False,
     timings: dict[str, float] | None = None,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> Future:
     """Start predicting one raw image: network here, post-processing on ``worker``.
 
@@ -785,7 +791,7 @@ def submit_prediction(
     stitched = _start_tiled(
         normalized, predictor.maps_batch_normalized, tiles,
         lambda fg, maps: predictor.instances_from_maps(fg, maps, min_size=0), config.min_size,
-        batch_size, 0.5, spent, maps_out, worker)
+        batch_size, 0.5, spent, maps_out, worker, on_tiles)
     logger.debug("tiled prediction: %d tiles of %d x %d px, overlap %d", len(tiles),
                  tiles[0].rect[2] - tiles[0].rect[0], tiles[0].rect[3] - tiles[0].rect[1], overlap)
     return worker.submit(lambda: finish(Prediction(stitched.result(),
@@ -801,6 +807,7 @@ def predict_image(
     keep_maps: bool = False,
     timings: dict[str, float] | None = None,
     worker: OrderedWorker | None = None,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> Prediction:
     """Predict the instances of one raw image, tiled when it is larger than a tile.
 
@@ -831,6 +838,9 @@ def predict_image(
         Runs the post-processing; a threaded worker overlaps the post-processing of each tile
         batch with the network on the next (same result). Default: one after the other in this
         thread. To overlap whole images, use :func:`submit_prediction`.
+    on_tiles : callable, optional
+        Progress of a tiled image: called as ``on_tiles(done, total)`` after the network has run
+        on every batch of tiles (not called for an image predicted whole).
 
     Returns
     -------
@@ -838,4 +848,4 @@ def predict_image(
     """
     return submit_prediction(predictor, image, worker or OrderedWorker(threaded=False),
                              tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                             keep_maps=keep_maps, timings=timings).result()
+                             keep_maps=keep_maps, timings=timings, on_tiles=on_tiles).result()

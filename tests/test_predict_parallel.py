@@ -149,8 +149,12 @@ def test_overlapped_files_equal_sequential_files(model_and_images, predictor, tm
         results: list[FileResult] = []
         options = PredictOptions(tile_size=128, tile_overlap=24, tile_batch=2, prob=True,
                                  rois=True, coco=True, overlapped=overlapped)
-        predict_files(predictor, jobs, options, results.append)
+        progress = []
+        predict_files(predictor, jobs, options, results.append,
+                      on_tiles=lambda *args: progress.append(args))
         assert [result.index for result in results] == list(range(len(jobs)))  # in order
+        # tile progress of the one tiled image, batch by batch (2 tiles per network call)
+        assert progress == [(jobs[3][1], done, 8) for done in (2, 4, 6, 8)]
         errors = {result.path: result.error for result in results if result.error}
         assert sorted(errors) == [jobs[0][1], jobs[4][1]]  # broken.tif, im3.tif
         assert "no image data" in errors[jobs[0][1]] and "\n" not in errors[jobs[0][1]]
@@ -170,12 +174,15 @@ def test_overlapped_tiles_equal_sequential_tiles(model_and_images, predictor) ->
 
     image = tifffile.imread(os.path.join(model_and_images["images"], "im2.tif"))[..., None]
     sequential, overlapped = {}, {}
+    progress = []
     first = predict_image(predictor, image, tile_size=64, overlap=16, keep_maps=True,
-                          timings=sequential)
+                          timings=sequential, batch_size=5,
+                          on_tiles=lambda done, total: progress.append((done, total)))
     with OrderedWorker(depth=1) as worker:
         second = predict_image(predictor, image, tile_size=64, overlap=16, keep_maps=True,
-                               timings=overlapped, worker=worker)
+                               timings=overlapped, worker=worker, batch_size=5)
     assert first.tiles == second.tiles == 36
+    assert progress == [(done, 36) for done in (5, 10, 15, 20, 25, 30, 35, 36)]
     np.testing.assert_array_equal(first.stack, second.stack)
     np.testing.assert_array_equal(first.layering, second.layering)
     assert np.unique(first.stack).size > 10
