@@ -78,9 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--layers", type=int, help="N, number of output layers (8)")
     model.add_argument("--head-filters", type=int, help="filters of the two 3x3 convs per head (64)")
     model.add_argument("--precision", choices=("auto",) + PRECISIONS,
-                       help="compute precision (float32); auto = bf16 on a GPU or a CPU with "
-                       "bf16 instructions (AVX512-BF16, AMX), else float32 (the choice is written "
-                       "to config.json)")
+                       help="compute precision (default auto, or the --init / --config run's): "
+                       "auto = bf16 on a GPU or a CPU with bf16 instructions (AVX512-BF16, AMX), "
+                       "else float32; the choice is written to config.json")
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--epochs", type=int, help="epochs to train (100)")
     fit.add_argument("--steps-per-epoch", type=int, help="steps per epoch (0 = one pass over the images)")
@@ -122,7 +122,8 @@ def build_config(args: argparse.Namespace):
         "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
         "channels": args.channels, "val_fraction": args.val_fraction, "size": args.size,
         "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers,
-        "precision": resolve_precision(args.precision),
+        "precision": resolve_precision(
+            args.precision or (None if args.init or args.config else "auto")),
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
         "seed": args.seed, "deterministic": args.deterministic, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,

@@ -83,6 +83,10 @@ def test_train_precision_auto_writes_the_resolved_precision(monkeypatch):
     assert config.precision == "mixed_bfloat16"
     config = train_cli.build_config(train_cli.parse_args(["--precision", "float32"]))
     assert config.precision == "float32"
+    # no --precision: auto, unless an --init run or a --config file brings its own precision
+    assert train_cli.build_config(train_cli.parse_args([])).precision == "mixed_bfloat16"
+    monkeypatch.setattr(model, "auto_precision", lambda: "float32")
+    assert train_cli.build_config(train_cli.parse_args([])).precision == "float32"
 
 
 def test_evaluate_scores_a_model_in_another_precision(tiny_run, tmp_path):
