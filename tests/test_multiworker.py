@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from layernet import runfolder
 
@@ -44,7 +45,8 @@ def weights_of(path: str) -> list[np.ndarray]:
     return [np.asarray(weight) for weight in net.weights]
 
 
-def test_two_workers_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("streaming", ["--no-stream", "--stream"])
+def test_two_workers_end_with_identical_weights(tmp_path, streaming):
     run_dir = str(tmp_path / "run")
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = []
@@ -54,7 +56,7 @@ def test_two_workers_end_with_identical_weights(tmp_path):
                    CUDA_VISIBLE_DEVICES="-1")
         processes.append(subprocess.Popen(
             [sys.executable, os.path.join(REPO, "train.py"), *TINY_ARGS, "--strategy",
-             "multiworker", "--out", run_dir],
+             "multiworker", streaming, "--out", run_dir],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = []
     try:
@@ -82,6 +84,11 @@ def test_two_workers_end_with_identical_weights(tmp_path):
     history = runfolder.read_history(os.path.join(chief_dir, runfolder.HISTORY_FILE))
     assert [row["step"] for row in history] == [2, 4]
     assert all(np.isfinite(row["loss"]) for row in history)
+    if streaming == "--stream":  # each worker streamed from a disk cache of its own
+        for (_, stderr), folder in zip(outputs, (chief_dir, worker_dir)):
+            assert "streaming the training data from a disk cache" in stderr, stderr[-2000:]
+            assert any(name.endswith(".npz") for name in
+                       os.listdir(os.path.join(folder, "cache"))), folder
 
 
 def test_multiworker_without_tf_config_is_a_clear_error(tmp_path):
