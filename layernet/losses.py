@@ -454,8 +454,11 @@ def _overlap_dice(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor, sm
         total = tf.reduce_sum(total, keepdims=True)
         pixels = tf.reduce_sum(pixels, keepdims=True)
     nonempty = pixels > 0
-    denominator = tf.where(nonempty, total + smooth, tf.ones_like(total))
-    dice = tf.where(nonempty, 1.0 - (2.0 * intersection + smooth) / denominator,
+    # Nothing predicted and nothing to predict on the foreground (possible with s = 0): the two
+    # agree, loss 0, not 0 / 0.
+    defined = nonempty & (total + smooth > 0)
+    denominator = tf.where(defined, total + smooth, tf.ones_like(total))
+    dice = tf.where(defined, 1.0 - (2.0 * intersection + smooth) / denominator,
                     tf.zeros_like(total))
     return tf.reduce_sum(dice) / tf.maximum(tf.reduce_sum(tf.cast(nonempty, tf.float32)), 1.0)
 
@@ -468,7 +471,8 @@ def overlap_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor,
     pixels ``p`` (background zeroed), with the raw sigmoid outputs ``e_p`` and the smoothing
     ``s = config.dice_smooth`` (paper 0, authors 1). Pooled over the batch, or with
     ``config.overlap_per_image`` one Dice per image averaged over the images with foreground.
-    An image (or batch) without foreground contributes 0.
+    An image (or batch) without foreground contributes 0, and so does one whose prediction and
+    targets are both zero on the foreground (with ``s = 0`` the formula would be 0 / 0).
 
     Parameters
     ----------

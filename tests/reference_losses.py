@@ -176,14 +176,18 @@ def overlap_loss(embedding: np.ndarray, targets: np.ndarray, stack: np.ndarray,
                     total += float(e.sum() + s.sum())
                     pixels += 1
         per_image.append((intersection, total, pixels))
+    def dice_loss(intersection: float, total: float) -> float:
+        # prediction and targets both zero on the foreground: they agree (0, not 0 / 0)
+        return 0.0 if total + smooth == 0 else 1 - (2 * intersection + smooth) / (total + smooth)
+
     if config.overlap_per_image:
-        values = [1 - (2 * i + smooth) / (t + smooth) for i, t, p in per_image if p > 0]
+        values = [dice_loss(i, t) for i, t, p in per_image if p > 0]
         return float(np.mean(values)) if values else 0.0
     intersection = sum(i for i, _, _ in per_image)
     total = sum(t for _, t, _ in per_image)
     if sum(p for _, _, p in per_image) == 0:
         return 0.0
-    return 1 - (2 * intersection + smooth) / (total + smooth)
+    return dice_loss(intersection, total)
 
 
 def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], config: Config,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests import reference_losses as ref
@@ -100,6 +100,7 @@ def test_compute_losses_matches_reference(name: str, phase: str) -> None:
 @given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(sorted(VARIANTS)),
        batch=st.integers(1, 3), size=st.integers(4, 9), layers=st.integers(2, 5),
        pad=st.integers(0, 2))
+@example(seed=178512, name="paper_per_image", batch=2, size=4, layers=4, pad=0)  # Dice 0 / 0
 def test_property_layering_and_overlap_match_reference(seed, name, batch, size, layers, pad):
     config = VARIANTS[name]
     rng = np.random.default_rng(seed)
@@ -271,6 +272,29 @@ def test_object_layers_and_overlap_targets_hand_case() -> None:
     zero_pred = np.zeros_like(expected)
     np.testing.assert_allclose(float(overlap_loss(tf.constant(zero_pred), tf.constant(expected),
                                                   tf.constant(stack), PAPER)), 1.0)
+
+
+def test_overlap_loss_of_nothing_predicted_and_nothing_to_predict_is_zero() -> None:
+    # with s = 0 the Dice would be 0 / 0 (found by the property test, seed 178512); an image
+    # with foreground, no target layer and a zero prediction agrees: loss 0, finite gradient
+    stack = overlapping_pair()
+    zeros = np.zeros((1, 8, 8, 4), np.float32)
+    for config in (PAPER, PAPER.replace(overlap_per_image=True), AUTHORS):
+        prediction = tf.Variable(zeros)
+        with tf.GradientTape() as tape:
+            loss = overlap_loss(prediction, tf.constant(zeros), tf.constant(stack), config)
+        gradient = tape.gradient(loss, prediction)
+        assert float(loss) == 0.0
+        assert np.all(np.isfinite(gradient.numpy()))
+        assert ref.overlap_loss(zeros, zeros, stack, config) == 0.0
+    # next to an image that has targets, it counts as a perfect image in the per-image mean
+    two = np.concatenate([stack, stack])
+    targets = np.zeros((2, 8, 8, 4), np.float32)
+    targets[1, ..., 0] = np.any(stack[0] > 0, axis=-1)
+    per_image = PAPER.replace(overlap_per_image=True)
+    np.testing.assert_allclose(float(overlap_loss(tf.constant(np.zeros_like(targets)),
+                                                  tf.constant(targets), tf.constant(two),
+                                                  per_image)), 0.5)
 
 
 def test_frozen_assignment_falls_back_to_online() -> None:
