@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench.predict import _load_predictor
-    from layernet.tiling import (DEFAULT_TILE_SIZE, balanced_tile_shape, default_overlap,
-                                 predict_image, predict_tiled, tile_grid)
+    from layernet.tiling import (DEFAULT_TILE_SIZE, default_overlap, plan_tiles, predict_image,
+                                 predict_tiled, tile_grid)
 
     predictor = _load_predictor(args.model, None if args.model else "S",
                                 None if args.model else 32)
@@ -81,13 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def grid(shape, budget):
         """(tiles, network pixels) of predict_image with a budget of budget^2 pixels."""
-        padded = [-(-side // stride) * stride for side in shape]
-        if padded[0] * padded[1] <= budget * budget:
-            return 1, padded[0] * padded[1]
-        overlap = default_overlap(budget, stride)
-        tile = balanced_tile_shape(shape, budget, overlap, stride)
-        return len(tile_grid(shape, tile, overlap)), len(tile_grid(shape, tile, overlap)) * \
-            (-(-tile[0] // stride) * stride) * (-(-tile[1] // stride) * stride)
+        tiles = plan_tiles(shape, budget, default_overlap(budget, stride), stride)
+        rects = [tile.rect for tile in tiles] if tiles else [(0, 0) + tuple(shape)]
+        return len(rects), sum((-(-(y1 - y0) // stride) * stride) * (-(-(x1 - x0) // stride) *
+                                                                   stride)
+                               for y0, x0, y1, x1 in rects)
 
     ways = {
         f"square {FORMER_TILE_SIZE}": (square, None),

@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
-from layernet.instances import relabel_stack
+from layernet.instances import id_pixel_counts, relabel_stack
 from layernet.ordered_worker import OrderedWorker
 from layernet.postprocess import postprocess
 
@@ -62,6 +62,7 @@ __all__ = [
     "auto_tile_size",
     "default_overlap",
     "balanced_tile_shape",
+    "plan_tiles",
     "tile_grid",
     "tile_starts",
     "predict_tiled",
@@ -137,6 +138,11 @@ def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
     return starts
 
 
+def _axis_starts(length: int, side: int, overlap: int) -> list[int]:
+    """:func:`tile_starts`, or ``[0]`` when one tile spans the axis (whatever the overlap)."""
+    return [0] if side >= length else tile_starts(length, side, overlap)
+
+
 def _balanced_side(length: int, count: int, overlap: int, stride: int) -> int:
     """Smallest side (a multiple of ``stride``, at most ``length``) of ``count`` tiles covering
     ``length`` pixels with ``overlap`` shared pixels between neighbours."""
@@ -202,7 +208,8 @@ def balanced_tile_shape(shape: tuple[int, int], tile_size: int, overlap: int, st
                 break
         if tile_height * tile_width > budget or (columns > 1 and tile_width <= overlap):
             continue
-        count = len(tile_grid(shape, (tile_height, tile_width), overlap))
+        count = (len(_axis_starts(height, tile_height, overlap))
+                 * len(_axis_starts(width, tile_width, overlap)))
         candidate = (count * tile_height * tile_width, count, tile_height, tile_width)
         if best is None or candidate[:2] < best[:2]:
             best = candidate
@@ -210,6 +217,20 @@ def balanced_tile_shape(shape: tuple[int, int], tile_size: int, overlap: int, st
         raise TilingError(f"no tile of at most {tile_size} x {tile_size} pixels covers a "
                           f"{height} x {width} image with an overlap of {overlap}")
     return best[2], best[3]
+
+
+def plan_tiles(shape: tuple[int, int], tile_size: int, overlap: int, stride: int = 1
+               ) -> list[Tile] | None:
+    """How :func:`predict_image` cuts an image: ``None`` to predict it whole, else its tiles.
+
+    Whole when ``tile_size`` is 0 or the image, padded to ``stride``, holds at most
+    ``tile_size ** 2`` pixels; else the grid of :func:`balanced_tile_shape`.
+    """
+    height, width = shape
+    padded_area = (-(-height // stride) * stride) * (-(-width // stride) * stride)
+    if not tile_size or padded_area <= tile_size * tile_size:
+        return None
+    return tile_grid(shape, balanced_tile_shape(shape, tile_size, overlap, stride), overlap)
 
 
 def _core_bounds(starts: list[int], extent: int, length: int) -> list[tuple[int, int]]:
@@ -247,8 +268,8 @@ def tile_grid(shape: tuple[int, int], tile_size: int | tuple[int, int], overlap:
     tile_height, tile_width = ((tile_size, tile_size) if np.isscalar(tile_size)
                                else (int(tile_size[0]), int(tile_size[1])))
     extent_y, extent_x = min(height, tile_height), min(width, tile_width)
-    starts_y = [0] if tile_height >= height else tile_starts(height, tile_height, overlap)
-    starts_x = [0] if tile_width >= width else tile_starts(width, tile_width, overlap)
+    starts_y = _axis_starts(height, tile_height, overlap)
+    starts_x = _axis_starts(width, tile_width, overlap)
     cores_y = _core_bounds(starts_y, extent_y, height)
     cores_x = _core_bounds(starts_x, extent_x, width)
     tiles = []
@@ -342,16 +363,6 @@ def _overlapping_pairs(stack: np.ndarray) -> set[tuple[int, int]]:
     return result
 
 
-def _id_areas(stack: np.ndarray) -> np.ndarray | None:
-    """Pixels per id (index = id) of a non-negative integer label stack; ``None`` for other
-    stacks or ids too large for a table."""
-    if stack.size == 0 or not np.issubdtype(stack.dtype, np.integer):
-        return None
-    if int(stack.min()) < 0 or int(stack.max()) > 2 * stack.size + 65536:
-        return None
-    return np.bincount(stack.reshape(-1).astype(np.intp, copy=False))
-
-
 class TileStitcher:
     """Collect the label stacks of the tiles of one image and stitch them into one label stack.
 
@@ -404,12 +415,12 @@ class TileStitcher:
         self._added.add(tile_index)
         self.layers = max(self.layers, stack.shape[0])
 
-        areas = _id_areas(stack)
+        areas = id_pixel_counts(stack)
         if areas is not None and areas.size > 1 and areas[1:].all():
             local = stack  # ids are 1..K already (Algorithm 1's output): no renumbering pass
         else:
             local = relabel_stack(stack, dtype=np.int64)
-            areas = _id_areas(local)
+            areas = id_pixel_counts(local)
         count = int(local.max()) if local.size else 0
         dropped = (self._small_interior(tile, local, areas) if self.min_size > 1 and count
                    else np.zeros(count + 1, dtype=bool))
@@ -765,8 +776,10 @@ def submit_prediction(
                 timings[key] = timings.get(key, 0.0) + value
         return result
 
-    padded_area = (-(-height // stride) * stride) * (-(-width // stride) * stride)
-    if not tile_size or padded_area <= tile_size * tile_size:
+    if overlap is None and tile_size:
+        overlap = default_overlap(tile_size, stride)
+    tiles = plan_tiles((height, width), tile_size, overlap or 0, stride)
+    if tiles is None:
         clock = time.perf_counter()
         foreground, layering = predictor.maps_batch_normalized(normalized[None])
         foreground, layering = foreground[0], layering[0]
@@ -780,15 +793,11 @@ def submit_prediction(
                                      layering if keep_maps else None, 1))
 
         return worker.submit(post_whole)
-    if overlap is None:
-        overlap = default_overlap(tile_size, stride)
     maps_out = None
     if keep_maps:
         channels = getattr(predictor, "map_channels", config.layers)
         maps_out = (np.zeros((height, width), np.float32),
                     np.zeros((height, width, channels), np.float32))
-    tiles = tile_grid((height, width),
-                      balanced_tile_shape((height, width), tile_size, overlap, stride), overlap)
     stitched = _start_tiled(
         normalized, predictor.maps_batch_normalized, tiles,
         lambda fg, maps: predictor.instances_from_maps(fg, maps, min_size=0), config.min_size,
