@@ -7,6 +7,12 @@ cropped back. Instances come from Algorithm 1 (:func:`layernet.postprocess.postp
 For the baselines (``config.method`` ``"unet2"``/``"unet3"``, :mod:`layernet.baselines`) the two
 maps are the foreground probability and the semantic head's class probabilities ``(H, W, C)``
 in place of the layering, and instances come from the baseline's post-processing.
+
+Test-time augmentation (``Predictor(..., tta=True)``): the padded input goes through the network
+in each of its 8 dihedral orientations (:func:`dihedral_transform`), each output map is turned
+back (:func:`dihedral_inverse`) and the 8 are averaged before post-processing. This costs 8
+forward passes per image or tile batch. The network is fully convolutional, so a quarter turn of
+a padded ``H x W`` input (both multiples of the stride) is simply a ``W x H`` input.
 """
 
 from __future__ import annotations
@@ -25,6 +31,62 @@ from layernet.postprocess import postprocess
 
 logger = logging.getLogger(__name__)
 
+DIHEDRAL_COUNT = 8
+"""Number of elements of the dihedral group D4: 4 rotations, each with and without a flip."""
+
+
+def dihedral_transform(array: np.ndarray, index: int, axes: tuple[int, int] = (1, 2)
+                       ) -> np.ndarray:
+    """Element ``index`` of the dihedral group D4 applied to the plane ``axes`` of ``array``.
+
+    Element ``k`` (0-7) rotates by ``k % 4`` quarter turns (:func:`numpy.rot90`, from the first
+    axis towards the second) and then, for ``k >= 4``, flips the first axis. Element 0 is the
+    identity; 1-3 are the rotations, 4-7 the flips (a flip of the first axis, the
+    anti-transpose, a flip of the second axis, the transpose). Undone by :func:`dihedral_inverse`.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Array with (at least) the two spatial axes ``axes``, e.g. a batch ``(B, H, W, C)``.
+    index : int
+        Which of the 8 transforms, ``0 <= index < 8``.
+    axes : tuple of int, optional
+        The two spatial axes (default ``(1, 2)``: height and width of a batch).
+
+    Returns
+    -------
+    numpy.ndarray
+        A view of ``array``; its two spatial sizes are swapped for odd ``index % 4``.
+    """
+    if not 0 <= index < DIHEDRAL_COUNT:
+        raise ValueError(f"dihedral transform index must be in 0..7, got {index}")
+    turned = np.rot90(array, index % 4, axes=axes)
+    return np.flip(turned, axis=axes[0]) if index >= 4 else turned
+
+
+def dihedral_inverse(array: np.ndarray, index: int, axes: tuple[int, int] = (1, 2)
+                     ) -> np.ndarray:
+    """Undo :func:`dihedral_transform`: ``dihedral_inverse(dihedral_transform(a, k), k)`` is ``a``.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        A transformed array, e.g. the network's output for a transformed input.
+    index : int
+        The transform to undo, ``0 <= index < 8``.
+    axes : tuple of int, optional
+        The two spatial axes (default ``(1, 2)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        A view of ``array`` in the original orientation.
+    """
+    if not 0 <= index < DIHEDRAL_COUNT:
+        raise ValueError(f"dihedral transform index must be in 0..7, got {index}")
+    unflipped = np.flip(array, axis=axes[0]) if index >= 4 else array
+    return np.rot90(unflipped, -(index % 4), axes=axes)
+
 
 class Predictor:
     """Wrap a network and its configuration for whole-image prediction.
@@ -35,11 +97,15 @@ class Predictor:
         Network built by :func:`layernet.model.build_model`.
     config : Config
         The configuration the network was trained with.
+    tta : bool, optional
+        Test-time augmentation: average the network's maps over the 8 dihedral transforms of
+        the input (8 forward passes per call of :meth:`maps_batch_normalized`).
     """
 
-    def __init__(self, net: Any, config: Config) -> None:
+    def __init__(self, net: Any, config: Config, tta: bool = False) -> None:
         self.net = net
         self.config = config
+        self.tta = bool(tta)
         # Traced once per input shape: Keras' bilinear up-sampling needs static spatial sizes.
         # Shapes repeat (tiles, validation images), so retracing is rare.
         self._forward = tf.function(lambda x: net(x, training=False))
@@ -64,6 +130,9 @@ class Predictor:
     def maps_batch_normalized(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability maps of a batch ``(B, H, W, C)`` of already normalised images.
 
+        With ``tta`` the maps are the mean over the 8 dihedral transforms of the padded batch
+        (each output turned back before averaging).
+
         Returns
         -------
         foreground : numpy.ndarray
@@ -77,13 +146,31 @@ class Predictor:
         pad_w = (-width) % stride
         padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="reflect"
                         if min(height, width) > max(pad_h, pad_w) else "constant")
-        outputs = self._forward(tf.convert_to_tensor(padded, tf.float32))
+        outputs = self._outputs_tta(padded) if self.tta else self._outputs(padded)
         if self.config.method != "layering":
-            semantic = outputs["semantic"].numpy()[:, :height, :width, :]
+            semantic = outputs["semantic"][:, :height, :width, :]
             return baselines.maps_from_outputs(semantic, self.config.method)
-        foreground = outputs["foreground"].numpy()[:, :height, :width, 0]
-        layering = outputs["layering"].numpy()[:, :height, :width, :]
+        foreground = outputs["foreground"][:, :height, :width, 0]
+        layering = outputs["layering"][:, :height, :width, :]
         return foreground.astype(np.float32), layering.astype(np.float32)
+
+    def _outputs(self, padded: np.ndarray) -> dict[str, np.ndarray]:
+        """The network's float32 output maps of a padded batch, by output name."""
+        outputs = self._forward(tf.convert_to_tensor(padded, tf.float32))
+        return {name: np.asarray(value.numpy(), np.float32) for name, value in outputs.items()}
+
+    def _outputs_tta(self, padded: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`_outputs` averaged over the 8 dihedral transforms of ``padded``."""
+        total: dict[str, np.ndarray] = {}
+        for index in range(DIHEDRAL_COUNT):
+            turned = np.ascontiguousarray(dihedral_transform(padded, index))
+            for name, value in self._outputs(turned).items():
+                back = dihedral_inverse(value, index)
+                if name in total:
+                    total[name] += back
+                else:
+                    total[name] = back.copy()
+        return {name: value / DIHEDRAL_COUNT for name, value in total.items()}
 
     def maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability maps of a raw ``(H, W, C)`` image (normalised here)."""
