@@ -24,7 +24,8 @@ Outputs per image, beside the input or in --out:
 
 The network runs on the next image (or batch of tiles) while the last one is post-processed and
 written (--sequential turns this off; the files are the same). --workers N spreads the files over
-N processes with one model each and the CPU cores shared out among them.
+N processes with one model each and the CPU cores shared out among them. --tta averages the
+network's maps over the 8 flips and rotations of each image (8 times the network's time).
 
 A file that cannot be read or processed is reported on one line and skipped; the exit code is 1
 if any input failed, 2 for a usage or model error, 0 otherwise.
@@ -61,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto",) + PRECISIONS,
                         help="compute precision of the network (default: the run's; auto = "
                         "bf16 on a GPU or a CPU with bf16 instructions, else float32)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the network's maps over the 8 "
+                        "flips and rotations of each image (or tile) before post-processing; "
+                        "8 network passes instead of 1")
     tiles = parser.add_argument_group("tiling (large images)")
     tiles.add_argument("--tile-size", default="auto", metavar="PX",
                        help="tiles hold at most PX x PX pixels; images of at most that many pixels "
@@ -201,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(index, path, prefix) for index, (path, prefix) in enumerate(zip(files, prefixes))]
     logger.info("model %s (UNet-%s, %d layers); %d image(s)", model_path, config.size,
                 config.layers, len(files))
+    if args.tta:
+        logger.info("test-time augmentation: 8 network passes per image or tile batch")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
 
@@ -244,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1:
             batch_predict.predict_files_in_processes(
                 model_path, jobs, options, args.workers, report, precision=args.precision,
-                config_changes=changes)
+                config_changes=changes, tta=args.tta)
         else:
-            predictor = batch_predict.load_predictor(model_path, args.precision, changes)
+            predictor = batch_predict.load_predictor(model_path, args.precision, changes,
+                                                     tta=args.tta)
             batch_predict.predict_files(predictor, jobs, options, report, on_tiles)
     finally:
         if tiles["bar"] is not None:

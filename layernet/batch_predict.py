@@ -109,7 +109,7 @@ def one_line_message(path: str, error: BaseException) -> str:
 
 
 def load_predictor(model_path: str, precision: str | None = None,
-                   config_changes: dict[str, Any] | None = None) -> Any:
+                   config_changes: dict[str, Any] | None = None, tta: bool = False) -> Any:
     """Load a trained model and wrap it in a :class:`layernet.inference.Predictor`.
 
     Parameters
@@ -120,6 +120,8 @@ def load_predictor(model_path: str, precision: str | None = None,
         Compute precision in place of the run's.
     config_changes : dict, optional
         Configuration values to override (e.g. ``tau``, ``min_size``).
+    tta : bool, optional
+        Test-time augmentation: maps averaged over the 8 dihedral transforms of the input.
     """
     from layernet import runfolder
     from layernet.inference import Predictor
@@ -127,7 +129,7 @@ def load_predictor(model_path: str, precision: str | None = None,
     net, config = runfolder.load_trained_model(model_path, precision=precision)
     if config_changes:
         config = config.replace(**config_changes)
-    return Predictor(net, config)
+    return Predictor(net, config, tta=tta)
 
 
 def _failed(index: int, path: str, error: BaseException) -> FileResult:
@@ -219,8 +221,9 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def _worker_main(worker_id: int, model_path: str, precision: str | None,
-                 config_changes: dict[str, Any] | None, options: PredictOptions, threads: int,
-                 log_level: int, jobs: list[FileJob], next_job: Any, results: Any) -> None:
+                 config_changes: dict[str, Any] | None, tta: bool, options: PredictOptions,
+                 threads: int, log_level: int, jobs: list[FileJob], next_job: Any,
+                 results: Any) -> None:
     """Body of one worker process: load the model once, then predict the files of ``jobs``
     whose indices it takes from the shared counter ``next_job``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -231,7 +234,7 @@ def _worker_main(worker_id: int, model_path: str, precision: str | None,
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        _worker_run(worker_id, model_path, precision, config_changes, threads, log_level,
+        _worker_run(worker_id, model_path, precision, config_changes, tta, threads, log_level,
                     options, jobs, next_job, results)
     finally:
         # The work is over and the process is ending (TensorFlow's teardown can take a moment):
@@ -240,7 +243,7 @@ def _worker_main(worker_id: int, model_path: str, precision: str | None,
 
 
 def _worker_run(worker_id: int, model_path: str, precision: str | None,
-                config_changes: dict[str, Any] | None, threads: int, log_level: int,
+                config_changes: dict[str, Any] | None, tta: bool, threads: int, log_level: int,
                 options: PredictOptions, jobs: list[FileJob], next_job: Any,
                 results: Any) -> None:
     """What a worker does between its signal handlers being set and its exit."""
@@ -253,7 +256,7 @@ def _worker_run(worker_id: int, model_path: str, precision: str | None,
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        predictor = load_predictor(model_path, precision, config_changes)
+        predictor = load_predictor(model_path, precision, config_changes, tta)
     except Exception as error:
         logger.debug("worker %d could not load the model", worker_id, exc_info=True)
         text = str(error).strip()
@@ -305,6 +308,7 @@ def predict_files_in_processes(
     report: Callable[[FileResult], None],
     precision: str | None = None,
     config_changes: dict[str, Any] | None = None,
+    tta: bool = False,
     poll_seconds: float = 0.5,
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
@@ -322,7 +326,7 @@ def predict_files_in_processes(
         Number of processes; no more than one per file are started.
     report : callable
         Called in this process with every :class:`FileResult`, in the order files finish.
-    precision, config_changes
+    precision, config_changes, tta
         As for :func:`load_predictor`.
     poll_seconds : float, optional
         How often to check that the workers are still alive.
@@ -357,8 +361,8 @@ def predict_files_in_processes(
             for worker_id in range(count):
                 process = context.Process(
                     target=_worker_main, name=f"layernet-predict-{worker_id}", daemon=True,
-                    args=(worker_id, model_path, precision, config_changes, options, threads,
-                          log_level, list(jobs), next_job, results))
+                    args=(worker_id, model_path, precision, config_changes, tta, options,
+                          threads, log_level, list(jobs), next_job, results))
                 process.start()
                 processes.append(process)
         finally:

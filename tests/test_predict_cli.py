@@ -91,3 +91,35 @@ def test_channel_errors_and_model_errors(tiny_run, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "nope" in result.stderr.strip().splitlines()[-1]
+
+
+def test_tta_changes_the_maps_and_workers_give_the_same_files(tiny_run, prediction_inputs,
+                                                              tmp_path):
+    """--tta averages the maps over the 8 flips and rotations: other maps and objects than
+    without it (untrained tiny model); --workers 2 --tta writes what one process does."""
+    wide = tmp_path / "wide.png"  # non-square: quarter turns give the network a 72 x 80 input
+    write_image_atomic(str(wide), np.random.default_rng(4).integers(0, 255, (72, 80),
+                                                                     dtype=np.uint8))
+    inputs = [prediction_inputs["small"], str(wide)]
+    outputs = {}
+    for name, extra in (("plain", []), ("tta", ["--tta"]),
+                        ("tta-workers", ["--tta", "--workers", "2"])):
+        out = str(tmp_path / name)
+        result = run_cli("predict.py", *inputs, "--model", tiny_run, "--out", out,
+                         "--save-prob", *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "predicted 2 of 2 image(s)" in result.stderr
+        assert result.stderr.count("test-time augmentation") == (1 if extra else 0), \
+            result.stderr[-2000:]
+        outputs[name] = {stem: (read_label_stack(os.path.join(out, f"{stem}.layers.tif")),
+                                tifffile.imread(os.path.join(out, f"{stem}.prob.tif")))
+                         for stem in ("small", "wide")}
+    for stem in ("small", "wide"):
+        plain_stack, plain_maps = outputs["plain"][stem]
+        stack, maps = outputs["tta"][stem]
+        assert maps.shape == plain_maps.shape and 0.0 <= maps.min() and maps.max() <= 1.0
+        assert np.abs(maps - plain_maps).max() > 1e-3
+        worker_stack, worker_maps = outputs["tta-workers"][stem]
+        np.testing.assert_array_equal(worker_stack, stack)
+        np.testing.assert_allclose(worker_maps, maps, atol=1e-5)
+    assert not np.array_equal(outputs["plain"]["small"][0], outputs["tta"]["small"][0])
