@@ -6,7 +6,9 @@ Evaluate a trained model on a dataset split:
     python evaluate.py --model runs/demo-overlap/best.h5 --data bbbc010 --data-dir data/bbbc010
 
 With --model the network runs on the next image while the last one is post-processed and
-scored (--sequential turns this off; the scores are the same).
+scored (--sequential turns this off; the scores are the same). --tta averages the network's maps
+over the 8 flips and rotations of each image (8 network passes; default output folder
+<run>/eval-<data>-<split>-tta/, so it sits beside the plain evaluation).
 
 Score predictions already on disk (any tool's: label-stack TIFFs <name>.layers.tif, label
 images <name>.tif/.png, or per-object mask folders <name>/) against a dataset's ground truth,
@@ -64,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--precision", choices=("auto",) + PRECISIONS,
                      help="compute precision of the network (default: the run's; auto = bf16 on "
                      "a GPU or a CPU with bf16 instructions, else float32)")
+    run.add_argument("--tta", action="store_true",
+                     help="test-time augmentation: average the network's maps over the 8 flips "
+                     "and rotations of each image (or tile); 8 network passes instead of 1")
     run.add_argument("--tau", type=float, help="post-processing threshold (default: the run's)")
     run.add_argument("--min-size", type=int, help="smallest object (default: the run's)")
     run.add_argument("--save-pred", action="store_true",
@@ -88,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--pred needs ground truth: --data NAME [--data-dir DIR] or --gt DIR|GLOB")
     if args.gt and args.model:
         parser.error("--gt works with --pred; with --model use --data")
+    if args.tta and not args.model:
+        parser.error("--tta works with --model (it changes how the network predicts)")
     if args.tile_size == "auto":
         args.tile_size = None
     else:
@@ -131,7 +138,9 @@ class _Source:
             from layernet.model import resolve_precision
 
             self.predictor = load_predictor(self.model_path, resolve_precision(args.precision),
-                                            changes)
+                                            changes, tta=args.tta)
+            if args.tta:
+                logger.info("test-time augmentation: 8 network passes per image or tile batch")
             self.config = self.predictor.config
         else:
             self.pred_files = index_by_name(args.pred)
@@ -222,8 +231,9 @@ class _Source:
 
     def default_out(self) -> str:
         if self.args.model:
+            tta = "-tta" if self.args.tta else ""
             return os.path.join(os.path.dirname(os.path.abspath(self.model_path)),
-                                f"eval-{self.data}-{self.split}")
+                                f"eval-{self.data}-{self.split}{tta}")
         suffix = "eval" if self.args.gt else f"eval-{self.data}-{self.split}"
         return os.path.join(_spec_folder(self.args.pred), suffix)
 
@@ -293,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if source.predictor is not None:
         config = source.config
         meta.update(model=os.path.abspath(source.model_path), precision=config.precision,
+                    tta=args.tta,
                     postprocess={"tau": config.tau, "min_size": config.min_size,
                                  "overlap_layers": config.overlap_layers,
                                  "connectivity": config.connectivity},

@@ -10,7 +10,7 @@ import numpy as np
 
 from layernet.export import save_masks
 from layernet.instances import flatten_stack, num_objects, stack_from_label_image
-from layernet.io import write_image_atomic, write_label_stack
+from layernet.io import read_label_stack, write_image_atomic, write_label_stack
 from tests.conftest import run_cli
 
 TABLE_KEYS = ("AP@0.5", "AP@0.6", "AP@0.7", "AP@0.8", "AP@0.9", "meanAP", "AJI")
@@ -44,6 +44,7 @@ def test_model_on_a_dataset_split(tiny_run):
     out = os.path.join(tiny_run, "eval-synthetic-test")  # the default output folder
     metrics = _check_report(out, 3)
     assert metrics["model"].endswith("best.h5") and metrics["postprocess"]["min_size"] == 30
+    assert metrics["tta"] is False
     panels = sorted(os.listdir(os.path.join(out, "worst")))
     assert len(panels) == 2 and panels[0].startswith("01-synthetic-cells-test-")
 
@@ -95,3 +96,27 @@ def test_missing_prediction_is_one_clear_error(prediction_inputs, tmp_path):
     assert last.startswith("error: ") and "no prediction for 1 of 2 images (big)" in last
     result = run_cli("evaluate.py", "--pred", str(pred_dir))
     assert result.returncode == 2 and "--pred needs ground truth" in result.stderr
+
+
+def test_model_with_tta(tiny_run, tmp_path):
+    """--tta is recorded in metrics.json, writes beside the plain evaluation by default
+    (eval-<data>-<split>-tta) and changes the predictions of the untrained tiny model."""
+    args = ("--model", tiny_run, "--data", "synthetic", "--split", "test", "--data-option",
+            "count=2", "--worst", "1", "--save-pred")
+    result = run_cli("evaluate.py", *args, "--tta")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("test-time augmentation") == 1
+    out = os.path.join(tiny_run, "eval-synthetic-test-tta")
+    metrics = _check_report(out, 2)
+    assert metrics["tta"] is True
+    plain_out = str(tmp_path / "plain")
+    result = run_cli("evaluate.py", *args, "--out", plain_out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _check_report(plain_out, 2)["tta"] is False
+    names = sorted(os.listdir(os.path.join(out, "pred")))
+    assert len(names) == 2 and names == sorted(os.listdir(os.path.join(plain_out, "pred")))
+    assert any(not np.array_equal(read_label_stack(os.path.join(out, "pred", name)),
+                                  read_label_stack(os.path.join(plain_out, "pred", name)))
+               for name in names)
+    result = run_cli("evaluate.py", "--pred", plain_out, "--gt", plain_out, "--tta")
+    assert result.returncode == 2 and "--tta works with --model" in result.stderr
