@@ -25,7 +25,7 @@ def pipeline_dataset(config, image_side: int = 512, count: int = 8):
     from datasets import load_dataset
     from layernet.pipeline import make_dataset, prepare_samples
 
-    samples = load_dataset("synthetic", split="train", seed=config.seed, size=image_side,
+    samples = load_dataset("synthetic", split="trainval", seed=config.seed, size=image_side,
                            count=count)
     return make_dataset(prepare_samples(samples, config), config, training=True)
 

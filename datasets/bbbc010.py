@@ -11,8 +11,9 @@ per-worm masks overlap; they become a label stack via :func:`layernet.instances.
 
 Protocol of the paper (authors' code): image and masks cropped to rows 50:498, columns 120:568
 (448x448, ``crop=True``); the wells of plate row D ("subset D") are the test set, all other wells
-the training pool, of which a seeded 10 % (:func:`datasets.split_indices`, wells sorted by name) is
-held out for validation. A well without image or without masks is skipped with a warning.
+the training pool, of which a seeded ``val_fraction`` (10 %, at least 3 wells;
+:func:`datasets.val_split`, wells sorted by name) is held out for validation. A well without
+image or without masks is skipped with a warning.
 
 Run ``python -m datasets.bbbc010 --data-dir D`` for a summary and a preview image, or
 ``python -m datasets.bbbc010 --download D`` to fetch and extract the official files.
@@ -31,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from datasets import Sample, SampleSource, source_key
+from datasets import DEFAULT_VAL_FRACTION, Sample, SampleSource, source_key
 from datasets.common import DatasetError, apply_limit, make_sample, require_folder, select_split
 from layernet.io import as_channels, read_image, read_mask
 
@@ -153,19 +154,21 @@ def _channels(channel: str) -> tuple[str, ...]:
     return CHANNELS[channel]
 
 
-def _split(usable: list[str], split: str, seed: int, data_dir: str) -> list[str]:
+def _split(usable: list[str], split: str, seed: int, val_fraction: float,
+           data_dir: str) -> list[str]:
     test = [w for w in usable if w.startswith(TEST_ROW)]
     trainval = [w for w in usable if not w.startswith(TEST_ROW)]
     if split == "test" and not test:
         raise DatasetError(f"{data_dir}: the BBBC010 test split (wells of row {TEST_ROW}) is not "
                            "present in this copy")
-    return select_split(trainval, test, split, seed)
+    return select_split(trainval, test, split, seed, val_fraction)
 
 
-def split_wells(data_dir: str, split: str = "train", seed: int = 0,
-                channel: str = "w2") -> list[str]:
+def split_wells(data_dir: str, split: str = "train", seed: int = 0, channel: str = "w2",
+                val_fraction: float = DEFAULT_VAL_FRACTION) -> list[str]:
     """Return the wells of one split without reading any image (same rules as :func:`load`)."""
-    return _split(usable_wells(data_dir, _channels(channel))[0], split, seed, data_dir)
+    return _split(usable_wells(data_dir, _channels(channel))[0], split, seed, val_fraction,
+                  data_dir)
 
 
 def source(
@@ -176,6 +179,7 @@ def source(
     crop: bool = True,
     wells: Sequence[str] | None = None,
     limit: int | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     **_,
 ) -> SampleSource:
     """List one split of BBBC010 without reading any image.
@@ -187,7 +191,7 @@ def source(
         ``BBBC010_v1_foreground_eachworm`` folders.
     split : {"train", "val", "trainval", "test", "all"}
         ``test`` = wells of plate row D; ``trainval`` = all other wells; ``train``/``val`` = seeded
-        90/10 split of ``trainval`` (wells sorted by name); ``all`` = ``trainval`` + ``test``.
+        split of ``trainval`` (wells sorted by name); ``all`` = ``trainval`` + ``test``.
     seed : int
         Seed of the train/validation split.
     channel : {"w2", "w1", "both"}
@@ -198,6 +202,9 @@ def source(
         Keep only these wells of the split (for quick tests).
     limit : int, optional
         Keep only the first ``limit`` wells of the split.
+    val_fraction : float
+        Share of ``trainval`` held out for validation (at least 3 wells,
+        :func:`datasets.val_split`).
 
     Returns
     -------
@@ -213,7 +220,7 @@ def source(
     """
     channels = _channels(channel)
     usable, images, masks = usable_wells(data_dir, channels)
-    chosen = _split(usable, split, seed, data_dir)
+    chosen = _split(usable, split, seed, val_fraction, data_dir)
     if wells is not None:
         wanted = [w.upper() for w in wells]
         unknown = sorted(set(wanted) - set(usable))

@@ -19,7 +19,8 @@ Objects smaller than ``min_size`` pixels (100) are dropped. The objects of ``_GT
 ``_GT_02`` are concatenated, so cells of the two files may overlap.
 
 Splits (authors' ``train_bmvc``/``test_bmvc``): ``test`` = keys starting with ``F04``;
-``trainval`` = the others; ``train``/``val`` = seeded 90/10 split of the sorted ``trainval`` keys.
+``trainval`` = the others; ``train``/``val`` = seeded split of the sorted ``trainval`` keys
+(:func:`datasets.val_split`: ``val_fraction``, 10 %, but at least 3 images).
 Images (bilinear) and masks (nearest) are resized to ``size`` x ``size`` (448; ``None`` keeps the
 native size).
 """
@@ -33,7 +34,7 @@ import re
 import numpy as np
 from scipy import ndimage
 
-from datasets import Sample, SampleSource, source_key
+from datasets import DEFAULT_VAL_FRACTION, Sample, SampleSource, source_key
 from datasets.common import (DatasetError, apply_limit, as_size, make_sample, require_folder,
                              select_split)
 from layernet.io import as_channels, read_image
@@ -127,6 +128,7 @@ def source(
     size: int | None = DEFAULT_SIZE,
     min_size: int = MIN_SIZE,
     limit: int | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     **_,
 ) -> SampleSource:
     """List one split of CCDB6843 without reading any image.
@@ -147,6 +149,9 @@ def source(
         Smallest object kept, in pixels of the native resolution.
     limit : int, optional
         Keep only the first ``limit`` images of the split.
+    val_fraction : float
+        Share of ``trainval`` held out for validation (at least 3 images,
+        :func:`datasets.val_split`).
 
     Returns
     -------
@@ -159,7 +164,7 @@ def source(
     test = [k for k in keys if k.startswith(TEST_PREFIX)]
     trainval = [k for k in keys if not k.startswith(TEST_PREFIX)]
     chosen = []
-    for key in apply_limit(select_split(trainval, test, split, seed), limit):
+    for key in apply_limit(select_split(trainval, test, split, seed, val_fraction), limit):
         gt_paths = _ground_truth_paths(key, mask_folder)
         if not gt_paths:
             logger.warning("CCDB6843 %s: no %s_GT_01.tif in %s; image skipped", key, key,

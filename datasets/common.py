@@ -9,7 +9,7 @@ from typing import Sequence, TypeVar
 import cv2
 import numpy as np
 
-from datasets import SPLITS, Sample, split_indices
+from datasets import DEFAULT_VAL_FRACTION, SPLITS, Sample, val_split
 from layernet.instances import stack_from_masks
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def select_split(
     test: Sequence[Item],
     split: str,
     seed: int,
-    val_fraction: float = 0.1,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
 ) -> list[Item]:
     """Return the items of one split.
 
@@ -37,12 +37,14 @@ def select_split(
     trainval, test : sequence
         The items of the training pool (in a fixed, sorted order) and of the test set.
     split : str
-        ``"train"`` / ``"val"`` (seeded :func:`datasets.split_indices` of ``trainval``),
+        ``"train"`` / ``"val"`` (seeded :func:`datasets.val_split` of ``trainval``; the sizes
+        of the split are logged for ``"val"``),
         ``"trainval"``, ``"test"`` or ``"all"`` (``trainval`` then ``test``).
     seed : int
         Seed of the train/validation split.
     val_fraction : float, optional
-        Fraction of ``trainval`` used for validation.
+        Share of ``trainval`` used for validation (at least
+        ``min(datasets.MIN_VAL_IMAGES, len(trainval) - 1)`` items).
 
     Returns
     -------
@@ -56,7 +58,7 @@ def select_split(
         return list(trainval)
     if split == "all":
         return list(trainval) + list(test)
-    train_index, val_index = split_indices(len(trainval), val_fraction, seed)
+    train_index, val_index = val_split(len(trainval), val_fraction, seed, log=split == "val")
     chosen = train_index if split == "train" else val_index
     return [trainval[i] for i in chosen]
 

@@ -19,7 +19,8 @@ masks (or masks without image) is skipped with a warning; no pair at all is an e
 
 Splits: ``test`` = ``<data_dir>/test`` if present; otherwise a fixed random ``test_fraction`` of
 the images (sorted by stem, drawn with seed 0 whatever ``seed`` is, so the test set does not move
-between training runs). ``train``/``val`` = seeded split of the rest (``val_fraction``).
+between training runs). ``train``/``val`` = seeded split of the rest (``val_fraction``, at least 3
+images: :func:`datasets.val_split`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 
 import numpy as np
 
-from datasets import Sample, SampleSource, source_key, split_indices
+from datasets import DEFAULT_VAL_FRACTION, Sample, SampleSource, source_key, split_indices
 from datasets.common import (IMAGE_EXTENSIONS, DatasetError, apply_limit, as_size, make_sample,
                              require_folder, select_split)
 from layernet.instances import LabelStackError, masks_from_stack, validate_stack
@@ -168,7 +169,7 @@ def source(
     size: int | None = None,
     channel: int | None = None,
     test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     limit: int | None = None,
     **_,
 ) -> SampleSource:
@@ -187,7 +188,8 @@ def source(
     channel : int or None
         Keep only this image channel; ``None`` keeps all.
     test_fraction, val_fraction : float
-        Fractions of the test split (without ``test/``) and of the validation split.
+        Shares of the test split (without ``test/``; at least 1 image) and of the validation
+        split (of the rest; at least 3 images, :func:`datasets.val_split`).
     limit : int, optional
         Keep only the first ``limit`` images of the split.
 

@@ -26,7 +26,8 @@ Splits:
   (0-based position 0, 4, 8, ... in the order of k), ``trainval`` = the others. This is not the
   paper's test set; it only keeps evaluation images out of training.
 
-``train``/``val`` are the seeded 90/10 split of ``trainval`` (:func:`datasets.split_indices`).
+``train``/``val`` are the seeded split of ``trainval`` (:func:`datasets.val_split`:
+``val_fraction``, 10 %, but at least 3 images; the shared copy's 11 give 8 + 3).
 Images (bilinear) and masks (nearest) are resized to ``size`` x ``size`` (paper: 320; ``None``
 keeps 512x512). Sample names are ``train001``... and ``test001``... (1-based, as in MATLAB).
 """
@@ -43,7 +44,7 @@ import h5py
 import numpy as np
 import scipy.io
 
-from datasets import Sample, SampleSource, source_key
+from datasets import DEFAULT_VAL_FRACTION, Sample, SampleSource, source_key
 from datasets.common import DatasetError, apply_limit, as_size, make_sample, select_split
 from layernet.io import as_channels, read_image
 
@@ -286,6 +287,7 @@ def source(
     seed: int = 0,
     size: int | None = DEFAULT_SIZE,
     limit: int | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     **_,
 ) -> SampleSource:
     """List one split of OCC2014 (cytoplasm masks, overlapping).
@@ -305,6 +307,9 @@ def source(
         Output height = width (paper: 320); ``None`` keeps the native 512x512.
     limit : int, optional
         Keep only the first ``limit`` images of the split.
+    val_fraction : float
+        Share of ``trainval`` held out for validation (at least 3 images,
+        :func:`datasets.val_split`).
 
     Returns
     -------
@@ -320,7 +325,7 @@ def source(
     else:
         trainval = [e for k, e in enumerate(train) if k % 4 != 0]
         test_entries = [e for k, e in enumerate(train) if k % 4 == 0]
-    chosen = apply_limit(select_split(trainval, test_entries, split, seed), limit)
+    chosen = apply_limit(select_split(trainval, test_entries, split, seed, val_fraction), limit)
     target = as_size(size)
     return SampleSource(
         names=[entry.name for entry in chosen],

@@ -20,9 +20,9 @@ than ``min_area`` pixels or when it, or an object it lies on, would end up with 
 ``max_hidden`` of its area under other objects, so every object keeps a visible part of its own.
 
 Splits: the ``trainval`` pool and the ``test`` pool come from independent seed streams of
-``seed``; ``train``/``val`` are the seeded 90/10 split of the ``trainval`` pool
-(:func:`datasets.split_indices`), ``all`` is ``trainval`` followed by ``test``. Image ``i`` of a
-pool does not depend on the size of the pool.
+``seed``; ``train``/``val`` are the seeded split of the ``trainval`` pool
+(:func:`datasets.val_split`: ``val_fraction``, 10 %, but at least 3 images), ``all`` is
+``trainval`` followed by ``test``. Image ``i`` of a pool does not depend on the size of the pool.
 
 Run ``python -m datasets.synthetic --help`` for a preview tool.
 """
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datasets import SPLITS, Sample, SampleSource, source_key, split_indices
+from datasets import DEFAULT_VAL_FRACTION, SPLITS, Sample, SampleSource, source_key, val_split
 from layernet.instances import coverage, foreground, stack_from_masks
 
 logger = logging.getLogger(__name__)
@@ -495,8 +495,8 @@ def _pool_sample(seed: int, pool: str, index: int, kind: str, size: int, params:
 
 
 def source(data_dir: str | None = None, split: str = "train", seed: int = 0,
-           kind: str = "worms", count: int | None = None, size: int = 192, **params
-           ) -> SampleSource:
+           kind: str = "worms", count: int | None = None, size: int = 192,
+           val_fraction: float = DEFAULT_VAL_FRACTION, **params) -> SampleSource:
     """List one split of the synthetic dataset; each image is generated when it is read.
 
     Parameters are those of :func:`load`.
@@ -536,7 +536,7 @@ def source(data_dir: str | None = None, split: str = "train", seed: int = 0,
         if pool == "test":
             parts = {index: "test" for index in range(pool_count)}
         else:
-            train, val = split_indices(pool_count, 0.1, seed)
+            train, val = val_split(pool_count, val_fraction, seed, log=split == "val")
             parts = {int(index): "train" for index in train}
             parts.update({int(index): "val" for index in val})
         items.extend((pool, index, parts[index]) for index in range(pool_count)
@@ -556,7 +556,8 @@ def source(data_dir: str | None = None, split: str = "train", seed: int = 0,
 
 
 def load(data_dir: str | None = None, split: str = "train", seed: int = 0, kind: str = "worms",
-         count: int | None = None, size: int = 192, **params) -> list[Sample]:
+         count: int | None = None, size: int = 192, val_fraction: float = DEFAULT_VAL_FRACTION,
+         **params) -> list[Sample]:
     """Generate one split of the synthetic dataset.
 
     Parameters
@@ -565,8 +566,8 @@ def load(data_dir: str | None = None, split: str = "train", seed: int = 0, kind:
         Ignored (the dataset is generated); accepted for the common dataset interface.
     split : str
         One of :data:`datasets.SPLITS`: ``test`` comes from a seed stream independent of
-        ``trainval``; ``train``/``val`` are the 90/10 split of ``trainval`` by
-        :func:`datasets.split_indices` with ``seed``; ``all`` is ``trainval`` then ``test``.
+        ``trainval``; ``train``/``val`` are the split of ``trainval`` by
+        :func:`datasets.val_split` with ``seed``; ``all`` is ``trainval`` then ``test``.
     seed : int
         Seed of the generator and of the train/validation split.
     kind : {"worms", "cells", "mixed"}
@@ -577,6 +578,8 @@ def load(data_dir: str | None = None, split: str = "train", seed: int = 0, kind:
         it sets the ``trainval`` pool and the ``test`` pool gets ``max(1, round(count / 3))``.
     size : int
         Image height and width.
+    val_fraction : float
+        Share of the ``trainval`` pool held out for validation (at least 3 images).
     **params
         Options of :func:`generate_sample`.
 
@@ -591,7 +594,7 @@ def load(data_dir: str | None = None, split: str = "train", seed: int = 0, kind:
     SyntheticOptionError
         If the split, kind, count or an option is invalid.
     """
-    samples = source(data_dir, split, seed, kind, count, size, **params).load_all()
+    samples = source(data_dir, split, seed, kind, count, size, val_fraction, **params).load_all()
     logger.info("synthetic: %d %s images (%s split, seed %d)", len(samples), kind, split, seed)
     return samples
 

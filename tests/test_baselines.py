@@ -234,7 +234,7 @@ def test_pipeline_carries_the_semantic_map_aligned_with_the_stack():
     from layernet.pipeline import make_dataset, prepare_samples
 
     config = Config(method="unet3", patch_size=64, batch_size=2, size="S").validate()
-    prepared = prepare_samples(load(split="train", size=128, count=3), config)
+    prepared = prepare_samples(load(split="trainval", size=128, count=3), config)
     baselines.attach_semantic_targets(prepared, config)
     batch = next(iter(make_dataset(prepared, config, training=True)))
     semantic, stack = batch["semantic"].numpy(), batch["stack"].numpy()
