@@ -54,7 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     truth.add_argument("--split", default="test", help="split to score (default test)")
     truth.add_argument("--data-option", metavar="KEY=VALUE", action="append", default=[],
                        help="dataset option, repeatable (default with --model: the run's)")
-    truth.add_argument("--seed", type=int, help="split seed (default: the run's, else 0)")
+    truth.add_argument("--split-seed", "--seed", type=int, dest="split_seed",
+                       help="train/validation split seed (default with --model on the run's "
+                       "dataset: the run's, else 0)")
+    truth.add_argument("--val-fraction", type=float, help="validation share of the training "
+                       "pool (default with --model on the run's dataset: the run's, else 0.1)")
     truth.add_argument("--gt", metavar="DIR|GLOB", help="ground-truth files instead of --data, "
                        "same kinds and naming as --pred")
     truth.add_argument("--images", metavar="DIR|GLOB", help="with --gt: images for the overlays")
@@ -160,7 +164,7 @@ class _Source:
                                  f"{len(self.names)} images ({shown})")
 
     def _load_dataset(self) -> None:
-        from datasets import load_dataset
+        from datasets import DEFAULT_VAL_FRACTION, load_dataset
 
         args, config = self.args, self.config
         data = args.data or (config.data if config else None)
@@ -168,14 +172,18 @@ class _Source:
             raise ValueError("--data is required")
         options = {}
         data_dir = args.data_dir
-        seed = args.seed
+        seed, val_fraction = 0, DEFAULT_VAL_FRACTION
         if config is not None and data == config.data:
             options.update(config.data_options or {})
             data_dir = data_dir or config.data_dir
-            seed = config.seed if seed is None else seed
+            # the run's own train/validation split: --split val scores its validation images
+            seed, val_fraction = config.split_seed, config.val_fraction
         options.update(parse_key_values(args.data_option))
-        samples = load_dataset(data, data_dir, args.split, seed if seed is not None else 0,
-                               **options)
+        # --data-option val_fraction=F (folder datasets took it so before) = --val-fraction F
+        val_fraction = options.pop("val_fraction", val_fraction)
+        seed = seed if args.split_seed is None else args.split_seed
+        val_fraction = val_fraction if args.val_fraction is None else args.val_fraction
+        samples = load_dataset(data, data_dir, args.split, seed, val_fraction, **options)
         if not samples:
             raise ValueError(f"dataset {data!r} split {args.split!r} holds no images")
         self.samples = {sample.name: sample for sample in samples}

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-option", metavar="KEY=VALUE", action="append", default=[],
                         help="dataset option, repeatable")
     parser.add_argument("--seed", type=int, default=0, help="split / training seed (0)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="validation share of the training pool, as train.py's (0.1)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output folder")
     parser.add_argument("--eval-split", default="test",
                         help="split to predict and score (default test)")
@@ -117,7 +119,8 @@ def train_and_predict(args: argparse.Namespace) -> dict:
     from stardist.models import Config2D, StarDist2D
 
     options = parse_key_values(args.data_option)
-    splits = {split: load_dataset(args.data, args.data_dir, split, args.seed, **options)
+    splits = {split: load_dataset(args.data, args.data_dir, split, args.seed, args.val_fraction,
+                                  **options)
               for split in dict.fromkeys(("train", "val", args.eval_split))}
     for split, samples in splits.items():
         if not samples:
@@ -154,8 +157,9 @@ def train_and_predict(args: argparse.Namespace) -> dict:
 
     evaluate = _load_evaluate()
     eval_dir = os.path.join(args.out, f"eval-{args.eval_split}")
-    argv = ["--pred", pred_dir, "--data", args.data, "--split", args.eval_split, "--seed",
-            str(args.seed), "--out", eval_dir, "--worst", "0"]
+    argv = ["--pred", pred_dir, "--data", args.data, "--split", args.eval_split, "--split-seed",
+            str(args.seed), "--val-fraction", str(args.val_fraction), "--out", eval_dir,
+            "--worst", "0"]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     for item in args.data_option:

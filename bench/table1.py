@@ -107,6 +107,7 @@ def base_config(args: argparse.Namespace, size: str):
         values.update(Config.load(args.config).to_dict())
     overrides = {"data": args.data, "data_dir": args.data_dir,
                  "data_options": parse_key_values(args.data_option), "seed": args.seed,
+                 "split_seed": args.seed,
                  "size": size, "filters": args.filters, "head_filters": args.head_filters,
                  "patch_size": args.patch_size, "batch_size": args.batch_size,
                  "steps_per_epoch": args.steps_per_epoch, "learning_rate": args.lr,
@@ -144,7 +145,7 @@ def run_stardist(args: argparse.Namespace, config, out: str) -> dict | str:
         logger.info("%s already holds StarDist results; reusing them", folder)
     else:
         argv = ["--data", args.data, "--seed", str(args.seed), "--out", folder,
-                "--eval-split", args.eval_split,
+                "--eval-split", args.eval_split, "--val-fraction", str(config.val_fraction),
                 "--patch-size", str(config.patch_size), "--batch-size", str(config.batch_size),
                 "--steps-per-epoch", str(config.steps_per_epoch),
                 "--normalize-low", str(config.normalize_low),
