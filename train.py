@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--config", metavar="JSON", help="config.json whose fields override the defaults")
     run.add_argument("--authors", action="store_true", help="use the authors' code variants of the "
                      "losses instead of the paper's equations (see README)")
+    run.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
+                     help="set any config.json field (repeatable, highest priority), e.g. "
+                     "--set elastic_probability=0")
     run.add_argument("--verbose", action="store_true", help="more log output")
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="dataset: synthetic (default, built in), bbbc010, occ2014, "
@@ -63,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--data-option", metavar="KEY=VALUE", action="append", default=[],
                       help="dataset option, repeatable (e.g. kind=cells for synthetic)")
     data.add_argument("--channels", type=int, help="image channels (default 1)")
-    data.add_argument("--val-fraction", type=float, help="validation share of the training data (0.1)")
+    data.add_argument("--val-fraction", type=float, help="validation share of the training data "
+                      "(0.1; at least 3 images, or all but one of fewer)")
+    data.add_argument("--split-seed", type=int, help="seed of the train/validation split and of "
+                      "the synthetic data (0; an --init / --config run's own); --seed does not "
+                      "move the validation images")
     data.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                       help="--stream: prepare every image once into a compressed disk cache "
                       "and stream it while training, for datasets larger than memory (same "
@@ -88,8 +95,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     fit.add_argument("--patch-size", type=int, help="side of the random training crops (256)")
     fit.add_argument("--minutes", type=float, help="stop after this wall time in minutes; the "
                      "epoch in progress is closed (validated, checkpointed) (0 = no limit)")
-    fit.add_argument("--lr", type=float, help="initial learning rate (1e-4), x0.9 every 10k steps")
-    fit.add_argument("--seed", type=int, help="seed of split, augmentation and initialisation (0)")
+    fit.add_argument("--lr", type=float, help="peak learning rate (1e-4)")
+    fit.add_argument("--optimizer", choices=("rmsprop", "adam", "adamw"),
+                     help="optimizer (rmsprop, the paper's)")
+    fit.add_argument("--weight-decay", type=float, help="decoupled weight decay (0; adamw needs it)")
+    fit.add_argument("--lr-schedule", choices=("staircase", "cosine", "onecycle"),
+                     help="staircase: x0.9 every 10k steps (paper); cosine: warm-up, then cosine "
+                     "decay to the end of the training (of --epochs, or of the --minutes budget, "
+                     "estimated from the measured step time); onecycle: cosine warm-up from "
+                     "lr/25, then cosine decay")
+    fit.add_argument("--warmup", type=float, metavar="FRACTION",
+                     help="share of the training spent warming the learning rate up (0)")
+    fit.add_argument("--final-lr", type=float, metavar="FRACTION",
+                     help="cosine/onecycle: last learning rate as a fraction of --lr (0.01)")
+    fit.add_argument("--ema", type=float, metavar="MOMENTUM", help="validate and save a moving "
+                     "average of the weights with this momentum, e.g. 0.99 (0 = off)")
+    fit.add_argument("--seed", type=int, help="seed of augmentation and initialisation (0); "
+                     "the split has --split-seed")
     fit.add_argument("--deterministic", action="store_true", default=None,
                      help="bit-identical reruns with the same --seed (deterministic TensorFlow "
                      "kernels; slightly slower)")
@@ -120,7 +142,8 @@ def build_config(args: argparse.Namespace):
         values.update(Config.load(args.config).to_dict())
     overrides = {
         "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
-        "channels": args.channels, "val_fraction": args.val_fraction, "size": args.size,
+        "channels": args.channels, "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed, "size": args.size,
         "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers,
         "precision": resolve_precision(
             args.precision or (None if args.init or args.config else "auto")),
@@ -128,8 +151,12 @@ def build_config(args: argparse.Namespace):
         "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
         "seed": args.seed, "deterministic": args.deterministic, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
         "streaming": _STREAMING[args.stream], "cache_dir": args.cache_dir,
+        "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+        "lr_schedule": args.lr_schedule, "warmup_fraction": args.warmup,
+        "final_lr_fraction": args.final_lr, "ema_momentum": args.ema,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
+    values.update(parse_key_values(args.set, flag="--set"))
     if args.phase is None:
         values["phase"] = ("overlap" if args.init and values.get("method", "layering") == "layering"
                            else "layering")

@@ -47,7 +47,10 @@ class Config:
     channels: int = 1  # image channels the model expects
     normalize_low: float = 1.0  # percentile mapped to 0 (per image and channel)
     normalize_high: float = 99.8  # percentile mapped to 1
-    val_fraction: float = 0.1  # seeded train/validation split of the training data
+    val_fraction: float = 0.1  # share of the training pool held out for validation (>= 3 images)
+    # seed of the train/validation split (and of the synthetic data), apart from `seed`, so that
+    # the validation images stay the same when the training seed changes
+    split_seed: int = 0
     # datasets larger than memory: "on" prepares every image once into a disk cache and streams
     # it (the same batches as in memory); "off" loads everything into memory; "auto" streams
     # when the decoded data would exceed a quarter of the available memory (layernet.streaming)
@@ -106,16 +109,33 @@ class Config:
     epochs: int = 100
     steps_per_epoch: int = 0  # 0: one pass over the training images (at least 1 step)
     batch_size: int = 8
-    learning_rate: float = 1e-4
-    decay_steps: int = 10000
-    decay_rate: float = 0.9
-    seed: int = 0
-    # bit-identical reruns on CPU (TensorFlow's deterministic kernels); --seed alone fixes the
-    # split, augmentation and initialisation but multi-threaded reductions may differ in the
-    # last digits
+    # "rmsprop" (paper), "adam" or "adamw" (Adam with decoupled weight decay)
+    optimizer: str = "rmsprop"
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW's; 0 = none)
+    learning_rate: float = 1e-4  # peak learning rate
+    # "staircase": lr * decay_rate ** floor(step / decay_steps) (paper);
+    # "cosine": linear warm-up from 0 over warmup_fraction of the training, then cosine decay to
+    # final_lr_fraction * lr at its last step; "onecycle": cosine warm-up from lr / 25 over
+    # warmup_fraction, then cosine decay to final_lr_fraction * lr. The last step is that of
+    # --epochs, or with a time budget the step the budget is expected to reach (re-estimated
+    # every epoch from the measured epoch time; layernet.schedules)
+    lr_schedule: str = "staircase"
+    decay_steps: int = 10000  # staircase only
+    decay_rate: float = 0.9  # staircase only
+    warmup_fraction: float = 0.0  # share of the training spent warming up (all schedules)
+    final_lr_fraction: float = 0.01  # cosine / onecycle: last learning rate / peak
+    # exponential moving average of the weights (0 = off, else its momentum, e.g. 0.99):
+    # validation, best.h5 and last.h5 use the averaged weights, training the raw ones
+    ema_momentum: float = 0.0
+    seed: int = 0  # seed of augmentation and initialisation (the split has split_seed)
+    # bit-identical reruns on CPU (TensorFlow's deterministic kernels); --seed and --split-seed
+    # alone fix the split, augmentation and initialisation but multi-threaded reductions may
+    # differ in the last digits
     deterministic: bool = False
     strategy: str = "default"  # default | mirrored | multiworker
-    time_budget_minutes: float = 0.0  # stop a training call after this wall time (0 = no limit)
+    # stop training after this wall time (0 = no limit); a resumed run counts the time its
+    # earlier calls spent (state.json "train_seconds")
+    time_budget_minutes: float = 0.0
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
 
     # --- post-processing --------------------------------------------------------------------
@@ -141,6 +161,8 @@ class Config:
             "strategy": ("default", "mirrored", "multiworker"),
             "precision": PRECISIONS,
             "streaming": ("auto", "on", "off"),
+            "optimizer": ("rmsprop", "adam", "adamw"),
+            "lr_schedule": ("staircase", "cosine", "onecycle"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -169,10 +191,26 @@ class Config:
             raise ConfigError("gamma range must satisfy 0 < gamma_low <= gamma_high")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction must be in [0, 1)")
+        if (not isinstance(self.split_seed, int) or isinstance(self.split_seed, bool)
+                or self.split_seed < 0):
+            raise ConfigError(f"split_seed must be an integer >= 0, got {self.split_seed!r}")
+        if "val_fraction" in self.data_options:
+            raise ConfigError("val_fraction is a config field (train.py --val-fraction), not a "
+                              "data option")
         if self.connectivity not in (1, 2):
             raise ConfigError("connectivity must be 1 (4-neighbours) or 2 (8-neighbours)")
         if self.learning_rate <= 0 or not 0 < self.decay_rate <= 1:
             raise ConfigError("learning_rate must be > 0 and decay_rate in (0, 1]")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ConfigError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ConfigError(f"ema_momentum must be in [0, 1) (0 = off), got {self.ema_momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer == "adamw" and self.weight_decay == 0:
+            raise ConfigError("optimizer 'adamw' needs weight_decay > 0 (else it is 'adam')")
         if self.method != "layering" and self.phase != "layering":
             raise ConfigError(f"method {self.method!r} has a single training phase; phase must be "
                               "'layering' (overlap completion belongs to the layering method)")
@@ -203,9 +241,25 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
-        """Build a configuration from a dict, rejecting unknown fields and future versions."""
+        """Build a configuration from a dict, rejecting unknown fields and future versions.
+
+        Configs written before ``split_seed`` existed seeded the train/validation split with
+        ``seed``: without ``split_seed``, it is ``seed``, so their validation images stay the
+        same. A ``val_fraction`` data option (folder datasets took it so before) becomes the
+        ``val_fraction`` field.
+        """
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(values).__name__}")
+        values = dict(values)
+        values.setdefault("split_seed", values.get("seed", cls.seed))
+        options = values.get("data_options")
+        if isinstance(options, dict) and "val_fraction" in options:
+            options = dict(options)
+            fraction = options.pop("val_fraction")
+            if values.get("val_fraction", cls.val_fraction) not in (cls.val_fraction, fraction):
+                raise ConfigError(f"{source}: val_fraction {values['val_fraction']} and data "
+                                  f"option val_fraction={fraction} disagree; give one")
+            values.update(data_options=options, val_fraction=fraction)
         version = values.get("version", CONFIG_VERSION)
         if not isinstance(version, int) or version > CONFIG_VERSION:
             raise ConfigError(

@@ -12,6 +12,7 @@ decay of the learning rate, and writes a run folder (:mod:`layernet.runfolder`) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -32,6 +33,7 @@ from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
 from layernet.model import build_model, load_model_weights
 from layernet.pipeline import PreparedSample, make_dataset, prepare_samples
+from layernet.schedules import BudgetPlanner, TrainingSchedule, seconds_per_step
 from layernet.streaming import prepare_to_cache, prune_cache, use_streaming
 
 logger = logging.getLogger(__name__)
@@ -46,19 +48,72 @@ class TrainingError(RuntimeError):
     """Raised for a training set-up that cannot work (with a message saying why)."""
 
 
-def learning_rate_schedule(config: Config) -> keras.optimizers.schedules.LearningRateSchedule:
-    """The paper's schedule: ``lr * decay_rate ** floor(step / decay_steps)`` (staircase)."""
-    return keras.optimizers.schedules.ExponentialDecay(
-        config.learning_rate, decay_steps=config.decay_steps, decay_rate=config.decay_rate,
-        staircase=True)
+def learning_rate_schedule(config: Config, total_steps: int = 1) -> TrainingSchedule:
+    """The learning-rate schedule of ``config`` (:mod:`layernet.schedules`; the paper's is
+    ``lr * decay_rate ** floor(step / decay_steps)``) for a training of ``total_steps``."""
+    return TrainingSchedule(config, total_steps)
 
 
-def build_optimizer(config: Config) -> keras.optimizers.Optimizer:
-    """RMSprop with the paper's schedule (wrapped for loss scaling under ``mixed_float16``)."""
-    optimizer = keras.optimizers.RMSprop(learning_rate=learning_rate_schedule(config))
+OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+              "adamw": keras.optimizers.AdamW}
+"""``Config.optimizer`` -> Keras optimizer class (RMSprop is the paper's)."""
+
+
+def build_optimizer(config: Config, schedule: keras.optimizers.schedules.LearningRateSchedule
+                    | None = None) -> keras.optimizers.Optimizer:
+    """The optimizer of ``config`` (RMSprop, Adam or AdamW, with weight decay and a moving
+    average of the weights as configured), wrapped for loss scaling under ``mixed_float16``.
+
+    Parameters
+    ----------
+    config : Config
+        The run's settings.
+    schedule : LearningRateSchedule or None, optional
+        The learning-rate schedule (default: :func:`learning_rate_schedule` of ``config``).
+
+    Returns
+    -------
+    keras.optimizers.Optimizer
+    """
+    options: dict[str, Any] = {"learning_rate": schedule or learning_rate_schedule(config)}
+    if config.weight_decay > 0:
+        options["weight_decay"] = config.weight_decay
+    if config.ema_momentum > 0:
+        options.update(use_ema=True, ema_momentum=config.ema_momentum)
+    optimizer = OPTIMIZERS[config.optimizer](**options)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def averaged_weights(optimizer: keras.optimizers.Optimizer) -> list | None:
+    """The moving averages of the trainable weights kept by an optimizer with ``use_ema``
+    (in the order of the variables it was built for), or None without them."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not getattr(inner, "use_ema", False):
+        return None
+    return list(inner._model_variables_moving_average)
+
+
+@contextlib.contextmanager
+def averaged_weights_in(net: keras.Model, optimizer: keras.optimizers.Optimizer
+                        ) -> Iterator[bool]:
+    """Context in which ``net``'s trainable weights are the optimizer's moving averages (for
+    validation and best.h5); the raw weights are put back on exit. Yields whether there are
+    averages (without them nothing changes)."""
+    averages = averaged_weights(optimizer)
+    if averages is None:
+        yield False
+        return
+    variables = net.trainable_variables
+    raw = [variable.numpy() for variable in variables]
+    for variable, average in zip(variables, averages):
+        variable.assign(average)
+    try:
+        yield True
+    finally:
+        for variable, value in zip(variables, raw):
+            variable.assign(value)
 
 
 class LayeringTrainer(keras.Model):
@@ -236,16 +291,22 @@ def load_training_data(config: Config, run_dir: str | None = None) -> TrainingDa
     -------
     TrainingData
     """
-    from datasets import load_source
+    from datasets import MIN_VAL_IMAGES, load_source
 
     start = time.perf_counter()
-    sources = [load_source(config.data, config.data_dir, split, config.seed,
-                           **config.data_options) for split in ("train", "val")]
+    sources = [load_source(config.data, config.data_dir, split, config.split_seed,
+                           val_fraction=config.val_fraction, **config.data_options)
+               for split in ("train", "val")]
     if not len(sources[0]):
         raise TrainingError(f"dataset {config.data!r} has no training images")
     if not len(sources[1]):
-        raise TrainingError(f"dataset {config.data!r} has no validation images; add images or "
-                            "raise --val-fraction")
+        selecting = sorted(set(config.data_options) & {"count", "limit", "wells"})
+        raise TrainingError(
+            f"dataset {config.data!r} has no validation images ({len(sources[0])} training "
+            f"image(s)): the train/validation split holds out min({MIN_VAL_IMAGES}, n - 1) of the "
+            "n images of the training pool, so the pool needs at least 2 images; "
+            + (f"check the data option(s) {', '.join(selecting)}, which set or filter the images"
+               if selecting else "add images"))
     streamed = use_streaming(config, sources)
     if streamed:
         if config.cache_dir is None and run_dir is None:
@@ -277,7 +338,8 @@ class EpochEnd(keras.callbacks.Callback):
 
     def __init__(self, run_dir: str, config: Config, val: Sequence[PreparedSample],
                  history: list[dict[str, Any]], best: float, best_epoch: int,
-                 best_aji: float = -1.0) -> None:
+                 best_aji: float = -1.0, planner: BudgetPlanner | None = None,
+                 spent_seconds: float = 0.0) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.config = config
@@ -286,8 +348,16 @@ class EpochEnd(keras.callbacks.Callback):
         self.best = best
         self.best_epoch = best_epoch
         self.best_aji = best_aji
+        self.planner = planner
+        self.spent_seconds = spent_seconds  # training time of earlier calls (--resume)
+        self.train_start = time.perf_counter()
         self.predictor: Predictor | None = None
         self.epoch_start = 0.0
+        self.mark: tuple[int, float] | None = None  # (step, time) at the end of the last epoch
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.train_start = time.perf_counter()
+        self.mark = (int(self.model.optimizer.iterations.numpy()), self.train_start)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_start = time.perf_counter()
@@ -297,15 +367,19 @@ class EpochEnd(keras.callbacks.Callback):
         net = self.model.net
         if self.predictor is None:
             self.predictor = Predictor(net, self.config)
-        scores = validation_scores(self.predictor, self.val)
+        optimizer = self.model.optimizer
+        with averaged_weights_in(net, optimizer):
+            scores = validation_scores(self.predictor, self.val)
+            score = scores["meanAP"]
+            # best = highest validation meanAP; AJI breaks ties (e.g. while meanAP is still 0)
+            improved = (score, scores["AJI"]) > (self.best, self.best_aji) or self.best_epoch < 0
+            if improved:  # best.h5 holds the weights that were scored: the averages, if any
+                runfolder.save_model_atomic(net, os.path.join(self.run_dir, runfolder.BEST_FILE))
         for key, value in scores.items():
             logs[f"val_{key}"] = value
-        optimizer = self.model.optimizer
         step = int(optimizer.iterations.numpy())
-        learning_rate = float(learning_rate_schedule(self.config)(max(step - 1, 0)))
-        score = scores["meanAP"]
-        # best = highest validation meanAP; AJI breaks ties (e.g. while meanAP is still 0)
-        improved = (score, scores["AJI"]) > (self.best, self.best_aji) or self.best_epoch < 0
+        schedule = _schedule_of(optimizer)
+        learning_rate = float(schedule(max(step - 1, 0)))
         path = self.run_dir
         # The checkpoint is written under pending names, committed by state.json and only then
         # renamed to last.h5 / last_optimizer.npz (runfolder.commit_pending), so a kill at any
@@ -318,28 +392,52 @@ class EpochEnd(keras.callbacks.Callback):
              for index, variable in enumerate(optimizer.variables)})
         if improved:
             self.best, self.best_aji, self.best_epoch = score, scores["AJI"], epoch + 1
-            runfolder.save_model_atomic(net, os.path.join(path, runfolder.BEST_FILE))
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "learning_rate": learning_rate}
         row.update({key: float(value) for key, value in logs.items()})
-        row["seconds"] = time.perf_counter() - self.epoch_start
+        now = time.perf_counter()
+        row["seconds"] = now - self.epoch_start
         self.history.append(row)
         runfolder.write_history(os.path.join(path, runfolder.HISTORY_FILE), self.history)
-        runfolder.save_json_atomic(os.path.join(path, runfolder.STATE_FILE), {
+        state: dict[str, Any] = {
             "epoch": epoch + 1, "step": step, "best_score": self.best,
             "best_aji": self.best_aji, "best_epoch": self.best_epoch, "best_metric": "val_meanAP",
-            "phase": self.config.phase})
+            "phase": self.config.phase,
+            "train_seconds": self.spent_seconds + now - self.train_start}
+        if self.planner is not None:
+            # Re-estimate the end of a time-budgeted schedule from this epoch's time per step
+            # (training, validation and checkpoint writing); state.json keeps the estimate and
+            # the budget spent, so that --resume continues with the same schedule.
+            if self.mark is not None:
+                self.planner.estimate(step, seconds_per_step(*self.mark, step, now))
+        state["total_steps"] = float(schedule.total_steps.numpy())
+        self.mark = (step, now)
+        runfolder.save_json_atomic(os.path.join(path, runfolder.STATE_FILE), state)
         runfolder.commit_pending(path, epoch + 1)
         logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s", epoch + 1, score, scores["AJI"],
                     " (best, saved best.h5)" if improved else "")
 
 
+def _schedule_of(optimizer: keras.optimizers.Optimizer) -> TrainingSchedule:
+    """The :class:`TrainingSchedule` of an optimizer made by :func:`build_optimizer`."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner._learning_rate
+
+
 class TimeBudget(keras.callbacks.Callback):
     """Stop training once ``minutes`` of wall time have passed (the current epoch is closed
-    normally: validated and checkpointed)."""
+    normally: validated and checkpointed).
 
-    def __init__(self, minutes: float) -> None:
+    Parameters
+    ----------
+    minutes : float
+        The budget of the whole run.
+    elapsed_seconds : float, optional
+        Part of the budget that earlier training calls of the run spent (``--resume``).
+    """
+
+    def __init__(self, minutes: float, elapsed_seconds: float = 0.0) -> None:
         super().__init__()
-        self.seconds = minutes * 60.0
+        self.seconds = minutes * 60.0 - elapsed_seconds
         self.start = time.perf_counter()
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -351,6 +449,32 @@ class TimeBudget(keras.callbacks.Callback):
                 logger.info("time budget of %.1f min reached; finishing this epoch",
                             self.seconds / 60.0)
             self.model.stop_training = True
+
+
+class FirstEstimate(keras.callbacks.Callback):
+    """A first estimate of a time-budgeted schedule's end, from the training steps of the first
+    epoch (between its ``first``-th and ``last``-th batch: the first ones trace the graph);
+    :class:`EpochEnd` corrects it after every epoch."""
+
+    def __init__(self, planner: BudgetPlanner, first: int = 2, last: int = 12) -> None:
+        super().__init__()
+        self.planner = planner
+        self.first, self.last = first, last
+        self.mark: tuple[int, float] | None = None
+        self.done = False
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.done:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if batch == self.first:
+            self.mark = (step, time.perf_counter())
+        elif batch >= self.last and self.mark is not None:
+            self.planner.estimate(step, seconds_per_step(*self.mark, step, time.perf_counter()))
+            self.done = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.done = True
 
 
 def _restore_optimizer(optimizer: keras.optimizers.Optimizer, net: keras.Model,
@@ -416,10 +540,18 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     if not data.streamed:  # the streaming cache holds the UNet-3 targets already
         baselines.attach_semantic_targets(data.train, config)
 
+    steps = config.steps_per_epoch or max(1, math.ceil(len(data.train) / config.batch_size))
+    max_steps = config.epochs * steps
+    budgeted = config.time_budget_minutes > 0 and config.lr_schedule != "staircase"
+    if budgeted and _multi_worker(strategy):
+        raise TrainingError("a time-budgeted learning-rate schedule (--minutes with "
+                            f"lr_schedule {config.lr_schedule!r}) would differ between workers; "
+                            "with --strategy multiworker give --epochs instead of --minutes")
     with strategy.scope():
         net = build_model(config)
         trainer = LayeringTrainer(net, config, config.phase, name="trainer")
-        optimizer = build_optimizer(config)
+        schedule = learning_rate_schedule(config, int(state.get("total_steps", max_steps)))
+        optimizer = build_optimizer(config, schedule)
         trainer.compile(optimizer=optimizer)
     if resume:
         runfolder.recover(run_dir, int(state["epoch"]))
@@ -449,17 +581,24 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         "tau": config.tau, "min_size": config.min_size, "overlap_layers": config.overlap_layers,
         "connectivity": config.connectivity})
 
-    steps = config.steps_per_epoch or max(1, math.ceil(len(data.train) / config.batch_size))
     dataset = make_dataset(data.train, config, training=True, layer_of=layer_of,
                            start=int(optimizer.iterations.numpy()) * config.batch_size)
     history = runfolder.read_history(os.path.join(run_dir, runfolder.HISTORY_FILE))
     history = [row for row in history if int(row.get("epoch", 0)) <= int(state["epoch"])]
+    spent = float(state.get("train_seconds", 0.0))
+    planner = (BudgetPlanner(schedule, config.time_budget_minutes * 60.0, spent, max_steps)
+               if budgeted else None)
     epoch_end = EpochEnd(run_dir, config, data.val, history, float(state["best_score"]),
-                         int(state["best_epoch"]), float(state.get("best_aji", -1.0)))
+                         int(state["best_epoch"]), float(state.get("best_aji", -1.0)),
+                         planner=planner, spent_seconds=spent)
     callbacks = [epoch_end, keras.callbacks.TensorBoard(
         os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
     if config.time_budget_minutes > 0:
-        callbacks.insert(0, TimeBudget(config.time_budget_minutes))
+        callbacks.insert(0, TimeBudget(config.time_budget_minutes, spent))
+    if planner is not None:
+        planner.restart_clock()
+        if "total_steps" not in state:  # a fresh run: no estimate yet
+            callbacks.insert(0, FirstEstimate(planner))
     initial_epoch = int(state["epoch"])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2

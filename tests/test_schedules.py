@@ -1,0 +1,176 @@
+"""Learning-rate schedules (hand-computed values, the Keras schedule against the plain-Python
+reference), the time-budget estimate of the last step, optimizers and the weight average."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from layernet import runfolder
+from layernet.config import Config, ConfigError
+from layernet.schedules import (BudgetPlanner, TrainingSchedule, learning_rate_at,
+                                seconds_per_step)
+
+TINY = dict(size="S", filters=8, head_filters=8, patch_size=64, batch_size=2, min_size=30,
+            data_options={"size": 96, "count": 8}, learning_rate=1e-3)
+
+
+def test_cosine_by_hand():
+    config = Config(learning_rate=1e-3, lr_schedule="cosine", final_lr_fraction=0.0)
+    # 11 steps, no warm-up: cos from step 0 (peak) to step 10 (final), half-way at step 5
+    assert learning_rate_at(config, 0, 11) == pytest.approx(1e-3)
+    assert learning_rate_at(config, 5, 11) == pytest.approx(0.5e-3)
+    assert learning_rate_at(config, 10, 11) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate_at(config, 2.5, 11) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    # past the end the rate stays at the final value
+    assert learning_rate_at(config.replace(final_lr_fraction=0.1), 50, 11) == pytest.approx(1e-4)
+
+
+def test_warmup_by_hand():
+    config = Config(learning_rate=1e-3, lr_schedule="cosine", warmup_fraction=0.2,
+                    final_lr_fraction=0.0)
+    # 21 steps: warm-up over 4.2 steps, linear from (step + 1) / 5.2 of the peak
+    assert learning_rate_at(config, 0, 21) == pytest.approx(1e-3 / 5.2)
+    assert learning_rate_at(config, 4, 21) == pytest.approx(5e-3 / 5.2)
+    # then cosine over the remaining 20 - 4.2 = 15.8 steps
+    assert learning_rate_at(config, 5, 21) == pytest.approx(
+        1e-3 * 0.5 * (1 + math.cos(math.pi * 0.8 / 15.8)))
+    onecycle = config.replace(lr_schedule="onecycle")
+    assert learning_rate_at(onecycle, 0, 21) == pytest.approx(1e-3 / 25)
+    assert learning_rate_at(onecycle, 2.1, 21) == pytest.approx((1e-3 / 25 + 1e-3) / 2)
+    staircase = Config(learning_rate=1e-3, warmup_fraction=0.5, decay_steps=10, decay_rate=0.5)
+    assert learning_rate_at(staircase, 0, 40) == pytest.approx(1e-3 / 21)
+    assert learning_rate_at(staircase, 25, 40) == pytest.approx(0.25e-3)
+
+
+@pytest.mark.parametrize("schedule", ["staircase", "cosine", "onecycle"])
+@pytest.mark.parametrize("warmup", [0.0, 0.1])
+def test_keras_schedule_matches_reference(schedule, warmup):
+    config = Config(learning_rate=2e-3, lr_schedule=schedule, warmup_fraction=warmup,
+                    final_lr_fraction=0.05, decay_steps=7, decay_rate=0.8)
+    keras_schedule = TrainingSchedule(config, 60)
+    for step in range(0, 70, 3):
+        assert float(keras_schedule(step)) == pytest.approx(learning_rate_at(config, step, 60),
+                                                            rel=1e-5), step
+
+
+def test_moving_the_end_takes_effect_in_a_compiled_function():
+    import tensorflow as tf
+
+    config = Config(learning_rate=1e-3, lr_schedule="cosine", final_lr_fraction=0.0)
+    schedule = TrainingSchedule(config, 11)
+    compiled = tf.function(lambda step: schedule(step))
+    assert float(compiled(tf.constant(10))) == pytest.approx(0.0, abs=1e-9)
+    schedule.set_total_steps(21)
+    assert float(compiled(tf.constant(10))) == pytest.approx(0.5e-3)
+
+
+def test_budget_planner_estimates_the_last_step():
+    config = Config(learning_rate=1e-3, lr_schedule="cosine")
+    schedule = TrainingSchedule(config, 1_000_000)
+    planner = BudgetPlanner(schedule, budget_seconds=100.0, elapsed_seconds=40.0)
+    # 60 s left at 0.5 s per step: 120 more steps after step 30
+    assert planner.estimate(30, 0.5) == pytest.approx(150.0, abs=0.5)
+    assert float(schedule.total_steps.numpy()) == pytest.approx(150.0, abs=0.5)
+    capped = BudgetPlanner(schedule, budget_seconds=100.0, max_steps=80)
+    assert capped.estimate(30, 0.5) == 80
+    spent = BudgetPlanner(schedule, budget_seconds=10.0, elapsed_seconds=20.0)
+    assert spent.estimate(30, 0.5) == 31  # over budget: at least one more step
+    assert seconds_per_step(10, 5.0, 30, 15.0) == 0.5
+    assert seconds_per_step(10, 5.0, 10, 15.0) == 0.0
+
+
+def test_config_checks_the_new_fields():
+    for bad in (dict(optimizer="sgd"), dict(lr_schedule="linear"), dict(warmup_fraction=1.0),
+                dict(final_lr_fraction=-0.1), dict(ema_momentum=1.0), dict(weight_decay=-1.0),
+                dict(optimizer="adamw")):
+        with pytest.raises(ConfigError):
+            Config(**bad).validate()
+    Config(optimizer="adamw", weight_decay=1e-4).validate()
+
+
+@pytest.mark.parametrize("name,cls", [("rmsprop", "RMSprop"), ("adam", "Adam"),
+                                      ("adamw", "AdamW")])
+def test_optimizer_choice(name, cls):
+    from layernet.training import build_optimizer
+
+    options = dict(weight_decay=1e-4) if name == "adamw" else {}
+    optimizer = build_optimizer(Config(optimizer=name, ema_momentum=0.9, **options))
+    assert type(optimizer).__name__ == cls
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.9)
+    assert not build_optimizer(Config(optimizer=name, **options)).use_ema
+
+
+def test_averaged_weights_are_swapped_in_and_out():
+    import keras
+
+    from layernet.model import build_model
+    from layernet.training import averaged_weights, averaged_weights_in, build_optimizer
+
+    config = Config(optimizer="adam", ema_momentum=0.5, **TINY).validate()
+    net = build_model(config)
+    optimizer = build_optimizer(config)
+    optimizer.build(net.trainable_variables)
+    for _ in range(3):
+        optimizer.apply([keras.ops.ones_like(v) for v in net.trainable_variables],
+                        net.trainable_variables)
+    raw = [np.asarray(v) for v in net.trainable_variables]
+    averages = [np.asarray(v) for v in averaged_weights(optimizer)]
+    assert any(not np.allclose(a, r) for a, r in zip(averages, raw))
+    with averaged_weights_in(net, optimizer) as swapped:
+        assert swapped
+        for variable, average in zip(net.trainable_variables, averages):
+            np.testing.assert_array_equal(np.asarray(variable), average)
+    for variable, value in zip(net.trainable_variables, raw):
+        np.testing.assert_array_equal(np.asarray(variable), value)
+    assert averaged_weights(build_optimizer(Config())) is None
+
+
+def test_cosine_run_ends_at_the_final_rate_and_best_holds_the_averaged_weights(tmp_path):
+    """--epochs: the schedule ends exactly at the last step; with --ema, best.h5 holds the
+    averaged weights that were validated, last.h5 the raw ones (which --resume continues)."""
+    from layernet.model import build_model, load_model_weights
+    from layernet.training import train
+
+    config = Config(epochs=1, steps_per_epoch=6, optimizer="adam", lr_schedule="cosine",
+                    warmup_fraction=0.2, final_lr_fraction=0.1, ema_momentum=0.5,
+                    **TINY).validate()
+    run = tmp_path / "run"
+    train(config, str(run), verbose=0)
+    history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
+    assert [row["step"] for row in history] == [6]
+    assert history[-1]["learning_rate"] == pytest.approx(1e-4)
+    state = runfolder.load_json(str(run / runfolder.STATE_FILE))
+    assert state["total_steps"] == 6 and state["best_epoch"] == 1
+    assert state["train_seconds"] > 0
+    best, last = build_model(config), build_model(config)
+    load_model_weights(best, str(run / runfolder.BEST_FILE))
+    load_model_weights(last, str(run / runfolder.LAST_FILE))
+    assert any(not np.allclose(np.asarray(a), np.asarray(b))
+               for a, b in zip(best.trainable_weights, last.trainable_weights))
+    # the non-trainable batch-norm statistics are not averaged: equal in both files
+    for a, b in zip(best.non_trainable_weights, last.non_trainable_weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_time_budget_schedule_reaches_its_end(tmp_path):
+    """--minutes with a cosine schedule: the end is estimated during the run (not the huge
+    epochs * steps), saved in state.json, and the learning rate has decayed by the end."""
+    from layernet.training import train
+
+    config = Config(epochs=100_000, steps_per_epoch=5, lr_schedule="cosine",
+                    optimizer="adam", final_lr_fraction=0.0, time_budget_minutes=1.0,
+                    **TINY).validate()
+    run = tmp_path / "run"
+    train(config, str(run), verbose=0)
+    history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
+    state = runfolder.load_json(str(run / runfolder.STATE_FILE))
+    assert state["total_steps"] < 10_000  # estimated, not epochs * steps_per_epoch
+    last_step = history[-1]["step"]
+    # the estimate after the last epoch lies within a factor 2 of the step actually reached
+    assert last_step / 2 <= state["total_steps"] <= 2 * last_step + 10
+    assert history[-1]["learning_rate"] < 0.5 * config.learning_rate
+    assert state["train_seconds"] >= 60
