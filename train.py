@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="continue the interrupted run in RUN (default: --out) from last.h5")
     run.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<time>-<phase>)")
     run.add_argument("--config", metavar="JSON", help="config.json whose fields override the defaults")
+    run.add_argument("--recipe", choices=("paper", "cpu"),
+                     help="training recipe: 'cpu' (optimiser, schedule, network size and "
+                     "augmentation chosen by measurement for minutes to hours on a CPU; see "
+                     "docs/recipes.md) or 'paper' (Section 3: RMSprop 1e-4, UNet-M/64, batch 8); "
+                     "default: the paper's values, or those of --init. With --init the model's "
+                     "architecture is kept")
     run.add_argument("--authors", action="store_true", help="use the authors' code variants of the "
                      "losses instead of the paper's equations (see README)")
     run.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
@@ -130,14 +136,14 @@ _STREAMING = {True: "on", False: "off", None: None}
 def build_config(args: argparse.Namespace):
     """Merge defaults, the --init run's config, --config and the command-line options."""
     from layernet import runfolder
-    from layernet.config import Config
+    from layernet.config import Config, apply_presets
     from layernet.model import resolve_precision
 
     values = Config().to_dict()
     if args.init:
         values.update(runfolder.config_for_model(runfolder.resolve_model_path(args.init)).to_dict())
-    if args.authors:
-        values.update(Config.authors().to_dict())
+    values = apply_presets(values, recipe=args.recipe, authors=args.authors,
+                           keep_architecture=bool(args.init))
     if args.config:
         values.update(Config.load(args.config).to_dict())
     overrides = {

@@ -7,10 +7,11 @@ unet2|unet3``) train in one phase. Training and evaluation run through the proje
 lines (``train.py``, ``evaluate.py``), exactly as a user would run them. Prints meanAP and AJI for
 both matchings and writes the training curves (``history.csv`` of every phase) to a PNG.
 
-Example (BBBC010, one hour on this CPU, scored on the validation split)::
+Example (BBBC010, 30 minutes with the CPU recipe, scored on the validation split with and
+without test-time augmentation)::
 
-    python bench/accuracy.py --data bbbc010 --data-dir ../shared/data/BBBC010 --minutes 60 \
-        --out runs/acc-bbbc010 -- --size S --filters 32 --patch-size 256 --lr 1e-3
+    python bench/accuracy.py --data bbbc010 --data-dir ../shared/data/BBBC010 --minutes 30 \
+        --tta --out runs/acc-bbbc010 -- --recipe cpu
 
 Arguments after ``--`` go to ``train.py`` unchanged.
 """
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--phase1-share", type=float, default=0.7,
                         help="share of the budget for phase 1 (layering method only)")
     parser.add_argument("--split", default="val", help="split to evaluate (never tune on test)")
+    parser.add_argument("--tta", action="store_true",
+                        help="also evaluate with test-time augmentation (evaluate.py --tta)")
     parser.add_argument("--out", required=True, help="folder for the runs and the report")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after --: extra train.py options")
@@ -110,21 +113,38 @@ def main() -> None:
         runs.append((args.method, first))
         model = os.path.join(first, "best.h5")
     trained = (time.perf_counter() - start) / 60.0
-    report = os.path.join(args.out, f"eval-{args.split}")
-    run([python, "evaluate.py", "--model", model, *data, "--split", args.split, "--out", report])
-    with open(os.path.join(report, "metrics.json"), encoding="utf-8") as handle:
-        metrics = json.load(handle)["matchings"]
+    steps = [int(read_history(os.path.join(run_dir, "history.csv"))[-1]["step"])
+             for _, run_dir in runs]
+    reports = {"": os.path.join(args.out, f"eval-{args.split}")}
+    if args.tta:
+        reports[" + TTA"] = os.path.join(args.out, f"eval-{args.split}-tta")
+    metrics = {}
+    for label, report in reports.items():
+        run([python, "evaluate.py", "--model", model, *data, "--split", args.split, "--out",
+             report, *(["--tta"] if label else [])])
+        with open(os.path.join(report, "metrics.json"), encoding="utf-8") as handle:
+            metrics[label] = json.load(handle)
     curve = os.path.join(args.out, "training_curve.png")
     plot_curves(runs, curve)
     print()
     print(f"{args.method} on {args.data} ({args.split} split), trained {trained:.1f} min "
-          f"(budget {args.minutes:g} min), {os.cpu_count()} CPU cores")
-    print(f"{'matching':<10} {'AP@0.5':>7} {'AP@0.7':>7} {'AP@0.9':>7} {'meanAP':>7} {'AJI':>7}")
-    for matching, summary in metrics.items():
-        print(f"{matching:<10} {summary['AP@0.5']:7.4f} {summary['AP@0.7']:7.4f} "
-              f"{summary['AP@0.9']:7.4f} {summary['meanAP']:7.4f} {summary['AJI']:7.4f}")
+          f"(budget {args.minutes:g} min; steps: {' + '.join(map(str, steps))}), "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'matching':<18} {'AP@0.5':>7} {'AP@0.7':>7} {'AP@0.9':>7} {'meanAP':>7} {'AJI':>7}"
+          f" {'eval s':>7}")
+    for label, result in metrics.items():
+        for matching, summary in result["matchings"].items():
+            print(f"{matching + label:<18} {summary['AP@0.5']:7.4f} {summary['AP@0.7']:7.4f} "
+                  f"{summary['AP@0.9']:7.4f} {summary['meanAP']:7.4f} {summary['AJI']:7.4f} "
+                  f"{_seconds(result):7.1f}")
     print(f"training curve: {curve}")
-    print(f"report: {report}")
+    print(f"reports: {', '.join(reports.values())}")
+
+
+def _seconds(result: dict) -> float:
+    """Seconds of an evaluate.py run's normalisation, network and post-processing, as its
+    metrics.json records them."""
+    return float(sum(result.get("seconds", {}).values()))
 
 
 if __name__ == "__main__":

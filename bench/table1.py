@@ -58,6 +58,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument("--epochs", type=int, help="epochs per method")
     model = parser.add_argument_group("model and training (default: train.py's)")
     model.add_argument("--config", metavar="JSON", help="config.json whose fields are the base")
+    model.add_argument("--recipe", choices=("paper", "cpu"), help="training recipe of every "
+                       "network (train.py --recipe), applied before the options below")
     model.add_argument("--authors", action="store_true", help="authors' loss variants")
     for flag, kind, text in (("--filters", int, "filters of the first level"),
                              ("--head-filters", int, "filters of the heads"),
@@ -76,8 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--size", choices=("S", "M", "L"), default="M",
-                        help="backbone UNet-S/M/L for every method (M; the paper's Ours is L)")
+    parser.add_argument("--size", choices=("S", "M", "L"),
+                        help="backbone UNet-S/M/L for every method (default: the recipe's, M; "
+                        "the paper's Ours is L)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods to run (default all)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default runs/table1-<data>)")
@@ -96,13 +99,11 @@ def check_budget(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--phase2-share must be in (0, 1)")
 
 
-def base_config(args: argparse.Namespace, size: str):
+def base_config(args: argparse.Namespace, size: str | None):
     """The shared configuration of every network trained by a table runner."""
-    from layernet.config import Config
+    from layernet.config import Config, apply_presets
 
-    values = Config().to_dict()
-    if args.authors:
-        values.update(Config.authors().to_dict())
+    values = apply_presets(Config().to_dict(), recipe=args.recipe, authors=args.authors)
     if args.config:
         values.update(Config.load(args.config).to_dict())
     overrides = {"data": args.data, "data_dir": args.data_dir,
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     paper, note = paper_tables.paper_dataset(args.data, config.data_options)
     rows = table_rows(results, paper, note, args.data)
     columns = ("data", "method", "source") + METRIC_COLUMNS
-    title = (f"Table 1 on {args.data} ({args.eval_split} split, UNet-{args.size}, budget "
+    title = (f"Table 1 on {args.data} ({args.eval_split} split, UNet-{config.size}, budget "
              f"{paper_tables.budget_text(args.minutes, args.epochs)} per method)")
     paper_tables.report(rows, columns, out, "table1", title)
     return 0

@@ -300,11 +300,79 @@ class Config:
     @classmethod
     def authors(cls, **changes: Any) -> "Config":
         """The preset that reproduces the authors' public code (see authors_code.md)."""
-        values = dict(bn_momentum=0.99, mean_mode="normalized", repulsion_mode="pair", sparsity_mode="authors",
-                      overlap_targets="online", covered_objects="zero", dice_smooth=1.0,
-                      overlap_per_image=True, layering_per_image=True)
+        values = dict(AUTHORS_VARIANTS)
         values.update(changes)
         return cls(**values).validate()
+
+
+AUTHORS_VARIANTS: dict[str, Any] = dict(
+    bn_momentum=0.99, mean_mode="normalized", repulsion_mode="pair", sparsity_mode="authors",
+    overlap_targets="online", covered_objects="zero", dice_smooth=1.0, overlap_per_image=True,
+    layering_per_image=True)
+"""Fields of the authors' code preset (``train.py --authors``): the losses and batch norm."""
+
+ARCHITECTURE_FIELDS = ("method", "size", "filters", "head_filters", "layers", "channels")
+"""Fields that define the network's weights: a run started from a model (``--init``) keeps
+the model's, whatever a recipe says."""
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        optimizer="rmsprop", learning_rate=1e-4, lr_schedule="staircase", decay_steps=10000,
+        decay_rate=0.9, warmup_fraction=0.0, weight_decay=0.0, ema_momentum=0.0, size="M",
+        filters=64, head_filters=64, batch_size=8, patch_size=256, flip=True, rotate=True,
+        gamma_probability=0.5, elastic_probability=0.5),
+    "cpu": dict(
+        optimizer="adam", learning_rate=2e-3, lr_schedule="cosine", decay_steps=10000,
+        decay_rate=0.9, warmup_fraction=0.05, final_lr_fraction=0.01, weight_decay=0.0,
+        ema_momentum=0.0, size="M", filters=16, head_filters=32, batch_size=4,
+        patch_size=256, steps_per_epoch=50, flip=True, rotate=True, gamma_probability=0.5,
+        elastic_probability=0.5),
+}
+"""Named training recipes (``train.py --recipe NAME``): the optimisation, network size and
+augmentation settings they own. ``paper`` = Section 3 of the paper (RMSprop 1e-4, x0.9 every
+10k steps, UNet-M/64, batch 8), made for a GPU and 1,500 epochs. ``cpu`` = the recipe chosen by
+measurement for training in minutes to hours on a few CPU cores (``bench/recipes.py``; the
+sweep table is in ``docs/recipes.md``)."""
+
+
+def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bool = False,
+                  keep_architecture: bool = False) -> dict[str, Any]:
+    """Return ``values`` (config fields) with a recipe and/or the authors' preset applied.
+
+    Each preset changes only the fields it owns (:data:`RECIPES`, :data:`AUTHORS_VARIANTS`);
+    with ``keep_architecture`` (a run started from a model) the recipe leaves the
+    :data:`ARCHITECTURE_FIELDS` as they are.
+
+    Parameters
+    ----------
+    values : dict
+        Config fields, e.g. ``Config().to_dict()`` updated with an ``--init`` model's config.
+    recipe : str or None, optional
+        A name of :data:`RECIPES`.
+    authors : bool, optional
+        Apply :data:`AUTHORS_VARIANTS`.
+    keep_architecture : bool, optional
+        Keep the network fields of ``values``.
+
+    Returns
+    -------
+    dict
+        A new dict.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown recipe.
+    """
+    merged = dict(values)
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        merged.update({key: value for key, value in RECIPES[recipe].items()
+                       if not (keep_architecture and key in ARCHITECTURE_FIELDS)})
+    if authors:
+        merged.update(AUTHORS_VARIANTS)
+    return merged
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

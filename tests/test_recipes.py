@@ -1,0 +1,103 @@
+"""Named recipes (train.py --recipe), presets that change only their own fields, and the sweep
+runner bench/recipes.py end to end on a tiny grid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from layernet.config import (ARCHITECTURE_FIELDS, AUTHORS_VARIANTS, RECIPES, Config, ConfigError,
+                             apply_presets)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build(*argv: str) -> Config:
+    import train
+
+    return train.build_config(train.parse_args(list(argv)))
+
+
+def test_recipes_are_valid_configs_and_paper_is_the_default():
+    for name, fields in RECIPES.items():
+        Config(**fields).validate()
+    default = Config()
+    for key, value in RECIPES["paper"].items():
+        assert getattr(default, key) == value, key
+
+
+def test_recipe_sets_its_fields_and_command_line_options_win():
+    config = build("--recipe", "cpu", "--precision", "float32")
+    for key, value in RECIPES["cpu"].items():
+        assert getattr(config, key) == value, key
+    config = build("--recipe", "cpu", "--lr", "5e-4", "--size", "S", "--precision", "float32")
+    assert config.learning_rate == 5e-4 and config.size == "S"
+    assert config.optimizer == RECIPES["cpu"]["optimizer"]
+    baseline = build("--recipe", "cpu", "--method", "unet3", "--precision", "float32")
+    assert baseline.method == "unet3" and baseline.lr_schedule == RECIPES["cpu"]["lr_schedule"]
+
+
+def test_presets_change_only_their_own_fields():
+    start = Config(size="S", filters=8, head_filters=8, data="bbbc010", tau=0.4).to_dict()
+    authors = apply_presets(start, authors=True)
+    changed = {key for key in start if start[key] != authors[key]}
+    assert changed <= set(AUTHORS_VARIANTS) and changed
+    kept = apply_presets(start, recipe="cpu", keep_architecture=True)
+    for key in ARCHITECTURE_FIELDS:
+        assert kept[key] == start[key], key
+    assert kept["optimizer"] == RECIPES["cpu"]["optimizer"] and kept["tau"] == 0.4
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        apply_presets(start, recipe="gpu")
+
+
+def test_init_keeps_its_architecture_under_a_recipe_and_authors(tmp_path):
+    """--init X --recipe cpu --authors: the model's architecture and data stay (the authors'
+    preset used to replace the whole configuration taken from --init)."""
+    run = tmp_path / "phase1"
+    run.mkdir()
+    Config(size="S", filters=8, head_filters=8, data="synthetic",
+           data_options={"size": 96}).save(str(run / "config.json"))
+    (run / "best.h5").write_bytes(b"")
+    config = build("--init", str(run / "best.h5"), "--recipe", "cpu", "--authors")
+    assert (config.size, config.filters, config.head_filters) == ("S", 8, 8)
+    assert config.data_options == {"size": 96}
+    assert config.phase == "overlap"
+    assert config.optimizer == RECIPES["cpu"]["optimizer"]
+    assert config.mean_mode == AUTHORS_VARIANTS["mean_mode"]
+
+
+def test_set_overrides_any_field_and_rejects_unknown_ones():
+    config = build("--set", "elastic_probability=0", "--set", "rotate=false", "--precision",
+                   "float32")
+    assert config.elastic_probability == 0 and config.rotate is False
+    with pytest.raises(ConfigError, match="unknown config field"):
+        build("--set", "elastic=0")
+
+
+def test_sweep_runner_writes_a_table_with_the_commands(tmp_path):
+    out = tmp_path / "sweep"
+    common = ["--size", "S", "--filters", "8", "--head-filters", "8", "--patch-size", "64",
+              "--batch-size", "2", "--data-option", "size=96", "--data-option", "count=8",
+              "--min-size", "30", "--precision", "float32"]
+    command = [sys.executable, os.path.join(REPO, "bench", "recipes.py"),
+               "--row", "adam=--optimizer adam --lr 1e-3 --lr-schedule cosine",
+               "--row", "no-elastic=--set elastic_probability=0", "--seeds", "0",
+               "--steps", "2", "--steps-per-epoch", "1", "--out", str(out), "--", *common]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = (out / "table.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| adam ")
+             or line.startswith("| no-elastic ")]
+    assert len(lines) == 2 and all("| 2 |" in line for line in lines)
+    assert "--optimizer adam --lr 1e-3 --lr-schedule cosine --seed SEED --epochs 2" in table
+    adam = Config.load(str(out / "adam-s0" / "config.json"))
+    assert adam.optimizer == "adam" and adam.lr_schedule == "cosine"
+    assert Config.load(str(out / "no-elastic-s0" / "config.json")).elastic_probability == 0
+    # a finished run is reused: a second call trains nothing
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert again.returncode == 0 and "start:" not in again.stdout
