@@ -143,6 +143,10 @@ class Config:
     min_size: int = 250  # S_min in pixels
     overlap_layers: bool = True  # Alg. 1 lines 7-8: also switch on every layer above tau
     connectivity: int = 2  # 2 = 8-connected components, 1 = 4-connected
+    # after training, choose tau and min_size on the validation split (best.h5's maps; grid
+    # TAU_GRID x min_size * MIN_SIZE_FACTORS) and write them to thresholds.json, which
+    # predict.py, evaluate.py and --init then use (command-line --tau / --min-size still win)
+    tune_thresholds: bool = False
 
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, kept verbatim
 
@@ -315,18 +319,23 @@ ARCHITECTURE_FIELDS = ("method", "size", "filters", "head_filters", "layers", "c
 """Fields that define the network's weights: a run started from a model (``--init``) keeps
 the model's, whatever a recipe says."""
 
+TAU_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+"""Thresholds tried by ``tune_thresholds``."""
+MIN_SIZE_FACTORS = (0.25, 0.5, 1.0, 2.0, 3.0)
+"""Multiples of the configured ``min_size`` tried by ``tune_thresholds``."""
+
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(
         optimizer="rmsprop", learning_rate=1e-4, lr_schedule="staircase", decay_steps=10000,
         decay_rate=0.9, warmup_fraction=0.0, weight_decay=0.0, ema_momentum=0.0, size="M",
         filters=64, head_filters=64, batch_size=8, patch_size=256, flip=True, rotate=True,
-        gamma_probability=0.5, elastic_probability=0.5),
+        gamma_probability=0.5, elastic_probability=0.5, tune_thresholds=False),
     "cpu": dict(
         optimizer="adam", learning_rate=2e-3, lr_schedule="cosine", decay_steps=10000,
         decay_rate=0.9, warmup_fraction=0.05, final_lr_fraction=0.01, weight_decay=0.0,
         ema_momentum=0.0, size="M", filters=16, head_filters=32, batch_size=4,
         patch_size=256, steps_per_epoch=50, flip=True, rotate=True, gamma_probability=0.5,
-        elastic_probability=0.5),
+        elastic_probability=0.5, tune_thresholds=True),
 }
 """Named training recipes (``train.py --recipe NAME``): the optimisation, network size and
 augmentation settings they own. ``paper`` = Section 3 of the paper (RMSprop 1e-4, x0.9 every

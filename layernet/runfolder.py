@@ -207,9 +207,25 @@ def config_for_model(model_path: str) -> Config:
             f"{model_path}: no {CONFIG_FILE} beside the model; pass a file from a layernet run folder"
         )
     try:
-        return Config.load(config_path)
+        config = Config.load(config_path)
     except ConfigError as error:
         raise RunFolderError(str(error)) from None
+    return with_tuned_thresholds(config, folder)
+
+
+def with_tuned_thresholds(config: Config, folder: str) -> Config:
+    """``config`` with the post-processing thresholds that training chose on the validation
+    split (``thresholds.json`` with ``"tuned": true``, ``Config.tune_thresholds``), if any."""
+    path = os.path.join(folder, THRESHOLDS_FILE)
+    if not os.path.exists(path):
+        return config
+    thresholds = load_json(path)
+    if not thresholds.get("tuned"):
+        return config
+    try:
+        return config.replace(tau=float(thresholds["tau"]), min_size=int(thresholds["min_size"]))
+    except (KeyError, TypeError, ValueError, ConfigError) as error:
+        raise RunFolderError(f"{path}: invalid tuned thresholds ({error})") from None
 
 
 def resolve_model_path(path: str) -> str:

@@ -27,7 +27,7 @@ import tensorflow as tf
 import keras
 
 from layernet import baselines, runfolder
-from layernet.config import Config
+from layernet.config import MIN_SIZE_FACTORS, TAU_GRID, Config
 from layernet.inference import Predictor
 from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
@@ -234,6 +234,44 @@ def validation_scores(predictor: Predictor, samples: Sequence[PreparedSample],
     summary = summarize(scores)
     return {key: float(value) for key, value in summary.items()
             if key == "meanAP" or key == "AJI" or key.startswith("AP@")}
+
+
+def choose_thresholds(predictor: Predictor, samples: Sequence[PreparedSample]
+                      ) -> dict[str, Any]:
+    """Choose Algorithm 1's ``tau`` and ``min_size`` on validation samples.
+
+    The network runs once per sample; every pair of :data:`layernet.config.TAU_GRID` and
+    ``min_size`` x :data:`layernet.config.MIN_SIZE_FACTORS` post-processes its maps, and the
+    pair with the best pooled meanAP (AJI breaks ties) wins.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        The trained network with the run's configuration.
+    samples : sequence of PreparedSample
+        The validation split.
+
+    Returns
+    -------
+    dict
+        ``tau``, ``min_size``, ``meanAP`` and ``AJI`` of the chosen pair, ``configured``
+        (meanAP / AJI with the configured pair) and ``grid`` (every pair's scores).
+    """
+    config = predictor.config
+    maps = [(sample, predictor.maps_normalized(sample.image)) for sample in samples]
+    grid = []
+    sizes = sorted({max(0, int(round(config.min_size * factor))) for factor in MIN_SIZE_FACTORS})
+    for tau in TAU_GRID:
+        for min_size in sizes:
+            candidate = Predictor(predictor.net, config.replace(tau=tau, min_size=min_size))
+            scores = summarize([score_image(sample.stack, candidate.instances_from_maps(*pair),
+                                            name=sample.name) for sample, pair in maps])
+            grid.append({"tau": tau, "min_size": min_size, "meanAP": float(scores["meanAP"]),
+                         "AJI": float(scores["AJI"])})
+    best = max(grid, key=lambda row: (row["meanAP"], row["AJI"]))
+    configured = [row for row in grid
+                  if row["tau"] == config.tau and row["min_size"] == config.min_size]
+    return {**best, "configured": configured[0] if configured else None, "grid": grid}
 
 
 def frozen_layer_assignment(net: keras.Model, samples: Sequence[PreparedSample],
@@ -477,6 +515,30 @@ class FirstEstimate(keras.callbacks.Callback):
         self.done = True
 
 
+def tune_run_thresholds(net: keras.Model, config: Config, run_dir: str,
+                        val: Sequence[PreparedSample]) -> dict[str, Any]:
+    """Choose the thresholds of the run's ``best.h5`` on the validation split
+    (:func:`choose_thresholds`) and write them to ``thresholds.json`` (``"tuned": true``),
+    where :func:`layernet.runfolder.config_for_model` finds them. ``net`` gets best.h5's
+    weights."""
+    load_model_weights(net, os.path.join(run_dir, runfolder.BEST_FILE))
+    start = time.perf_counter()
+    chosen = choose_thresholds(Predictor(net, config), val)
+    configured = chosen["configured"]
+    runfolder.save_json_atomic(os.path.join(run_dir, runfolder.THRESHOLDS_FILE), {
+        "tau": chosen["tau"], "min_size": chosen["min_size"],
+        "overlap_layers": config.overlap_layers, "connectivity": config.connectivity,
+        "tuned": True, "tuned_on": f"validation split ({len(val)} images), best.h5",
+        "val_meanAP": chosen["meanAP"], "val_AJI": chosen["AJI"], "configured": configured,
+        "grid": chosen["grid"]})
+    logger.info("thresholds chosen on the validation split in %.0f s: tau %.2f, min_size %d "
+                "(val meanAP %.4f, AJI %.4f; configured tau %.2f, min_size %d: %s)",
+                time.perf_counter() - start, chosen["tau"], chosen["min_size"],
+                chosen["meanAP"], chosen["AJI"], config.tau, config.min_size,
+                f"{configured['meanAP']:.4f}, {configured['AJI']:.4f}" if configured else "-")
+    return chosen
+
+
 def _restore_optimizer(optimizer: keras.optimizers.Optimizer, net: keras.Model,
                        path: str) -> None:
     arrays = runfolder.load_arrays(path)
@@ -608,5 +670,7 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
                     steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
     else:
         logger.info("%s: already trained for %d epochs", run_dir, initial_epoch)
+    if config.tune_thresholds and strategy.extended.should_checkpoint:
+        tune_run_thresholds(net, config, run_dir, data.val)
     return {"run_dir": run_dir, "best_score": epoch_end.best, "best_epoch": epoch_end.best_epoch,
             "epochs": len(history), "last": history[-1] if history else {}}

@@ -101,3 +101,39 @@ def test_sweep_runner_writes_a_table_with_the_commands(tmp_path):
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert again.returncode == 0 and "start:" not in again.stdout
+
+
+def test_thresholds_are_tuned_on_validation_and_used_by_the_run_models(tmp_path):
+    """tune_thresholds: after training, thresholds.json holds the grid's best pair on the
+    validation split; config_for_model (predict.py, evaluate.py, --init) returns it; the grid's
+    row of the configured pair equals the training's own validation scoring."""
+    from layernet import runfolder
+    from layernet.config import MIN_SIZE_FACTORS, TAU_GRID
+    from layernet.inference import Predictor
+    from layernet.training import load_training_data, train, validation_scores
+
+    config = Config(size="S", filters=8, head_filters=8, patch_size=64, batch_size=2,
+                    min_size=30, data_options={"size": 96, "count": 8}, learning_rate=1e-3,
+                    epochs=1, steps_per_epoch=4, tune_thresholds=True).validate()
+    run = tmp_path / "run"
+    train(config, str(run), verbose=0)
+    thresholds = runfolder.load_json(str(run / runfolder.THRESHOLDS_FILE))
+    assert thresholds["tuned"] is True
+    grid = thresholds["grid"]
+    assert len(grid) == len(TAU_GRID) * len(MIN_SIZE_FACTORS)
+    best = max(grid, key=lambda row: (row["meanAP"], row["AJI"]))
+    assert (thresholds["tau"], thresholds["min_size"]) == (best["tau"], best["min_size"])
+    loaded = runfolder.config_for_model(str(run / runfolder.BEST_FILE))
+    assert (loaded.tau, loaded.min_size) == (best["tau"], best["min_size"])
+    assert Config.load(str(run / runfolder.CONFIG_FILE)).tau == config.tau  # config unchanged
+
+    net, _ = runfolder.load_trained_model(str(run / runfolder.BEST_FILE))
+    val = load_training_data(config).val
+    configured = thresholds["configured"]
+    direct = validation_scores(Predictor(net, config), val)
+    assert configured["meanAP"] == pytest.approx(direct["meanAP"])
+    assert configured["AJI"] == pytest.approx(direct["AJI"])
+    for row in grid:
+        if (row["tau"], row["min_size"]) == (0.3, 60):
+            scores = validation_scores(Predictor(net, config.replace(tau=0.3, min_size=60)), val)
+            assert row["AJI"] == pytest.approx(scores["AJI"])
