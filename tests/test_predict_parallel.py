@@ -1,6 +1,7 @@
 """Prediction speed-ups give the same files: the network overlapped with post-processing
 (:mod:`layernet.ordered_worker`, :func:`layernet.batch_predict.predict_files`) and
-``predict.py --workers N`` (:func:`layernet.batch_predict.predict_files_in_processes`).
+``predict.py --workers N`` (:func:`layernet.batch_predict.predict_files_in_processes`), whose
+files are those of one process with the workers' TensorFlow thread count.
 
 The model is an untrained UNet-S with 4 filters (seed 1, whose random maps hold hundreds of noise
 objects, so the comparisons are not between empty stacks).
@@ -32,6 +33,12 @@ from tests.conftest import REPO, run_cli
 
 MODEL_SEED = 1
 MIN_SIZE = "5"
+# Probability maps computed with different TensorFlow thread counts: the threads split the long
+# float32 sums of a convolution differently, so a value can differ in its last bits. Measured on
+# an AVX2 CPU, 2 threads against 1 and Eigen against oneDNN: at most 2 float32 spacings (1.2e-7;
+# the spacing is 6e-8 at 0.5, where this model's maps lie, 0.487 to 0.508). 1e-5 is about 170
+# spacings there; a map shifted by one pixel already differs by 1.7e-3 or more, 170 times that.
+MAPS_ATOL = 1e-5
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,6 +144,20 @@ def _same_files(first: str, second: str) -> list[str]:
     return names
 
 
+def _same_names_and_close_maps(first: str, second: str) -> list[str]:
+    """The two folders hold files of the same names and ``.prob.tif`` maps of the same shape
+    that differ by at most ``MAPS_ATOL``; return the names of the maps."""
+    names = sorted(os.listdir(first))
+    assert names == sorted(os.listdir(second))
+    maps = [name for name in names if name.endswith(".prob.tif")]
+    for name in maps:
+        expected, actual = (tifffile.imread(os.path.join(folder, name))
+                            for folder in (first, second))
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=MAPS_ATOL, err_msg=name)
+    return maps
+
+
 def test_overlapped_files_equal_sequential_files(model_and_images, predictor, tmp_path) -> None:
     folders = {}
     for overlapped in (False, True):
@@ -206,26 +227,45 @@ def _predict_in_process(argv: list[str], capsys) -> tuple[int, str]:
 
 def test_workers_give_the_same_files_and_report_bad_files(model_and_images, tmp_path,
                                                           capsys) -> None:
-    outputs = {}
-    for workers in ("1", "2"):
-        out = str(tmp_path / f"workers-{workers}")
-        argv = [model_and_images["images"], "--model", model_and_images["run"], "--out", out,
-                "--workers", workers, "--tile-size", "128", "--min-size", MIN_SIZE,
-                "--save-prob", "--save-coco", "--verbose"]
-        if workers == "1":
-            code, stderr = _predict_in_process(argv, capsys)
-        else:
-            result = run_cli("predict.py", *argv, timeout=240)
-            code, stderr = result.returncode, result.stderr
-            assert re.search(r"2 worker processes, \d+ TensorFlow thread", stderr)
-            assert re.search(r"im2.tif: \d+ objects \(8 tiles\)", stderr)
+    """``--workers 2`` writes, byte for byte, the files of one process running with the workers'
+    TensorFlow thread count (``TF_NUM_INTRAOP_THREADS``), and reports the bad file as it does.
+
+    One process with its own thread count (all cores) reports the same and writes files of the
+    same names with maps equal up to float32 rounding (``MAPS_ATOL``). It runs in this process,
+    whose TensorFlow was imported before predict.py sets ``TF_ENABLE_ONEDNN_OPTS=1``: where
+    oneDNN is not TensorFlow's default (as on the AVX2 CI machine) its kernels are Eigen's,
+    another order of the sums again. Its label stacks are not compared: a map value within a
+    rounding of ``tau`` (this model's maps hug 0.5 and hold values equal to it) may fall on its
+    other side.
+    """
+    argv = [model_and_images["images"], "--model", model_and_images["run"], "--tile-size", "128",
+            "--min-size", MIN_SIZE, "--save-prob", "--save-coco", "--verbose"]
+    runs = {}
+    out = str(tmp_path / "workers")
+    result = run_cli("predict.py", *argv, "--out", out, "--workers", "2", timeout=240)
+    threads = re.search(r"2 worker processes, (\d+) TensorFlow thread", result.stderr)
+    assert threads, result.stderr[-3000:]
+    assert re.search(r"im2.tif: \d+ objects \(8 tiles\)", result.stderr)
+    runs["workers"] = out, result.returncode, result.stderr
+    out = str(tmp_path / "one-process-worker-threads")
+    result = run_cli("predict.py", *argv, "--out", out, timeout=240,
+                     env={"TF_NUM_INTRAOP_THREADS": threads[1],
+                          "TF_NUM_INTEROP_THREADS": threads[1]})
+    runs["one process, worker threads"] = out, result.returncode, result.stderr
+    out = str(tmp_path / "one-process")
+    runs["one process"] = (out, *_predict_in_process(argv + ["--out", out], capsys))
+    reported = set()
+    for out, code, stderr in runs.values():
         assert code == 1, stderr[-3000:]
         errors = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "broken.tif" in errors[0], stderr[-3000:]
         assert "predicted 4 of 5 image(s)" in stderr
-        outputs[workers] = out
-    names = _same_files(outputs["1"], outputs["2"])
+        reported.add(errors[0])
+    assert len(reported) == 1, reported  # the same line
+    names = _same_files(runs["one process, worker threads"][0], runs["workers"][0])
     assert len(names) == 4 * 4 and not [name for name in names if "broken" in name]
+    maps = _same_names_and_close_maps(runs["one process"][0], runs["workers"][0])
+    assert len(maps) == 4
 
 
 def test_more_workers_than_files_and_a_model_that_does_not_load(model_and_images, tmp_path,
