@@ -14,9 +14,13 @@ the other files go on.
 loading the model once and running :func:`predict_files` on the files it takes one by one
 (the next index of the job list, from a shared counter; so a worker with small files takes more
 of them). Each worker's TensorFlow uses ``cores // N`` threads, so N workers do not
-oversubscribe the CPU. Results come back to the calling process through a queue, and it reports
-them. Ctrl-C (SIGINT) reaches only the calling process; it stops the workers with SIGTERM, on
-which a worker finishes the file it is writing (outputs are written atomically) and exits.
+oversubscribe the CPU. The threads split the network's float32 sums (Eigen and oneDNN kernels)
+according to their number, so the workers' maps are bit for bit those of one process with
+``cores // N`` threads (``TF_NUM_INTRAOP_THREADS``), and can differ in the last bits from those
+of one process with all cores. Results come back to the calling process through a queue, and it
+reports them. Ctrl-C (SIGINT) reaches only the calling process; it stops the workers with
+SIGTERM, on which a worker finishes the file it is writing (outputs are written atomically) and
+exits.
 
 The calling process only reads from the results queue and never writes to a multiprocessing
 queue, so it runs no queue feeder thread: every semaphore it created is released in its main
