@@ -37,8 +37,14 @@ STEPS = 4
 TINY_ARGS = ["--size", "S", "--filters", "8", "--patch-size", "64", "--batch-size", "2",
              "--steps-per-epoch", str(STEPS), "--epochs", str(EPOCHS), "--min-size", "30",
              "--data-option", "size=128", "--data-option", "count=8", "--seed", "5"]
-# A fast learning-rate decay, so that a schedule restarting at step 0 would show in history.csv.
-SCHEDULE = {"decay_steps": 3, "decay_rate": 0.5, "learning_rate": 1e-3}
+# A fast learning-rate decay, so that a schedule restarting at step 0 would show in history.csv;
+# "annealed": Adam, warm-up and cosine decay to the last step, and a moving average of the
+# weights (the optimizer state then holds the averages, and the schedule its end).
+SCHEDULES = {
+    "staircase": {"decay_steps": 3, "decay_rate": 0.5, "learning_rate": 1e-3},
+    "annealed": {"optimizer": "adam", "lr_schedule": "cosine", "warmup_fraction": 0.25,
+                 "final_lr_fraction": 0.1, "ema_momentum": 0.9, "learning_rate": 1e-3},
+}
 TIMEOUT = 240.0
 
 
@@ -102,12 +108,12 @@ def assert_loadable(run: str) -> None:
             load_trained_model(path)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=sorted(SCHEDULES))
+def runs(tmp_path_factory, request) -> dict:
     root = tmp_path_factory.mktemp("interrupt")
     config_path = str(root / "schedule.json")
     with open(config_path, "w") as handle:
-        json.dump(SCHEDULE, handle)
+        json.dump(SCHEDULES[request.param], handle)
     paths = {name: str(root / name) for name in ("reference", "killed")}
     common = ["--config", config_path, *TINY_ARGS]
     reference = start_train(*common, "--out", paths["reference"])
