@@ -331,7 +331,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         filters=64, head_filters=64, batch_size=8, patch_size=256, flip=True, rotate=True,
         gamma_probability=0.5, elastic_probability=0.5, tune_thresholds=False),
     "cpu": dict(
-        optimizer="adam", learning_rate=2e-3, lr_schedule="cosine", decay_steps=10000,
+        optimizer="rmsprop", learning_rate=1e-3, lr_schedule="cosine", decay_steps=10000,
         decay_rate=0.9, warmup_fraction=0.05, final_lr_fraction=0.01, weight_decay=0.0,
         ema_momentum=0.0, size="M", filters=16, head_filters=32, batch_size=4,
         patch_size=256, steps_per_epoch=50, flip=True, rotate=True, gamma_probability=0.5,
