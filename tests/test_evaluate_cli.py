@@ -10,7 +10,7 @@ import numpy as np
 
 from layernet.export import save_masks
 from layernet.instances import flatten_stack, num_objects, stack_from_label_image
-from layernet.io import read_label_stack, write_image_atomic, write_label_stack
+from layernet.io import write_image_atomic, write_label_stack
 from tests.conftest import run_cli
 
 TABLE_KEYS = ("AP@0.5", "AP@0.6", "AP@0.7", "AP@0.8", "AP@0.9", "meanAP", "AJI")
@@ -99,8 +99,10 @@ def test_missing_prediction_is_one_clear_error(prediction_inputs, tmp_path):
 
 
 def test_model_with_tta(tiny_run, tmp_path):
-    """--tta is recorded in metrics.json, writes beside the plain evaluation by default
-    (eval-<data>-<split>-tta) and changes the predictions of the untrained tiny model."""
+    """--tta is recorded in metrics.json and writes beside the plain evaluation by default
+    (eval-<data>-<split>-tta). (That TTA changes the maps is tested in test_tta.py and, through
+    predict.py --save-prob, in test_predict_cli.py; whether it changes the objects of the
+    untrained tiny model, whose foreground is near 0.5 everywhere, is up to that model.)"""
     args = ("--model", tiny_run, "--data", "synthetic", "--split", "test", "--data-option",
             "count=2", "--worst", "1", "--save-pred")
     result = run_cli("evaluate.py", *args, "--tta")
@@ -115,8 +117,5 @@ def test_model_with_tta(tiny_run, tmp_path):
     assert _check_report(plain_out, 2)["tta"] is False
     names = sorted(os.listdir(os.path.join(out, "pred")))
     assert len(names) == 2 and names == sorted(os.listdir(os.path.join(plain_out, "pred")))
-    assert any(not np.array_equal(read_label_stack(os.path.join(out, "pred", name)),
-                                  read_label_stack(os.path.join(plain_out, "pred", name)))
-               for name in names)
     result = run_cli("evaluate.py", "--pred", plain_out, "--gt", plain_out, "--tta")
     assert result.returncode == 2 and "--tta works with --model" in result.stderr
