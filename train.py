@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--filters", type=int, help="filters of the first UNet level (64)")
     model.add_argument("--layers", type=int, help="N, number of output layers (8)")
     model.add_argument("--head-filters", type=int, help="filters of the two 3x3 convs per head (64)")
+    model.add_argument("--foreground-dice", type=float, metavar="WEIGHT",
+                       help="add a soft Dice loss of the foreground with this weight to the "
+                       "cross-entropy (0 = the paper's loss; every method)")
     model.add_argument("--precision", choices=("auto",) + PRECISIONS,
                        help="compute precision (default auto, or the --init / --config run's): "
                        "auto = bf16 on a GPU or a CPU with bf16 instructions (AVX512-BF16, AMX), "
@@ -160,6 +163,7 @@ def build_config(args: argparse.Namespace):
         "optimizer": args.optimizer, "weight_decay": args.weight_decay,
         "lr_schedule": args.lr_schedule, "warmup_fraction": args.warmup,
         "final_lr_fraction": args.final_lr, "ema_momentum": args.ema,
+        "foreground_dice_weight": args.foreground_dice,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     values.update(parse_key_values(args.set, flag="--set"))

@@ -195,11 +195,14 @@ def semantic_losses(outputs: Mapping, batch: Mapping, config: Config,
     Returns
     -------
     dict of str to tf.Tensor
-        Float32 scalars ``semantic`` and ``loss`` (equal), the mean over all pixels.
+        Float32 scalars ``semantic`` (the cross-entropy, mean over all pixels),
+        ``foreground_dice`` (if ``config.foreground_dice_weight > 0``; the foreground of UNet-3
+        is ``1 - P(background)``) and ``loss`` = ``semantic + foreground_dice_weight *
+        foreground_dice``.
     """
     import tensorflow as tf
 
-    from layernet.losses import foreground_loss
+    from layernet.losses import foreground_dice_loss, foreground_loss
 
     _check_method(config.method)
     if phase != "layering":
@@ -213,7 +216,15 @@ def semantic_losses(outputs: Mapping, batch: Mapping, config: Config,
                                        PROBABILITY_CLIP, 1.0)
         target = tf.one_hot(tf.cast(batch["semantic"], tf.int32), 3, dtype=tf.float32)
         loss = tf.reduce_mean(-tf.reduce_sum(target * tf.math.log(probability), axis=-1))
-    return {"semantic": loss, "loss": loss}
+    losses = {"semantic": loss}
+    if config.foreground_dice_weight > 0:
+        semantic = tf.cast(outputs["semantic"], tf.float32)
+        foreground = (semantic[..., 0] if config.method == "unet2"
+                      else 1.0 - semantic[..., BACKGROUND])
+        losses["foreground_dice"] = foreground_dice_loss(batch["stack"], foreground)
+        loss = loss + float(config.foreground_dice_weight) * losses["foreground_dice"]
+    losses["loss"] = loss
+    return losses
 
 
 def maps_from_outputs(semantic: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -73,6 +73,9 @@ class Config:
 
     # --- losses -----------------------------------------------------------------------------
     sparsity_weight: float = 0.1  # lambda of Eq. 5
+    # weight of a soft Dice loss on the foreground added to Eq. 1's cross-entropy (0 = paper);
+    # every method (for UNet-3 the foreground is 1 - P(background))
+    foreground_dice_weight: float = 0.0
     # "raw": u_i = mean of raw e_p (paper Eq. 2); "normalized": mean of e_p/|e_p| (authors)
     mean_mode: str = "raw"
     # "object": (1/C) sum_i 1/|Adj(i)| sum_j (paper Eq. 3); "pair": mean over adjacent pairs
@@ -211,6 +214,9 @@ class Config:
             raise ConfigError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"ema_momentum must be in [0, 1) (0 = off), got {self.ema_momentum}")
+        if self.foreground_dice_weight < 0:
+            raise ConfigError("foreground_dice_weight must be >= 0 (0 = the paper's loss), got "
+                              f"{self.foreground_dice_weight}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.optimizer == "adamw" and self.weight_decay == 0:

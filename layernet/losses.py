@@ -52,6 +52,7 @@ __all__ = [
     "LossInputError",
     "overlap_free_id_map",
     "foreground_loss",
+    "foreground_dice_loss",
     "layering_loss",
     "combine_layering_sums",
     "object_layers",
@@ -63,6 +64,7 @@ __all__ = [
 NORM_EPSILON = 1e-12  # on the squared norm, as tf.math.l2_normalize
 PROBABILITY_CLIP = 1e-7  # BCE clipping, as keras.backend.epsilon()
 PAIR_EPSILON = 1e-7  # authors' guard of the pair-averaged repulsion
+FOREGROUND_DICE_SMOOTH = 1.0  # pixels added to both sides of the foreground Dice
 
 
 class LossInputError(ValueError):
@@ -159,6 +161,42 @@ def foreground_loss(stack: tf.Tensor, fg_pred: tf.Tensor) -> tf.Tensor:
         Float32 scalar, the mean over all ``B * H * W`` pixels.
     """
     return _foreground_bce(*_tensors(stack, fg_pred))
+
+
+def _foreground_dice(target: tf.Tensor, probability: tf.Tensor) -> tf.Tensor:
+    overlap = tf.reduce_sum(target * probability)
+    total = tf.reduce_sum(target) + tf.reduce_sum(probability)
+    return 1.0 - (2.0 * overlap + FOREGROUND_DICE_SMOOTH) / (total + FOREGROUND_DICE_SMOOTH)
+
+
+def foreground_dice_loss(stack: tf.Tensor, fg_probability: tf.Tensor) -> tf.Tensor:
+    """Soft Dice loss of a foreground probability map, pooled over the whole batch.
+
+    ``1 - (2 * sum(p * t) + 1) / (sum(p) + sum(t) + 1)`` with ``t`` = "any object" (overlaps
+    included) and the sums over all ``B * H * W`` pixels. Not in the paper: an option
+    (``Config.foreground_dice_weight``) that adds it to the cross-entropy of Eq. 1, because the
+    Dice term does not shrink with the share of background pixels, so thin, faint objects are not
+    given up for the easy background. The smoothing term of 1 keeps it finite (and 0) on a batch
+    without foreground that is predicted empty.
+
+    Parameters
+    ----------
+    stack : tf.Tensor
+        Label stack ``(B, H, W, L)``.
+    fg_probability : tf.Tensor
+        ``(B, H, W, 1)`` or ``(B, H, W)`` probability of foreground.
+
+    Returns
+    -------
+    tf.Tensor
+        Float32 scalar in ``[0, 1)``.
+    """
+    stack, fg_probability = _tensors(stack, fg_probability)
+    target = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
+    probability = tf.cast(fg_probability, tf.float32)
+    if probability.shape.rank == 4:
+        probability = probability[..., 0]
+    return _foreground_dice(target, probability)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,8 +557,9 @@ def compute_losses(outputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tens
     -------
     dict of str to tf.Tensor
         Float32 scalars ``foreground``, ``attraction``, ``repulsion``, ``sparsity``,
-        ``layering``, ``overlap`` (phase 2 only) and ``loss`` =
-        ``foreground + layering (+ overlap_weight * overlap)``.
+        ``layering``, ``overlap`` (phase 2 only), ``foreground_dice`` (if
+        ``config.foreground_dice_weight > 0``) and ``loss`` = ``foreground + layering
+        (+ overlap_weight * overlap) (+ foreground_dice_weight * foreground_dice)``.
 
     Notes
     -----
@@ -536,6 +575,9 @@ def compute_losses(outputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tens
     losses = {"foreground": foreground_loss(stack, outputs["foreground"])}
     losses.update(layering_loss(embedding, stack, adjacency, config))
     total = losses["foreground"] + losses["layering"]
+    if config.foreground_dice_weight > 0:
+        losses["foreground_dice"] = foreground_dice_loss(stack, outputs["foreground"])
+        total = total + float(config.foreground_dice_weight) * losses["foreground_dice"]
     if phase == "overlap":
         segments_per_image = tf.shape(adjacency)[1]
         online = object_layers(embedding, stack, segments_per_image, config)

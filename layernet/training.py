@@ -141,6 +141,8 @@ class LayeringTrainer(keras.Model):
         else:
             self.loss_function = baselines.semantic_losses
             names = list(baselines.LOSS_NAMES)
+        if config.foreground_dice_weight > 0:
+            names.append("foreground_dice")
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property

@@ -56,6 +56,20 @@ def foreground_loss(stack: np.ndarray, fg_pred: np.ndarray) -> float:
     return total / pixels
 
 
+def foreground_dice_loss(stack: np.ndarray, fg_probability: np.ndarray) -> float:
+    """Soft Dice over all pixels of the batch, smoothed by 1: 1 - (2 sum pt + 1) / (sum p + sum t + 1)."""
+    both = targets = predicted = 0.0
+    for b in range(stack.shape[0]):
+        for y in range(stack.shape[1]):
+            for x in range(stack.shape[2]):
+                target = 1.0 if np.any(stack[b, y, x] > 0) else 0.0
+                p = float(fg_probability[b, y, x, 0])
+                both += p * target
+                targets += target
+                predicted += p
+    return 1.0 - (2.0 * both + 1.0) / (targets + predicted + 1.0)
+
+
 def image_layering_sums(embedding: np.ndarray, stack_image: np.ndarray, adjacency: np.ndarray,
                         config: Config) -> dict[str, float]:
     """Sums and counts of the three layering terms of one image."""
@@ -198,6 +212,9 @@ def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray],
     losses = {"foreground": foreground_loss(stack, outputs["foreground"])}
     losses.update(layering_loss(embedding, stack, batch["adjacency"], config))
     losses["loss"] = losses["foreground"] + losses["layering"]
+    if config.foreground_dice_weight > 0:
+        losses["foreground_dice"] = foreground_dice_loss(stack, outputs["foreground"])
+        losses["loss"] += config.foreground_dice_weight * losses["foreground_dice"]
     if phase == "overlap":
         segments = batch["adjacency"].shape[1]
         layer_of = object_layers(embedding, stack, segments, config)

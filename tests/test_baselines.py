@@ -201,6 +201,19 @@ def test_semantic_losses_against_numpy():
         baselines.semantic_losses({"semantic": tf.constant(softmax, tf.float32)},
                                   {"stack": stack}, Config(method="unet3"))
 
+    # foreground Dice option: foreground = P(object) (UNet-2), 1 - P(background) (UNet-3)
+    def dice(probability: np.ndarray) -> float:
+        return 1 - (2 * np.sum(probability * target) + 1) / (probability.sum() + target.sum() + 1)
+
+    for method, output, foreground, cross_entropy in (
+            ("unet2", sigmoid, sigmoid[..., 0], reference),
+            ("unet3", softmax, 1 - softmax[..., 0], expected)):
+        losses = baselines.semantic_losses(
+            {"semantic": tf.constant(output, tf.float32)}, {"stack": stack, "semantic": classes},
+            Config(method=method, foreground_dice_weight=0.5))
+        assert np.isclose(float(losses["foreground_dice"]), dice(foreground), rtol=1e-5)
+        assert np.isclose(float(losses["loss"]), cross_entropy + 0.5 * dice(foreground), rtol=1e-5)
+
 
 @pytest.mark.parametrize("method, channels", [("unet2", 1), ("unet3", 3)])
 def test_baseline_model_has_one_semantic_head_on_the_same_backbone(method, channels):

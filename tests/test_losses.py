@@ -14,6 +14,7 @@ from layernet.instances import stack_from_masks
 from layernet.losses import (
     LossInputError,
     compute_losses,
+    foreground_dice_loss,
     foreground_loss,
     layering_loss,
     object_layers,
@@ -29,7 +30,8 @@ VARIANTS = {
     "authors": AUTHORS,
     "paper_per_image": PAPER.replace(layering_per_image=True, overlap_per_image=True),
     "mixed": PAPER.replace(mean_mode="normalized", sparsity_mode="authors", dice_smooth=1.0,
-                           covered_objects="zero", overlap_targets="online"),
+                           covered_objects="zero", overlap_targets="online",
+                           foreground_dice_weight=0.5),
     "pair": PAPER.replace(repulsion_mode="pair", sparsity_weight=0.5, overlap_weight=2.0),
 }
 
@@ -227,6 +229,27 @@ def test_foreground_loss_hand_value() -> None:
     np.testing.assert_allclose(value, (-np.log(0.8) - np.log(1 - 1e-7)) / 2, rtol=1e-5)
 
 
+def test_foreground_dice_hand_values() -> None:
+    stack = np.zeros((1, 1, 2, 2), np.int32)
+    stack[0, 0, 0, 1] = 1
+    fg_pred = np.array([[[[0.8], [0.0]]]], np.float32)
+    value = float(foreground_dice_loss(tf.constant(stack), tf.constant(fg_pred)))
+    np.testing.assert_allclose(value, 1 - (2 * 0.8 + 1) / (1 + 0.8 + 1), rtol=1e-6)
+    # no foreground, none predicted: 0; no foreground, all predicted: 1 - 1 / (4 + 1)
+    empty = np.zeros((1, 2, 2, 1), np.int32)
+    assert float(foreground_dice_loss(tf.constant(empty), tf.zeros((1, 2, 2, 1)))) == 0.0
+    np.testing.assert_allclose(
+        float(foreground_dice_loss(tf.constant(empty), tf.ones((1, 2, 2)))), 0.8, rtol=1e-6)
+    # the term enters the total with its weight
+    config = PAPER.replace(foreground_dice_weight=2.0)
+    losses = compute_losses({"layering": tf.fill((1, 1, 2, 4), 0.5),
+                             "foreground": tf.constant(fg_pred)},
+                            as_batch(stack, np.ones((1, 2, 2), np.float32),
+                                     -np.ones((1, 2), np.int32)), config, "layering")
+    np.testing.assert_allclose(float(losses["loss"]), float(losses["foreground"])
+                               + float(losses["layering"]) + 2.0 * value, rtol=1e-6)
+
+
 def overlapping_pair():
     """Two overlapping squares (ids 1, 2), a square fully covered by 1 (id 3), id 4 absent."""
     stack = np.zeros((1, 8, 8, 2), np.int32)
@@ -345,7 +368,7 @@ def edge_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("case", sorted(edge_cases()))
 @pytest.mark.parametrize("fill", ["random", "zeros", "ones"])
-@pytest.mark.parametrize("name", ["paper", "authors"])
+@pytest.mark.parametrize("name", ["paper", "authors", "mixed"])
 def test_losses_and_gradients_are_finite(case: str, fill: str, name: str) -> None:
     stack, adjacency = edge_cases()[case]
     config = VARIANTS[name]

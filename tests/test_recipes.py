@@ -77,6 +77,13 @@ def test_set_overrides_any_field_and_rejects_unknown_ones():
         build("--set", "elastic=0")
 
 
+def test_foreground_dice_flag_sets_its_field_and_rejects_negative_weights():
+    assert build("--precision", "float32").foreground_dice_weight == 0.0
+    assert build("--foreground-dice", "0.5", "--precision", "float32").foreground_dice_weight == 0.5
+    with pytest.raises(ConfigError, match="foreground_dice_weight"):
+        build("--foreground-dice", "-1", "--precision", "float32")
+
+
 def test_sweep_runner_writes_a_table_with_the_commands(tmp_path):
     out = tmp_path / "sweep"
     common = ["--size", "S", "--filters", "8", "--head-filters", "8", "--patch-size", "64",
