@@ -98,6 +98,31 @@ def dihedral_inverse(array: np.ndarray, index: int, axes: tuple[int, int] = (1, 
     return np.rot90(unflipped, -(index % 4), axes=axes)
 
 
+def instances_from_maps(foreground: np.ndarray, layering: np.ndarray, config: Config,
+                        min_size: int | None = None) -> np.ndarray:
+    """Apply Algorithm 1 (or the baseline's post-processing) to one image's maps.
+
+    Parameters
+    ----------
+    foreground, layering : numpy.ndarray
+        Maps of one image, as returned by :meth:`Predictor.maps_normalized`.
+    config : Config
+        ``method``, ``tau``, ``min_size``, ``overlap_layers`` and ``connectivity``.
+    min_size : int or None, optional
+        Overrides ``config.min_size``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Label stack: ``(N, H, W)`` for layering, ``(1, H, W)`` for the baselines.
+    """
+    size = config.min_size if min_size is None else int(min_size)
+    if config.method != "layering":
+        return baselines.instances_from_semantic(layering, config, min_size=size)
+    return postprocess(foreground, layering, tau=config.tau, min_size=size,
+                       overlap_layers=config.overlap_layers, connectivity=config.connectivity)
+
+
 class Predictor:
     """Wrap a network and its configuration for whole-image prediction.
 
@@ -215,12 +240,7 @@ class Predictor:
         numpy.ndarray
             Label stack: ``(N, H, W)`` for layering, ``(1, H, W)`` for the baselines.
         """
-        config = self.config
-        size = config.min_size if min_size is None else int(min_size)
-        if config.method != "layering":
-            return baselines.instances_from_semantic(layering, config, min_size=size)
-        return postprocess(foreground, layering, tau=config.tau, min_size=size,
-                           overlap_layers=config.overlap_layers, connectivity=config.connectivity)
+        return instances_from_maps(foreground, layering, self.config, min_size=min_size)
 
     def instances_normalized(self, image: np.ndarray) -> np.ndarray:
         """Label stack ``(N, H, W)`` of an already normalised image."""

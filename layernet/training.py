@@ -28,7 +28,7 @@ import keras
 
 from layernet import baselines, runfolder
 from layernet.config import MIN_SIZE_FACTORS, TAU_GRID, Config
-from layernet.inference import Predictor
+from layernet.inference import Predictor, instances_from_maps
 from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
 from layernet.model import build_model, load_model_weights
@@ -86,10 +86,15 @@ def build_optimizer(config: Config, schedule: keras.optimizers.schedules.Learnin
     return optimizer
 
 
+def _unwrapped(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The optimizer itself, or the one inside a mixed-precision ``LossScaleOptimizer``."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def averaged_weights(optimizer: keras.optimizers.Optimizer) -> list | None:
     """The moving averages of the trainable weights kept by an optimizer with ``use_ema``
     (in the order of the variables it was built for), or None without them."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner = _unwrapped(optimizer)
     if not getattr(inner, "use_ema", False):
         return None
     return list(inner._model_variables_moving_average)
@@ -265,8 +270,9 @@ def choose_thresholds(predictor: Predictor, samples: Sequence[PreparedSample]
     sizes = sorted({max(0, int(round(config.min_size * factor))) for factor in MIN_SIZE_FACTORS})
     for tau in TAU_GRID:
         for min_size in sizes:
-            candidate = Predictor(predictor.net, config.replace(tau=tau, min_size=min_size))
-            scores = summarize([score_image(sample.stack, candidate.instances_from_maps(*pair),
+            candidate = config.replace(tau=tau, min_size=min_size)
+            scores = summarize([score_image(sample.stack,
+                                            instances_from_maps(*pair, candidate),
                                             name=sample.name) for sample, pair in maps])
             grid.append({"tau": tau, "min_size": min_size, "meanAP": float(scores["meanAP"]),
                          "AJI": float(scores["AJI"])})
@@ -459,8 +465,7 @@ class EpochEnd(keras.callbacks.Callback):
 
 def _schedule_of(optimizer: keras.optimizers.Optimizer) -> TrainingSchedule:
     """The :class:`TrainingSchedule` of an optimizer made by :func:`build_optimizer`."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return inner._learning_rate
+    return _unwrapped(optimizer)._learning_rate
 
 
 class TimeBudget(keras.callbacks.Callback):
