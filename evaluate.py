@@ -221,12 +221,14 @@ class _Source:
         :class:`~layernet.ordered_worker.OrderedWorker`); a file on disk is read by ``worker``.
         """
         from layernet.evaluation import read_instances
+        from layernet.io import with_channels
         from layernet.tiling import submit_prediction
 
         if self.predictor is None:
             return worker.submit(read_instances, self.pred_files[name])
         args = self.args
-        prediction = submit_prediction(self.predictor, self.samples[name].image, worker,
+        image = with_channels(self.samples[name].image, self.config.channels, name=name)
+        prediction = submit_prediction(self.predictor, image, worker,
                                        tile_size=args.tile_size, overlap=args.tile_overlap,
                                        batch_size=args.tile_batch, timings=timings)
         return worker.submit(lambda: prediction.result().stack)

@@ -32,6 +32,7 @@ __all__ = [
     "ImageReadError",
     "read_image",
     "as_channels",
+    "with_channels",
     "read_mask",
     "read_label_image",
     "write_label_stack",
@@ -208,6 +209,52 @@ def as_channels(
     if not np.all(np.isfinite(image)):
         raise _fail(name, "contains NaN or infinite values")
     return image
+
+
+_grayscale_noted = False  # "read as grayscale" is logged once per process
+
+
+def with_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
+    """``image`` ``(H, W, C)`` with ``channels`` channels: unchanged when it has them; a colour
+    image whose channels are identical copies (grayscale saved as RGB or opaque RGBA, common
+    for microscopy exports) becomes one channel when ``channels == 1`` (logged once).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W, C)`` image (raw intensities, any numeric dtype).
+    channels : int
+        Channels the model expects.
+    name : str, optional
+        What to call the image in the error message.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``image`` itself, or its first channel ``(H, W, 1)`` in its own dtype.
+
+    Raises
+    ------
+    ImageReadError
+        If the channel counts differ otherwise; the message names the image and ``--channels``.
+    """
+    global _grayscale_noted
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == channels:
+        return image
+    if image.ndim != 3:
+        raise _fail(name, f"expected an (H, W, C) image, got shape {image.shape}")
+    colour = image.shape[-1]
+    if channels == 1 and colour in (3, 4):
+        opaque = colour == 3 or np.unique(image[..., 3]).size == 1
+        if opaque and _identical_channels(image[..., :3]):
+            if not _grayscale_noted:
+                logger.info("%s: its colour channels are identical; read as grayscale (as is "
+                            "every such image)", name)
+                _grayscale_noted = True
+            return image[..., :1]
+    raise _fail(name, f"has {colour} channel(s) but the model expects {channels} "
+                      "(set --channels, or pick one with channel=)")
 
 
 def _collapse_colour_mask(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:

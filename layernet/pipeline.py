@@ -59,6 +59,7 @@ from layernet.augment import augment, center_crop, random_crop
 from layernet.baselines import semantic_target
 from layernet.config import Config, write_bytes_atomic
 from layernet.instances import relabel_stack, validate_stack
+from layernet.io import ImageReadError, with_channels
 from layernet.model import pad_to_stride
 from layernet.normalize import normalize_to_range, percentile_range
 from layernet.runfolder import RunFolderError, load_arrays, save_arrays_atomic
@@ -175,9 +176,10 @@ def _checked_parts(sample: Sample, config: Config
     after the checks of :func:`prepare_samples`."""
     image = np.asarray(sample.image)
     stack = np.asarray(sample.stack)
-    if image.ndim != 3 or image.shape[-1] != config.channels:
-        raise PipelineError(f"sample {sample.name!r}: image has shape {image.shape}, expected "
-                            f"(H, W, {config.channels}) (config.channels)")
+    try:
+        image = with_channels(image, config.channels, name=f"sample {sample.name!r}")
+    except ImageReadError as error:
+        raise PipelineError(str(error)) from None
     validate_stack(stack, name=f"sample {sample.name!r}")
     if stack.shape[1:] != image.shape[:2]:
         raise PipelineError(f"sample {sample.name!r}: label stack {stack.shape} does not "

@@ -367,10 +367,6 @@ def load_training_data(config: Config, run_dir: str | None = None) -> TrainingDa
         data = TrainingData(train, val, streamed=True)
     else:
         train_samples, val_samples = (source.load_all() for source in sources)
-        channels = {sample.image.shape[-1] for sample in train_samples + val_samples}
-        if channels != {config.channels}:
-            raise TrainingError(f"dataset images have {sorted(channels)} channel(s) but the "
-                                f"config expects {config.channels} (set --channels)")
         data = TrainingData(prepare_samples(train_samples, config),
                             prepare_samples(val_samples, config))
     logger.info("loaded %d training and %d validation images of %r in %.1f s%s", len(data.train),
