@@ -87,6 +87,10 @@ class Config:
     # "frozen": object -> layer assignment computed once from the phase-1 model (paper);
     # "online": recomputed every step from the current prediction (authors)
     overlap_targets: str = "frozen"
+    # frozen targets: "argmax" = each object's layer is the argmax of its mean phase-1 embedding
+    # (paper); "distinct" = the same preference, but adjacent objects get different layers
+    # (greedy colouring, layernet.assignment)
+    layer_assignment: str = "argmax"
     # layer of an object with no overlap-free pixel: "full" = argmax of the mean embedding over
     # its whole silhouette; "zero" = layer 0 (authors)
     covered_objects: str = "full"
@@ -163,6 +167,7 @@ class Config:
             "repulsion_mode": ("object", "pair"),
             "sparsity_mode": ("paper", "authors"),
             "overlap_targets": ("frozen", "online"),
+            "layer_assignment": ("argmax", "distinct"),
             "covered_objects": ("full", "zero"),
             "phase": ("layering", "overlap"),
             "strategy": ("default", "mirrored", "multiworker"),
@@ -214,6 +219,9 @@ class Config:
             raise ConfigError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"ema_momentum must be in [0, 1) (0 = off), got {self.ema_momentum}")
+        if self.layer_assignment != "argmax" and self.overlap_targets != "frozen":
+            raise ConfigError("layer_assignment 'distinct' applies to frozen phase-2 targets "
+                              "(overlap_targets 'frozen'); the online targets are argmax")
         if self.foreground_dice_weight < 0:
             raise ConfigError("foreground_dice_weight must be >= 0 (0 = the paper's loss), got "
                               f"{self.foreground_dice_weight}")

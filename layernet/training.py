@@ -28,6 +28,7 @@ import keras
 
 from layernet import baselines, runfolder
 from layernet.config import MIN_SIZE_FACTORS, TAU_GRID, Config
+from layernet.assignment import distinct_layers, object_layer_scores
 from layernet.inference import Predictor, instances_from_maps
 from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
@@ -287,7 +288,9 @@ def frozen_layer_assignment(net: keras.Model, samples: Sequence[PreparedSample],
     """Phase-2 targets of the paper: each object's layer from the phase-1 model, computed once.
 
     The layer of an object is the argmax of the mean embedding of its overlap-free part on the
-    un-augmented image (:func:`layernet.losses.object_layers`).
+    un-augmented image (:func:`layernet.losses.object_layers`); with
+    ``config.layer_assignment = "distinct"`` adjacent objects get different layers
+    (:func:`layernet.assignment.distinct_layers`).
 
     Returns
     -------
@@ -298,6 +301,10 @@ def frozen_layer_assignment(net: keras.Model, samples: Sequence[PreparedSample],
     assignments = []
     for sample in samples:
         _, layering = predictor.maps_normalized(sample.image)
+        if config.layer_assignment == "distinct":
+            scores = object_layer_scores(layering, sample.stack)
+            assignments.append(distinct_layers(scores, sample.adjacency))
+            continue
         stack = np.moveaxis(sample.stack, 0, -1)[None]
         segments = int(sample.adjacency.shape[0])
         layers = object_layers(tf.constant(layering[None]), tf.constant(stack, tf.int32),

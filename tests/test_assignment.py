@@ -1,0 +1,88 @@
+"""Phase-2 layer assignment: object scores and the adjacent-distinct colouring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from layernet.assignment import distinct_layers, object_layer_scores
+from layernet.config import Config, ConfigError
+from layernet.losses import object_layers
+
+
+def test_scores_hand_case_overlap_free_part_and_fallback() -> None:
+    stack = np.zeros((2, 2, 3), np.int32)
+    stack[0, 0, :2] = 1          # object 1: pixels (0,0), (0,1)
+    stack[1, 0, 1:] = 2          # object 2: (0,1) under object 1, (0,2) free
+    stack[1, 1, 0] = 3           # object 3: (1,0), all of it under ...
+    stack[0, 1, 0] = 4           # ... object 4: no overlap-free pixel for either
+    layering = np.zeros((2, 3, 2))
+    layering[0, 0] = [1.0, 0.0]
+    layering[0, 1] = [0.0, 1.0]  # overlap pixel: not in object 1's or 2's free part
+    layering[0, 2] = [0.0, 3.0]
+    layering[1, 0] = [3.0, 4.0]
+    scores = object_layer_scores(layering, stack)
+    np.testing.assert_allclose(scores, [[0, 0], [1, 0], [0, 1], [0.6, 0.8], [0.6, 0.8]])
+
+
+def test_distinct_layers_hand_cases() -> None:
+    # objects 1 and 2 both prefer layer 0 and touch: the more confident (2) keeps it
+    scores = np.array([[0, 0, 0], [0.8, 0.6, 0.0], [0.9, 0.1, 0.4], [0.7, 0.0, 0.7]])
+    adjacency = np.zeros((4, 4), bool)
+    adjacency[1, 2] = adjacency[2, 1] = True
+    np.testing.assert_array_equal(distinct_layers(scores, adjacency), [-1, 1, 0, 0])
+    # all layers held by neighbours: the object keeps its own best layer
+    adjacency[:] = True
+    scores = np.array([[0, 0], [1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
+    np.testing.assert_array_equal(distinct_layers(scores, adjacency), [-1, 0, 1, 0])
+    # an absent object (zero row) stays -1
+    scores[2] = 0
+    assert distinct_layers(scores, adjacency)[2] == -1
+    with pytest.raises(ValueError, match="adjacency"):
+        distinct_layers(scores, np.zeros((3, 3)))
+
+
+def test_distinct_layers_property_on_random_graphs() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        count, layers = int(rng.integers(2, 12)), int(rng.integers(2, 6))
+        scores = rng.random((count, layers))
+        scores[0] = 0
+        upper = np.triu(rng.random((count, count)) < 0.3, 1)
+        adjacency = upper | upper.T
+        layer_of = distinct_layers(scores, adjacency)
+        assert layer_of[0] == -1 and np.all(layer_of[1:] >= 0)
+        degree = adjacency[1:, 1:].sum(axis=1)
+        for a, b in zip(*np.nonzero(np.triu(adjacency, 1))):
+            if a and degree[a - 1] < layers and degree[b - 1] < layers:
+                assert layer_of[a] != layer_of[b]  # a free layer existed for both: not shared
+        # without adjacency it is the argmax
+        alone = distinct_layers(scores, np.zeros_like(adjacency))
+        np.testing.assert_array_equal(alone[1:], np.argmax(scores[1:], axis=1))
+
+
+def test_scores_argmax_equals_the_losses_object_layers() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        stack = np.zeros((2, 12, 12), np.int32)
+        for obj in range(1, 6):
+            r, c = rng.integers(0, 9, 2)
+            stack[obj % 2, r:r + 4, c:c + 4] = np.where(stack[obj % 2, r:r + 4, c:c + 4] == 0,
+                                                        obj, stack[obj % 2, r:r + 4, c:c + 4])
+        present = np.unique(stack[stack > 0])
+        stack = np.searchsorted(np.concatenate([[0], present]), stack).astype(np.int32)
+        layering = rng.random((12, 12, 4)).astype(np.float32)
+        expected = object_layers(tf.constant(layering[None]),
+                                 tf.constant(np.moveaxis(stack, 0, -1)[None]),
+                                 int(stack.max()) + 1, Config()).numpy()[0]
+        scores = object_layer_scores(layering, stack)
+        np.testing.assert_array_equal(np.argmax(scores[1:], axis=1), expected[1:])
+
+
+def test_config_accepts_distinct_only_with_frozen_targets() -> None:
+    Config(layer_assignment="distinct").validate()
+    with pytest.raises(ConfigError, match="layer_assignment"):
+        Config(layer_assignment="distinct", overlap_targets="online").validate()
+    with pytest.raises(ConfigError, match="layer_assignment"):
+        Config(layer_assignment="colour").validate()
