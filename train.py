@@ -145,8 +145,10 @@ def build_config(args: argparse.Namespace):
     values = Config().to_dict()
     if args.init:
         values.update(runfolder.config_for_model(runfolder.resolve_model_path(args.init)).to_dict())
+    method = args.method or values.get("method", "layering")
+    phase = args.phase or ("overlap" if args.init and method == "layering" else "layering")
     values = apply_presets(values, recipe=args.recipe, authors=args.authors,
-                           keep_architecture=bool(args.init))
+                           keep_architecture=bool(args.init), phase=phase)
     if args.config:
         values.update(Config.load(args.config).to_dict())
     overrides = {

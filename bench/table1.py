@@ -125,7 +125,12 @@ def train_layering(args: argparse.Namespace, config, out: str, prefix: str = "la
     phase1 = config.replace(method="layering", phase="layering",
                             **paper_tables.budget_kwargs(args.minutes, args.epochs, first_share))
     first = paper_tables.train_run(phase1, os.path.join(out, f"{prefix}-phase1"))
-    phase2 = config.replace(method="layering", phase="overlap",
+    from layernet.config import RECIPE_PHASE2
+
+    # the recipe's phase-2 settings (an explicit --lr wins)
+    recipe = {key: value for key, value in RECIPE_PHASE2.get(args.recipe or "", {}).items()
+              if not (key == "learning_rate" and args.lr is not None)}
+    phase2 = config.replace(method="layering", phase="overlap", **recipe,
                             **paper_tables.budget_kwargs(args.minutes, args.epochs,
                                                          args.phase2_share))
     second = paper_tables.train_run(phase2, os.path.join(out, prefix),

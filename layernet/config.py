@@ -326,7 +326,7 @@ class Config:
 AUTHORS_VARIANTS: dict[str, Any] = dict(
     bn_momentum=0.99, mean_mode="normalized", repulsion_mode="pair", sparsity_mode="authors",
     overlap_targets="online", covered_objects="zero", dice_smooth=1.0, overlap_per_image=True,
-    layering_per_image=True)
+    layering_per_image=True, layer_assignment="argmax")
 """Fields of the authors' code preset (``train.py --authors``): the losses and batch norm."""
 
 ARCHITECTURE_FIELDS = ("method", "size", "filters", "head_filters", "layers", "channels")
@@ -357,9 +357,18 @@ augmentation settings they own. ``paper`` = Section 3 of the paper (RMSprop 1e-4
 measurement for training in minutes to hours on a few CPU cores (``bench/recipes.py``; the
 sweep table is in ``docs/recipes.md``)."""
 
+RECIPE_PHASE2: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": dict(learning_rate=1e-4, layer_assignment="distinct"),
+}
+"""What a recipe changes for phase 2 (overlap completion, started from phase 1's model).
+``cpu``: phase 2 fine-tunes at a tenth of phase 1's peak rate (measured on BBBC010 validation:
+a phase 2 at 1e-3 lowered the AJI of the phase-1 model, at 1e-4 much less), and touching objects
+get different layers in the frozen targets (``layer_assignment="distinct"``)."""
+
 
 def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bool = False,
-                  keep_architecture: bool = False) -> dict[str, Any]:
+                  keep_architecture: bool = False, phase: str = "layering") -> dict[str, Any]:
     """Return ``values`` (config fields) with a recipe and/or the authors' preset applied.
 
     Each preset changes only the fields it owns (:data:`RECIPES`, :data:`AUTHORS_VARIANTS`);
@@ -376,6 +385,8 @@ def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bo
         Apply :data:`AUTHORS_VARIANTS`.
     keep_architecture : bool, optional
         Keep the network fields of ``values``.
+    phase : str, optional
+        ``"overlap"`` also applies the recipe's :data:`RECIPE_PHASE2` settings.
 
     Returns
     -------
@@ -393,6 +404,8 @@ def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bo
             raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
         merged.update({key: value for key, value in RECIPES[recipe].items()
                        if not (keep_architecture and key in ARCHITECTURE_FIELDS)})
+        if phase == "overlap":
+            merged.update(RECIPE_PHASE2[recipe])
     if authors:
         merged.update(AUTHORS_VARIANTS)
     return merged

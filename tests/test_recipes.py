@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from layernet.config import (ARCHITECTURE_FIELDS, AUTHORS_VARIANTS, RECIPES, Config, ConfigError,
-                             apply_presets)
+from layernet.config import (ARCHITECTURE_FIELDS, AUTHORS_VARIANTS, RECIPE_PHASE2, RECIPES,
+                             Config, ConfigError, apply_presets)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,6 +66,15 @@ def test_init_keeps_its_architecture_under_a_recipe_and_authors(tmp_path):
     assert config.data_options == {"size": 96}
     assert config.phase == "overlap"
     assert config.optimizer == RECIPES["cpu"]["optimizer"]
+    # phase 2 of the cpu recipe fine-tunes (its own rate); --authors' online targets are argmax
+    assert config.learning_rate == RECIPE_PHASE2["cpu"]["learning_rate"]
+    assert config.layer_assignment == "argmax" and config.overlap_targets == "online"
+    phase2 = build("--init", str(run / "best.h5"), "--recipe", "cpu")
+    assert phase2.layer_assignment == "distinct" and phase2.learning_rate == 1e-4
+    explicit = build("--init", str(run / "best.h5"), "--recipe", "cpu", "--lr", "3e-4")
+    assert explicit.learning_rate == 3e-4   # an explicit option wins
+    phase1 = build("--recipe", "cpu", "--precision", "float32")
+    assert phase1.phase == "layering" and phase1.layer_assignment == "argmax"
     assert config.mean_mode == AUTHORS_VARIANTS["mean_mode"]
 
 
