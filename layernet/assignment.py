@@ -19,7 +19,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["object_layer_scores", "distinct_layers"]
+__all__ = ["object_layer_scores", "distinct_layers", "layer_collisions"]
 
 
 def object_layer_scores(layering: np.ndarray, stack: np.ndarray) -> np.ndarray:
@@ -93,3 +93,36 @@ def distinct_layers(scores: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
         free = [int(layer) for layer in ranked if int(layer) not in taken]
         layer_of[obj] = free[0] if free else int(ranked[0])
     return layer_of
+
+
+def layer_collisions(assignments: list[np.ndarray], adjacencies: list[np.ndarray],
+                     layers: int) -> dict[str, object]:
+    """How well an object -> layer assignment separates neighbours, over several images.
+
+    Parameters
+    ----------
+    assignments : list of numpy.ndarray
+        Per image, ``(K + 1,)`` layer of every object (-1 = none; index 0 unused).
+    adjacencies : list of numpy.ndarray
+        Per image, the ``(K + 1, K + 1)`` adjacency.
+    layers : int
+        Number of layers ``N``.
+
+    Returns
+    -------
+    dict
+        ``pairs`` (adjacent object pairs), ``shared`` (of them, pairs in one layer) and
+        ``objects_per_layer`` (list of ``N`` counts).
+    """
+    pairs = shared = 0
+    per_layer = np.zeros(layers, np.int64)
+    for layer_of, adjacency in zip(assignments, adjacencies):
+        layer_of = np.asarray(layer_of)
+        upper = np.triu(np.asarray(adjacency) > 0, 1)
+        upper[0, :] = False
+        first, second = np.nonzero(upper)
+        pairs += len(first)
+        shared += int(np.sum((layer_of[first] == layer_of[second]) & (layer_of[first] >= 0)))
+        assigned = layer_of[1:][layer_of[1:] >= 0]
+        per_layer += np.bincount(assigned, minlength=layers)[:layers]
+    return {"pairs": pairs, "shared": shared, "objects_per_layer": per_layer.tolist()}

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layernet.assignment import distinct_layers, object_layer_scores
+from layernet.assignment import distinct_layers, layer_collisions, object_layer_scores
 from layernet.config import Config, ConfigError
 from layernet.losses import object_layers
+from tests.conftest import run_cli
 
 
 def test_scores_hand_case_overlap_free_part_and_fallback() -> None:
@@ -86,3 +87,23 @@ def test_config_accepts_distinct_only_with_frozen_targets() -> None:
         Config(layer_assignment="distinct", overlap_targets="online").validate()
     with pytest.raises(ConfigError, match="layer_assignment"):
         Config(layer_assignment="colour").validate()
+
+
+def test_layer_collisions_hand_case() -> None:
+    adjacency = np.zeros((4, 4), bool)
+    adjacency[1, 2] = adjacency[2, 1] = adjacency[2, 3] = adjacency[3, 2] = True
+    adjacency[0, :] = adjacency[:, 0] = True   # background row/column: ignored
+    result = layer_collisions([np.array([-1, 0, 0, 1]), np.array([-1, 2, -1])],
+                              [adjacency, np.ones((3, 3), bool)], layers=3)
+    # image 1: pairs (1,2) shared, (2,3) not; image 2: pair (1,2) with an unassigned object
+    assert result == {"pairs": 3, "shared": 1, "objects_per_layer": [2, 1, 1]}
+
+
+def test_layer_use_bench_reports_pairs_and_layers(tiny_run) -> None:
+    done = run_cli("bench/layer_use.py", tiny_run, "--split", "val")
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = done.stdout.strip().splitlines()[-1].split(maxsplit=3)
+    pairs, shared = int(row[1]), int(row[2])
+    counts = [int(value) for value in row[3].strip("[]").split(",")]
+    layers = Config.load(f"{tiny_run}/config.json").layers
+    assert 0 <= shared <= pairs and len(counts) == layers and sum(counts) > 0
