@@ -181,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     from layernet import runfolder
 
-    from layernet.model import resolve_precision
-
-    args.precision = resolve_precision(args.precision)
     files, problems = collect_inputs(args.inputs)
     prefixes = [output_prefix(path, args.out) for path in files]
     seen: dict[str, str] = {}
@@ -209,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from layernet import batch_predict
+    from layernet.model import resolve_precision
+
+    args.precision = resolve_precision(args.precision)
 
     changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
                if value is not None}

@@ -229,7 +229,7 @@ def export_model(run: str, fmt: str, out: str | None = None,
     written = destination if in_run or file_name is None else os.path.join(destination, file_name)
     net, config = runfolder.load_trained_model(model_path, precision="float32")
     with _atomic_output(destination, folder_output) as target:
-        if not in_run:
+        if not in_run and fmt != "bioimageio":  # the package holds what it needs
             for name in _RUN_FILES:
                 if os.path.exists(os.path.join(run_dir, name)):
                     shutil.copy2(os.path.join(run_dir, name), os.path.join(target, name))
