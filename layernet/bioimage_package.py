@@ -41,7 +41,8 @@ from layernet.model_formats import MERGED_NAME
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PackageMetadata", "PAPER", "package_readme", "sample_image", "write_package"]
+__all__ = ["PackageMetadata", "PAPER", "check_metadata", "package_readme", "sample_image",
+           "write_package"]
 
 PAPER = ("L. Chen, Y. Wu, D. Merhof. Instance Segmentation of Dense and Overlapping Objects "
          "via Layering. British Machine Vision Conference (BMVC) 2022.")
@@ -72,6 +73,41 @@ class PackageMetadata:
     authors: tuple[str, ...]
     license: str = "CC-BY-4.0"
     run: str = ""
+
+
+def check_metadata(metadata: PackageMetadata) -> None:
+    """Check the name, licence and authors as bioimage.io will, before any export work.
+
+    Parameters
+    ----------
+    metadata : PackageMetadata
+        What the user chose.
+
+    Raises
+    ------
+    ValueError
+        Naming the option (``--name``, ``--license``, ``--author``) and what is wrong.
+    layernet.backends.MissingPackageError
+        If ``bioimageio.spec`` is not installed.
+    """
+    from typing import Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    v05 = require("bioimageio.spec.model.v0_5", "bioimageio.spec")
+    name = v05.ModelDescr.model_fields["name"]
+    name_type = TypeAdapter(Annotated[(name.annotation, *name.metadata)])
+    checks = [("--name", metadata.name, name_type.validate_python,
+               "a model name has 5-128 characters: letters, digits, spaces and _+-()"),
+              ("--license", metadata.license, v05.LicenseId,
+               "not an SPDX licence identifier that bioimage.io knows (e.g. CC-BY-4.0, MIT)")]
+    checks += [("--author", author, lambda value: v05.Author(name=value),
+                "bioimage.io does not accept this author name") for author in metadata.authors]
+    for flag, value, check, problem in checks:
+        try:
+            check(value)
+        except ValidationError:
+            raise ValueError(f"{flag} {value!r}: {problem}") from None
 
 
 def sample_image(config: Config, side: int = SAMPLE_SIDE, seed: int = 0) -> np.ndarray:

@@ -19,19 +19,24 @@ Formats:
               outputs ``foreground`` and ``layering``, or the baselines' ``semantic``), for
               TensorFlow Serving (which expects ``<model>/<version>/``, e.g. --out m/1).
   bioimageio  a bioimage.io model package (zip; rdf.yaml format 0.5: both weight formats,
-              percentile normalisation as preprocessing, test tensors, documentation of the
-              post-processing), validated and tested with bioimageio.core before it is written.
+              percentile normalisation as preprocessing, test tensors, a README with the
+              post-processing the consumer must apply), validated and tested with
+              bioimageio.core before it is written. Its one output ``maps`` holds the
+              foreground in channel 0 and the layers after it (bioimage.io takes a
+              SavedModel's outputs by position, and TensorFlow does not keep their order).
 
 Where it goes: without --out, into the run folder (RUN/model.onnx, where ``predict.py --model
 RUN --backend onnx`` looks; RUN/saved_model/; RUN/bioimageio.zip). With --out DIR, into a new
-folder DIR (it must not exist or be empty, unless --force), with the run's config.json beside
-the model, so that ``predict.py --model DIR --backend onnx`` works too. Outputs are written to a
-temporary name and renamed, never left half-written.
+folder DIR (it must not exist or be empty, unless --force): DIR/model.onnx or the SavedModel
+with the run's config.json beside it (so ``predict.py --model DIR --backend onnx`` works too),
+or DIR/bioimageio.zip. Outputs are written to a temporary name and renamed, never left
+half-written.
 
 After the conversion the exported model is run on a random batch and compared with the Keras
 model; the largest difference is logged (an export that differs by more than --tolerance
-fails). Needs the optional packages of requirements-export.txt (tf2onnx, onnx, onnxruntime,
-bioimageio.spec, bioimageio.core); a missing one is named on one line.
+fails). onnx and bioimageio need the optional packages of requirements-export.txt (tf2onnx,
+onnx, onnxruntime, bioimageio.spec, bioimageio.core; a missing one is named on one line);
+savedmodel needs only the core install.
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 from layernet.cli import quiet_tensorflow, run_main, setup_logging
+from layernet.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +222,7 @@ def export_model(run: str, fmt: str, out: str | None = None,
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     model_path = runfolder.resolve_model_path(run)
     run_dir = os.path.dirname(os.path.abspath(model_path))
-    runfolder.config_for_model(model_path)  # a readable config.json, before any heavy work
+    config = runfolder.config_for_model(model_path)  # readable, before any heavy work
     if fmt == "bioimageio" and not options.authors:
         raise ValueError("a bioimage.io package needs at least one author (--author NAME)")
     in_run = out is None
@@ -224,6 +230,15 @@ def export_model(run: str, fmt: str, out: str | None = None,
     folder_output = not in_run or fmt == "savedmodel"
     _check_destination(destination, folder_output, options.force)
     _require_packages(fmt)
+    if fmt == "bioimageio":
+        from layernet.bioimage_package import PackageMetadata, check_metadata
+
+        metadata = PackageMetadata(
+            name=options.name or _model_name(run_dir, config), authors=options.authors,
+            license=options.license, run=os.path.basename(run_dir))
+        check_metadata(metadata)
+        if options.sample is not None and not os.path.isfile(options.sample):
+            raise ValueError(f"{options.sample}: --sample image not found")
 
     file_name = {"onnx": ONNX_FILE, "bioimageio": BIOIMAGEIO_FILE}.get(fmt)
     written = destination if in_run or file_name is None else os.path.join(destination, file_name)
@@ -239,18 +254,15 @@ def export_model(run: str, fmt: str, out: str | None = None,
         elif fmt == "onnx":
             _export_onnx_checked(net, config, path, options)
         else:
-            from layernet.bioimage_package import PackageMetadata, write_package
+            from layernet.bioimage_package import write_package
 
-            metadata = PackageMetadata(
-                name=options.name or _model_name(run_dir, config), authors=options.authors,
-                license=options.license, run=os.path.basename(run_dir))
             write_package(net, config, path, metadata, sample=options.sample,
                           opset=options.opset, test=options.test, run_dir=run_dir)
     logger.info("exported %s -> %s", model_path, written)
     return written
 
 
-def _model_name(run_dir: str, config) -> str:
+def _model_name(run_dir: str, config: Config) -> str:
     """A default bioimage.io name: ``layernet <method> UNet-<size> <run folder>``."""
     method = "layering" if config.method == "layering" else config.method.upper()
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
@@ -265,7 +277,7 @@ def _checked(difference: float, what: str, tolerance: float) -> None:
     logger.info("%s checked: largest difference from the Keras maps %.2g", what, difference)
 
 
-def _export_savedmodel_checked(net, config, path: str, tolerance: float) -> None:
+def _export_savedmodel_checked(net: Any, config: Config, path: str, tolerance: float) -> None:
     """:func:`layernet.model_formats.export_savedmodel`, then compare its signature's maps."""
     import numpy as np
     import tensorflow as tf
@@ -275,14 +287,14 @@ def _export_savedmodel_checked(net, config, path: str, tolerance: float) -> None
     export_savedmodel(net, config, path)
     signature = tf.saved_model.load(path).signatures["serving_default"]
 
-    def run_signature(batch):
+    def run_signature(batch: np.ndarray) -> dict[str, np.ndarray]:
         outputs = signature(**{INPUT_NAME: tf.constant(batch)})
         return {name: np.asarray(value) for name, value in outputs.items()}
 
     _checked(largest_difference(net, run_signature, config), "SavedModel", tolerance)
 
 
-def _export_onnx_checked(net, config, path: str, options: ExportOptions) -> None:
+def _export_onnx_checked(net: Any, config: Config, path: str, options: ExportOptions) -> None:
     """:func:`layernet.model_formats.export_onnx`, then compare ONNX Runtime's maps."""
     from layernet.backends import OnnxBackend
     from layernet.model_formats import export_onnx, largest_difference
@@ -313,7 +325,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="SPDX licence of the weights (default CC-BY-4.0)")
     package.add_argument("--name", help="model name (default: layernet <method> UNet-<size> <run>)")
     package.add_argument("--sample", metavar="IMAGE",
-                         help="image for the test tensors and the cover (default: synthetic)")
+                         help="image for the test tensors and the cover, e.g. one of the "
+                         "training images (its centre, at most 256 x 256; default: synthetic)")
     package.add_argument("--no-test", action="store_true",
                          help="skip bioimageio.core's model test (the spec is still validated)")
     parser.add_argument("--verbose", action="store_true", help="more log output")

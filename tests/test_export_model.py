@@ -147,6 +147,10 @@ def test_bioimageio_package_is_valid_and_passes_the_model_test(run_folder, tmp_p
     pytest.importorskip("tf2onnx")
     from bioimageio.spec import load_description
 
+    for option, value in (("license", "NOPE"), ("name", "a/b"), ("authors", ("a/b",))):
+        options = ExportOptions(**{"authors": ("A. Author",), option: value})
+        with pytest.raises(ValueError, match=f"--{option.rstrip('s')} "):
+            export_model(run_folder, "bioimageio", str(tmp_path / "bad"), options)
     caplog.set_level(logging.INFO)
     out = tmp_path / "package"
     written = export_model(run_folder, "bioimageio", str(out),
