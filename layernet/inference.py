@@ -1,7 +1,8 @@
 """Running a trained network on whole images: probability maps and instances.
 
 The image is normalised exactly as in training (:func:`layernet.normalize.percentile_normalize`),
-padded to a multiple of the network stride, passed through the network in inference mode, and
+padded to a multiple of the network stride, passed through the network in inference mode (by its
+backend: the Keras model, or its ONNX export run by ONNX Runtime, :mod:`layernet.backends`), and
 cropped back. Instances come from Algorithm 1 (:func:`layernet.postprocess.postprocess`).
 
 For the baselines (``config.method`` ``"unet2"``/``"unet3"``, :mod:`layernet.baselines`) the two
