@@ -204,6 +204,8 @@ def export_onnx(net: keras.Model, config: Config, path: str, opset: int = DEFAUL
     ------
     layernet.backends.MissingPackageError
         If ``tf2onnx`` or ``onnx`` is not installed.
+    RuntimeError
+        If the conversion fails (e.g. an opset that tf2onnx cannot write).
     """
     onnx = require("onnx")
     tf2onnx = require("tf2onnx")
@@ -212,10 +214,15 @@ def export_onnx(net: keras.Model, config: Config, path: str, opset: int = DEFAUL
     verbose_logging.set_level(logging.ERROR)
     serving = serving_network(net, merged)
     function = tf.function(lambda image: serving(image, training=False))
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=[_input_spec(config)],
-                                             opset=opset)
-    _name_axes(proto, output_names(config, merged))
-    onnx.checker.check_model(proto)
+    try:
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=[_input_spec(config)],
+                                                 opset=opset)
+        _name_axes(proto, output_names(config, merged))
+        onnx.checker.check_model(proto)
+    except Exception as error:  # tf2onnx and onnx raise many types; say it on one line
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        raise RuntimeError(f"tf2onnx {tf2onnx.__version__} could not convert the network at "
+                           f"opset {opset} ({detail}); try another --opset") from None
     write_bytes_atomic(path, proto.SerializeToString())
     logger.debug("wrote ONNX model %s (opset %d)", path, opset)
 
