@@ -3,6 +3,7 @@
 
     python predict.py image.tif
     python predict.py --model runs/demo-overlap plates/*.png --out results --save-rois
+    python predict.py --model runs/demo-overlap --backend onnx plates/   (after exporting it)
 
 Inputs are image files (TIFF, PNG, JPEG, ...; 8/16-bit or float; gray or multi-channel, pick one
 with --channel), folders (every image file in them) and glob patterns. Each image is normalised
@@ -39,6 +40,7 @@ import logging
 import os
 import sys
 
+from layernet.backends import BACKENDS
 from layernet.cli import quiet_tensorflow, run_main, setup_logging
 from layernet.config import PRECISIONS
 
@@ -62,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto",) + PRECISIONS,
                         help="compute precision of the network (default: the run's; auto = "
                         "bf16 on a GPU or a CPU with bf16 instructions, else float32)")
+    parser.add_argument("--backend", choices=BACKENDS, default="keras",
+                        help="what runs the network: keras (default) or onnx = ONNX Runtime on "
+                        "the model.onnx that 'python -m layernet.export_model RUN --format onnx' "
+                        "wrote into the run folder (float32; needs requirements-export.txt); "
+                        "normalisation, tiling, --tta and post-processing are the same")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average the network's maps over the 8 "
                         "flips and rotations of each image (or tile) before post-processing; "
@@ -113,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tile-batch must be >= 1")
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.backend == "onnx" and args.precision not in (None, "float32"):
+        parser.error("--precision applies to the keras backend; the ONNX model computes in "
+                     "float32")
     return args
 
 
@@ -171,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     from layernet import runfolder
 
-    from layernet.model import resolve_precision
-
-    args.precision = resolve_precision(args.precision)
     files, problems = collect_inputs(args.inputs)
     prefixes = [output_prefix(path, args.out) for path in files]
     seen: dict[str, str] = {}
@@ -187,12 +194,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         raise ValueError("no input images")
 
-    model_path = runfolder.resolve_model_path(args.model or runfolder.newest_run("runs"))
-    config = runfolder.config_for_model(model_path)
+    if args.backend == "onnx":
+        from layernet.backends import require, resolve_onnx_model
+
+        model_path, config = resolve_onnx_model(args.model or runfolder.newest_run("runs"))
+        require("onnxruntime")
+    else:
+        model_path = runfolder.resolve_model_path(args.model or runfolder.newest_run("runs"))
+        config = runfolder.config_for_model(model_path)
     # the heavy imports (TensorFlow) only once the inputs and the model file are checked
     from tqdm import tqdm
 
     from layernet import batch_predict
+    from layernet.model import resolve_precision
+
+    args.precision = resolve_precision(args.precision)
 
     changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
                if value is not None}
@@ -204,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if changes:
         config = config.replace(**changes)
     jobs = [(index, path, prefix) for index, (path, prefix) in enumerate(zip(files, prefixes))]
-    logger.info("model %s (UNet-%s, %d layers); %d image(s)", model_path, config.size,
-                config.layers, len(files))
+    logger.info("model %s (UNet-%s, %d layers, %s backend); %d image(s)", model_path,
+                config.size, config.layers, args.backend, len(files))
     if args.tta:
         logger.info("test-time augmentation: 8 network passes per image or tile batch")
     if args.out:
@@ -251,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1:
             batch_predict.predict_files_in_processes(
                 model_path, jobs, options, args.workers, report, precision=args.precision,
-                config_changes=changes, tta=args.tta)
+                config_changes=changes, tta=args.tta, backend=args.backend)
         else:
             predictor = batch_predict.load_predictor(model_path, args.precision, changes,
-                                                     tta=args.tta)
+                                                     tta=args.tta, backend=args.backend)
             batch_predict.predict_files(predictor, jobs, options, report, on_tiles)
     finally:
         if tiles["bar"] is not None:

@@ -19,7 +19,10 @@ Rows:
              and 2048^2 (tiled), float32 and bf16, vs StarDist ``predict_instances`` (+ its
              normalisation and writing) with a StarDist2D of comparable size trained for a few
              steps, when the optional ``stardist`` package is installed; and the convolution
-             FLOPs of both networks on a 448^2 image.
+             FLOPs of both networks on a 448^2 image;
+* onnx:      the same Predictor with ONNX Runtime (the exported ``model.onnx``, float32) in place
+             of the Keras model (float32): the forward pass and predict.py's work per 448^2
+             image, and the largest difference of their maps (needs requirements-export.txt).
 
 Example (about 5 minutes on 2 cores)::
 
@@ -290,12 +293,64 @@ def stardist_model(args: argparse.Namespace, folder: str):
     return model
 
 
+def end_to_end(predictor, image: np.ndarray, prefix: str, tile_batch: int) -> Callable[[], None]:
+    """What predict.py does for one image: predict (tiled if large) and write the label stack."""
+    from layernet.export import write_prediction
+    from layernet.tiling import predict_image
+
+    def run() -> None:
+        result = predict_image(predictor, image, batch_size=tile_batch)
+        write_prediction(prefix, result.stack, image, overlay=False)
+    return run
+
+
+def onnx_ratio(args: argparse.Namespace, predictors: dict) -> None:
+    """predict.py's work per 448^2 image with ONNX Runtime vs the Keras model (float32): the
+    same Predictor (normalisation, padding, Algorithm 1, writing), only the forward pass
+    differs; the forward pass alone; and the largest difference of the two backends' maps."""
+    if any(importlib.util.find_spec(name) is None for name in ("onnxruntime", "tf2onnx", "onnx")):
+        row("onnx", "skipped: pip install -r requirements-export.txt", "-")
+        return
+    from layernet.backends import OnnxBackend
+    from layernet.inference import Predictor
+    from layernet.model import build_model
+    from layernet.model_formats import export_onnx
+
+    keras_predictor = predictors.get("float32")
+    if keras_predictor is None:
+        config = _config(args.predict_size, 256, "float32", args)
+        keras_predictor = Predictor(build_model(config), config)
+    config = keras_predictor.config
+    folder = tempfile.mkdtemp(prefix="layernet-speed-onnx-")
+    path = os.path.join(folder, "model.onnx")
+    export_onnx(keras_predictor.net, config, path)
+    candidates = {"keras": keras_predictor, "onnx": Predictor(OnnxBackend(path), config)}
+    side = 448
+    image, _ = synthetic_mosaic(side)
+    normalized = keras_predictor.normalize(image)[None]
+    # an untrained network's maps sit at about 0.5 = tau, so rounding can flip its objects:
+    # compare the maps
+    maps = {name: predictor.maps_batch_normalized(normalized)
+            for name, predictor in candidates.items()}
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(maps["keras"], maps["onnx"]))
+    forward = interleaved({name: (lambda p=predictor: p.maps_batch_normalized(normalized))
+                           for name, predictor in candidates.items()}, args.repeats)
+    whole = interleaved({name: end_to_end(predictor, image, os.path.join(folder, name),
+                                          args.tile_batch)
+                         for name, predictor in candidates.items()}, args.repeats)
+    what = f"UNet-{args.predict_size}/{args.filters} {side}^2"
+    row("onnx", f"forward {what} ms (ONNX Runtime | Keras f32)",
+        f"{forward['onnx'] * 1e3:.0f}", f"{forward['keras'] * 1e3:.0f}",
+        f"{forward['keras'] / forward['onnx']:.2f}x")
+    row("onnx", f"predict {what} per image ms, maps +-{difference:.0e}",
+        f"{whole['onnx'] * 1e3:.0f}",
+        f"{whole['keras'] * 1e3:.0f}", f"{whole['keras'] / whole['onnx']:.2f}x")
+
+
 def predict_end_to_end(args: argparse.Namespace, predictors: dict) -> None:
     """Per image, normalise + network + post-process + write, ours vs StarDist."""
-    from layernet.export import write_prediction
     from layernet.io import write_label_stack
     from layernet.normalize import percentile_normalize
-    from layernet.tiling import predict_image
 
     folder = tempfile.mkdtemp(prefix="layernet-speed-")
     star = None
@@ -307,14 +362,9 @@ def predict_end_to_end(args: argparse.Namespace, predictors: dict) -> None:
             f"{theirs / 1e9:.1f}", f"{ours / theirs:.2f}x")
     for side in (448, 2048):
         image, _ = synthetic_mosaic(side)
-        functions = {}
-        for precision, predictor in predictors.items():
-            prefix = os.path.join(folder, f"ours-{precision}-{side}")
-
-            def ours(predictor=predictor, prefix=prefix):
-                result = predict_image(predictor, image, batch_size=args.tile_batch)
-                write_prediction(prefix, result.stack, image, overlay=False)
-            functions[precision] = ours
+        functions = {precision: end_to_end(predictor, image, os.path.join(
+            folder, f"ours-{precision}-{side}"), args.tile_batch)
+            for precision, predictor in predictors.items()}
         if star is not None:
             path = os.path.join(folder, f"stardist-{side}.tif")
 
@@ -353,10 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-stardist", action="store_true")
     parser.add_argument("--only", nargs="+", default=None,
                         choices=("machine", "train", "pipeline", "loss", "forward", "postproc",
-                                 "predict"), help="run only these sections")
+                                 "predict", "onnx"), help="run only these sections")
     args = parser.parse_args(argv)
     only = set(args.only or ("machine", "train", "pipeline", "loss", "forward", "postproc",
-                             "predict"))
+                             "predict", "onnx"))
     start = time.perf_counter()
     print(f"layernet speed, {os.cpu_count()} CPU cores of {cpu_description()}, "
           f"TF {tf.__version__}, medians of "
@@ -373,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         postprocess_time(args)
     if "predict" in only:
         predict_end_to_end(args, predictors)
+    if "onnx" in only:
+        onnx_ratio(args, predictors)
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -113,24 +113,37 @@ def one_line_message(path: str, error: BaseException) -> str:
 
 
 def load_predictor(model_path: str, precision: str | None = None,
-                   config_changes: dict[str, Any] | None = None, tta: bool = False) -> Any:
+                   config_changes: dict[str, Any] | None = None, tta: bool = False,
+                   backend: str = "keras", threads: int | None = None) -> Any:
     """Load a trained model and wrap it in a :class:`layernet.inference.Predictor`.
 
     Parameters
     ----------
     model_path : str
-        Run folder or model file.
+        Run folder or model file (for ``backend="onnx"``: a folder holding ``model.onnx``, or
+        the ``.onnx`` file, see :func:`layernet.backends.resolve_onnx_model`).
     precision : str or None, optional
-        Compute precision in place of the run's.
+        Compute precision in place of the run's (Keras backend only).
     config_changes : dict, optional
         Configuration values to override (e.g. ``tau``, ``min_size``).
     tta : bool, optional
         Test-time augmentation: maps averaged over the 8 dihedral transforms of the input.
+    backend : str, optional
+        What runs the network: ``"keras"`` or ``"onnx"`` (ONNX Runtime, float32).
+    threads : int or None, optional
+        ONNX Runtime's threads (the Keras backend uses TensorFlow's settings).
     """
     from layernet import runfolder
+    from layernet.backends import OnnxBackend, resolve_onnx_model
     from layernet.inference import Predictor
 
-    net, config = runfolder.load_trained_model(model_path, precision=precision)
+    if backend == "onnx":
+        onnx_path, config = resolve_onnx_model(model_path)
+        net: Any = OnnxBackend(onnx_path, threads=threads)
+    elif backend == "keras":
+        net, config = runfolder.load_trained_model(model_path, precision=precision)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose keras or onnx")
     if config_changes:
         config = config.replace(**config_changes)
     return Predictor(net, config, tta=tta)
@@ -225,9 +238,9 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def _worker_main(worker_id: int, model_path: str, precision: str | None,
-                 config_changes: dict[str, Any] | None, tta: bool, options: PredictOptions,
-                 threads: int, log_level: int, jobs: list[FileJob], next_job: Any,
-                 results: Any) -> None:
+                 config_changes: dict[str, Any] | None, tta: bool, backend: str,
+                 options: PredictOptions, threads: int, log_level: int, jobs: list[FileJob],
+                 next_job: Any, results: Any) -> None:
     """Body of one worker process: load the model once, then predict the files of ``jobs``
     whose indices it takes from the shared counter ``next_job``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -238,8 +251,8 @@ def _worker_main(worker_id: int, model_path: str, precision: str | None,
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        _worker_run(worker_id, model_path, precision, config_changes, tta, threads, log_level,
-                    options, jobs, next_job, results)
+        _worker_run(worker_id, model_path, precision, config_changes, tta, backend, threads,
+                    log_level, options, jobs, next_job, results)
     finally:
         # The work is over and the process is ending (TensorFlow's teardown can take a moment):
         # a SIGTERM now must not raise SystemExit inside some ``__del__`` of that teardown.
@@ -247,8 +260,8 @@ def _worker_main(worker_id: int, model_path: str, precision: str | None,
 
 
 def _worker_run(worker_id: int, model_path: str, precision: str | None,
-                config_changes: dict[str, Any] | None, tta: bool, threads: int, log_level: int,
-                options: PredictOptions, jobs: list[FileJob], next_job: Any,
+                config_changes: dict[str, Any] | None, tta: bool, backend: str, threads: int,
+                log_level: int, options: PredictOptions, jobs: list[FileJob], next_job: Any,
                 results: Any) -> None:
     """What a worker does between its signal handlers being set and its exit."""
     from layernet.cli import setup_logging
@@ -260,7 +273,7 @@ def _worker_run(worker_id: int, model_path: str, precision: str | None,
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        predictor = load_predictor(model_path, precision, config_changes, tta)
+        predictor = load_predictor(model_path, precision, config_changes, tta, backend, threads)
     except Exception as error:
         logger.debug("worker %d could not load the model", worker_id, exc_info=True)
         text = str(error).strip()
@@ -313,6 +326,7 @@ def predict_files_in_processes(
     precision: str | None = None,
     config_changes: dict[str, Any] | None = None,
     tta: bool = False,
+    backend: str = "keras",
     poll_seconds: float = 0.5,
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
@@ -330,8 +344,8 @@ def predict_files_in_processes(
         Number of processes; no more than one per file are started.
     report : callable
         Called in this process with every :class:`FileResult`, in the order files finish.
-    precision, config_changes, tta
-        As for :func:`load_predictor`.
+    precision, config_changes, tta, backend
+        As for :func:`load_predictor` (each worker's ONNX Runtime gets its share of threads).
     poll_seconds : float, optional
         How often to check that the workers are still alive.
     on_ready : callable, optional
@@ -365,8 +379,8 @@ def predict_files_in_processes(
             for worker_id in range(count):
                 process = context.Process(
                     target=_worker_main, name=f"layernet-predict-{worker_id}", daemon=True,
-                    args=(worker_id, model_path, precision, config_changes, tta, options,
-                          threads, log_level, list(jobs), next_job, results))
+                    args=(worker_id, model_path, precision, config_changes, tta, backend,
+                          options, threads, log_level, list(jobs), next_job, results))
                 process.start()
                 processes.append(process)
         finally:

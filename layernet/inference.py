@@ -1,7 +1,8 @@
 """Running a trained network on whole images: probability maps and instances.
 
 The image is normalised exactly as in training (:func:`layernet.normalize.percentile_normalize`),
-padded to a multiple of the network stride, passed through the network in inference mode, and
+padded to a multiple of the network stride, passed through the network in inference mode (by its
+backend: the Keras model, or its ONNX export run by ONNX Runtime, :mod:`layernet.backends`), and
 cropped back. Instances come from Algorithm 1 (:func:`layernet.postprocess.postprocess`).
 
 For the baselines (``config.method`` ``"unet2"``/``"unet3"``, :mod:`layernet.baselines`) the two
@@ -26,10 +27,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from layernet import baselines
+from layernet.backends import Backend, KerasBackend
 from layernet.config import Config
 from layernet.model import SEMANTIC_CHANNELS
 from layernet.normalize import percentile_normalize
@@ -128,8 +130,11 @@ class Predictor:
 
     Parameters
     ----------
-    net : keras.Model
-        Network built by :func:`layernet.model.build_model`.
+    net : keras.Model or layernet.backends.Backend
+        Network built by :func:`layernet.model.build_model` (run by a
+        :class:`~layernet.backends.KerasBackend`), or a backend that runs the forward pass
+        (e.g. :class:`~layernet.backends.OnnxBackend`). Padding, test-time augmentation and
+        post-processing are the same for every backend.
     config : Config
         The configuration the network was trained with.
     tta : bool, optional
@@ -141,9 +146,7 @@ class Predictor:
         self.net = net
         self.config = config
         self.tta = bool(tta)
-        # Traced once per input shape: Keras' bilinear up-sampling needs static spatial sizes.
-        # Shapes repeat (tiles, validation images), so retracing is rare.
-        self._forward = tf.function(lambda x: net(x, training=False))
+        self.backend: Backend = KerasBackend(net) if isinstance(net, keras.Model) else net
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """Percentile-normalise a raw ``(H, W, C)`` image with the run's percentiles."""
@@ -191,8 +194,7 @@ class Predictor:
 
     def _outputs(self, padded: np.ndarray) -> dict[str, np.ndarray]:
         """The network's float32 output maps of a padded batch, by output name."""
-        outputs = self._forward(tf.convert_to_tensor(padded, tf.float32))
-        return {name: np.asarray(value.numpy(), np.float32) for name, value in outputs.items()}
+        return self.backend(padded)
 
     def _outputs_tta(self, padded: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`_outputs` averaged over the 8 dihedral transforms of ``padded`` (the outputs
