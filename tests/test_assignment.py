@@ -9,7 +9,6 @@ import tensorflow as tf
 from layernet.assignment import distinct_layers, layer_collisions, object_layer_scores
 from layernet.config import Config, ConfigError
 from layernet.losses import object_layers
-from tests.conftest import run_cli
 
 
 def test_scores_hand_case_overlap_free_part_and_fallback() -> None:
@@ -99,10 +98,11 @@ def test_layer_collisions_hand_case() -> None:
     assert result == {"pairs": 3, "shared": 1, "objects_per_layer": [2, 1, 1]}
 
 
-def test_layer_use_bench_reports_pairs_and_layers(tiny_run) -> None:
-    done = run_cli("bench/layer_use.py", tiny_run, "--split", "val")
-    assert done.returncode == 0, done.stderr[-2000:]
-    row = done.stdout.strip().splitlines()[-1].split(maxsplit=3)
+def test_layer_use_bench_reports_pairs_and_layers(tiny_run, capsys) -> None:
+    from bench import layer_use
+
+    layer_use.main([tiny_run, "--split", "val"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split(maxsplit=3)
     pairs, shared = int(row[1]), int(row[2])
     counts = [int(value) for value in row[3].strip("[]").split(",")]
     layers = Config.load(f"{tiny_run}/config.json").layers

@@ -117,8 +117,10 @@ def test_cached_sample_reads_back_exactly_what_prepare_samples_gives(tmp_path):
 
 
 def test_bad_samples_and_bad_cache_files_are_named(tmp_path):
-    bad = Sample(np.zeros((8, 8, 3), np.float32), np.zeros((1, 8, 8), np.int32), "rgb")
-    with pytest.raises(PipelineError, match="'rgb'.*config.channels"):
+    colour = np.zeros((8, 8, 3), np.float32)
+    colour[..., 1] = np.arange(8)
+    bad = Sample(colour, np.zeros((1, 8, 8), np.int32), "rgb")
+    with pytest.raises(PipelineError, match="'rgb'.*3 channel.*--channels"):
         save_prepared(str(tmp_path / "rgb.npz"), bad, config())
     assert not os.listdir(tmp_path)  # nothing half-written
     broken = tmp_path / "broken.npz"
