@@ -38,7 +38,7 @@ Nothing here but the losses imports TensorFlow at call time.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -62,6 +62,7 @@ __all__ = [
     "attach_semantic_targets",
     "semantic_losses",
     "maps_from_outputs",
+    "foreground_of",
     "map_names",
     "unet2_instances",
     "unet3_instances",
@@ -218,9 +219,7 @@ def semantic_losses(outputs: Mapping, batch: Mapping, config: Config,
         loss = tf.reduce_mean(-tf.reduce_sum(target * tf.math.log(probability), axis=-1))
     losses = {"semantic": loss}
     if config.foreground_dice_weight > 0:
-        semantic = tf.cast(outputs["semantic"], tf.float32)
-        foreground = (semantic[..., 0] if config.method == "unet2"
-                      else 1.0 - semantic[..., BACKGROUND])
+        foreground = foreground_of(tf.cast(outputs["semantic"], tf.float32), config.method)
         losses["foreground_dice"] = foreground_dice_loss(batch["stack"], foreground)
         loss = loss + float(config.foreground_dice_weight) * losses["foreground_dice"]
     losses["loss"] = loss
@@ -245,9 +244,15 @@ def maps_from_outputs(semantic: np.ndarray, method: str) -> tuple[np.ndarray, np
     """
     _check_method(method)
     semantic = np.asarray(semantic, np.float32)
+    return foreground_of(semantic, method), semantic
+
+
+def foreground_of(semantic: Any, method: str) -> Any:
+    """P(object) from a baseline's head output ``(..., C)`` (a NumPy array or a tensor): the
+    sigmoid channel (UNet-2) or ``1 - P(background)`` (UNet-3)."""
     if method == "unet2":
-        return semantic[..., 0], semantic
-    return 1.0 - semantic[..., BACKGROUND], semantic
+        return semantic[..., 0]
+    return 1.0 - semantic[..., BACKGROUND]
 
 
 def map_names(config: Config) -> list[str] | None:

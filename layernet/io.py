@@ -139,6 +139,16 @@ def _identical_channels(image: np.ndarray) -> bool:
     return all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, image.shape[-1]))
 
 
+def _is_grayscale_copy(image: np.ndarray) -> bool:
+    """An ``(H, W, 3|4)`` image whose colour channels are identical (and alpha, if any, is
+    constant): a grayscale image saved as RGB(A)."""
+    colour = image.shape[-1]
+    if colour not in (3, 4):
+        return False
+    opaque = colour == 3 or np.unique(image[..., 3]).size == 1
+    return opaque and _identical_channels(image[..., :3])
+
+
 def as_channels(
     image: np.ndarray,
     channel: int | None = None,
@@ -193,11 +203,8 @@ def as_channels(
         image = image[..., channel:channel + 1] if channel >= 0 else image[..., [channel]]
     if expected_channels is not None and image.shape[-1] != expected_channels:
         colour = image.shape[-1]
-        if expected_channels == 1 and colour in (3, 4):
-            colour_part = image[..., :3]
-            opaque = colour == 3 or np.unique(image[..., 3]).size == 1
-            if opaque and _identical_channels(colour_part):
-                image = colour_part[..., :1]
+        if expected_channels == 1 and _is_grayscale_copy(image):
+            image = image[..., :1]
         if image.shape[-1] != expected_channels:
             kind = {1: "grayscale", 3: "RGB", 4: "RGBA"}
             raise _fail(
@@ -245,14 +252,12 @@ def with_channels(image: np.ndarray, channels: int, name: str = "image") -> np.n
     if image.ndim != 3:
         raise _fail(name, f"expected an (H, W, C) image, got shape {image.shape}")
     colour = image.shape[-1]
-    if channels == 1 and colour in (3, 4):
-        opaque = colour == 3 or np.unique(image[..., 3]).size == 1
-        if opaque and _identical_channels(image[..., :3]):
-            if not _grayscale_noted:
-                logger.info("%s: its colour channels are identical; read as grayscale (as is "
-                            "every such image)", name)
-                _grayscale_noted = True
-            return image[..., :1]
+    if channels == 1 and _is_grayscale_copy(image):
+        if not _grayscale_noted:
+            logger.info("%s: its colour channels are identical; read as grayscale (as is "
+                        "every such image)", name)
+            _grayscale_noted = True
+        return image[..., :1]
     raise _fail(name, f"has {colour} channel(s) but the model expects {channels} "
                       "(set --channels, or pick one with channel=)")
 
