@@ -87,10 +87,13 @@ class Config:
     # "frozen": object -> layer assignment computed once from the phase-1 model (paper);
     # "online": recomputed every step from the current prediction (authors)
     overlap_targets: str = "frozen"
-    # frozen targets: "argmax" = each object's layer is the argmax of its mean phase-1 embedding
-    # (paper); "distinct" = the same preference, but adjacent objects get different layers
-    # (greedy colouring, layernet.assignment)
+    # object -> layer assignment of the targets: "argmax" = the argmax of the object's mean
+    # embedding (paper); "distinct" = the same preference, but adjacent objects get different
+    # layers (greedy colouring, layernet.assignment)
     layer_assignment: str = "argmax"
+    # phase 1: weight of Eq. 6's Dice against targets recomputed at every step from the current
+    # embedding with layer_assignment (0 = the paper's phase 1; not in the paper)
+    layer_target_weight: float = 0.0
     # layer of an object with no overlap-free pixel: "full" = argmax of the mean embedding over
     # its whole silhouette; "zero" = layer 0 (authors)
     covered_objects: str = "full"
@@ -219,9 +222,12 @@ class Config:
             raise ConfigError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"ema_momentum must be in [0, 1) (0 = off), got {self.ema_momentum}")
-        if self.layer_assignment != "argmax" and self.overlap_targets != "frozen":
-            raise ConfigError("layer_assignment 'distinct' applies to frozen phase-2 targets "
-                              "(overlap_targets 'frozen'); the online targets are argmax")
+        if self.layer_target_weight < 0:
+            raise ConfigError("layer_target_weight must be >= 0 (0 = the paper's phase 1), got "
+                              f"{self.layer_target_weight}")
+        if self.layer_target_weight > 0 and self.method != "layering":
+            raise ConfigError(f"layer_target_weight trains the layering head; method "
+                              f"{self.method!r} has none (set it to 0)")
         if self.foreground_dice_weight < 0:
             raise ConfigError("foreground_dice_weight must be >= 0 (0 = the paper's loss), got "
                               f"{self.foreground_dice_weight}")

@@ -42,8 +42,10 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
+import numpy as np
 import tensorflow as tf
 
+from layernet.assignment import distinct_layers
 from layernet.config import Config
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ __all__ = [
     "layering_loss",
     "combine_layering_sums",
     "object_layers",
+    "distinct_object_layers",
+    "online_layer_assignment",
     "overlap_targets",
     "overlap_loss",
     "compute_losses",
@@ -370,9 +374,10 @@ def layering_loss(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor,
 # overlap completion (phase 2)
 
 
-@tf.function(reduce_retracing=True)
-def _object_layers(embedding: tf.Tensor, stack: tf.Tensor, segments_per_image: tf.Tensor,
-                   mean_mode: str, covered_objects: str) -> tf.Tensor:
+def _object_sums(embedding: tf.Tensor, stack: tf.Tensor, segments_per_image: tf.Tensor,
+                 mean_mode: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per global segment: embedding sums over the overlap-free part and over the full
+    silhouette, and both pixel counts (no gradient)."""
     embedding = tf.stop_gradient(tf.cast(embedding, tf.float32))
     stack = tf.cast(stack, tf.int32)
     shape = tf.shape(embedding)
@@ -381,27 +386,86 @@ def _object_layers(embedding: tf.Tensor, stack: tf.Tensor, segments_per_image: t
     vectors = tf.reshape(embedding, [-1, layers])
     if mean_mode == "normalized":
         vectors = _l2_normalize(vectors)
-
-    ids = overlap_free_id_map(stack)
-    segments = _global_segments(ids, segments_per_image)
+    segments = _global_segments(overlap_free_id_map(stack), segments_per_image)
     free_count = tf.math.unsorted_segment_sum(tf.ones_like(segments, tf.float32), segments,
                                               num_segments)
-    # argmax of a sum = argmax of the mean = argmax of the normalised mean
-    free_layer = tf.argmax(tf.math.unsorted_segment_sum(vectors, segments, num_segments),
-                           axis=-1, output_type=tf.int32)
-
-    # full silhouettes: every slice of the stack contributes its ids
+    free_sums = tf.math.unsorted_segment_sum(vectors, segments, num_segments)
     slices = tf.shape(stack)[3]
     full_segments = _global_segments(stack, segments_per_image)       # (B*H*W*L,)
     full_count = tf.math.unsorted_segment_sum(tf.ones_like(full_segments, tf.float32),
                                               full_segments, num_segments)
+    per_slice = tf.reshape(tf.repeat(vectors, slices, axis=0), [-1, layers])
+    full_sums = tf.math.unsorted_segment_sum(per_slice, full_segments, num_segments)
+    return free_sums, free_count, full_sums, full_count
+
+
+def _distinct_batch(scores: "np.ndarray", adjacency: "np.ndarray") -> "np.ndarray":
+    """:func:`layernet.assignment.distinct_layers` for every image of a batch (NumPy)."""
+    return np.stack([distinct_layers(image_scores, image_adjacency)
+                     for image_scores, image_adjacency in zip(scores, adjacency)]).astype(np.int32)
+
+
+@tf.function(reduce_retracing=True)
+def _distinct_object_layers(embedding: tf.Tensor, stack: tf.Tensor,
+                            adjacency: tf.Tensor, mean_mode: str) -> tf.Tensor:
+    segments_per_image = tf.shape(adjacency)[1]
+    batch, layers = tf.shape(embedding)[0], tf.shape(embedding)[3]
+    free_sums, free_count, full_sums, full_count = _object_sums(
+        embedding, stack, segments_per_image, mean_mode)
+    sums = tf.where((free_count > 0)[:, None], free_sums,
+                    tf.where((full_count > 0)[:, None], full_sums, tf.zeros_like(full_sums)))
+    scores = tf.reshape(_l2_normalize(sums), [batch, segments_per_image, layers])
+    background = tf.concat([tf.zeros([batch, 1, layers]),
+                            tf.ones([batch, segments_per_image - 1, layers])], axis=1)
+    layer_of = tf.numpy_function(_distinct_batch, [scores * background,
+                                                   tf.cast(adjacency, tf.float32)], tf.int32,
+                                 stateful=False)
+    return tf.reshape(layer_of, [batch, segments_per_image])
+
+
+def distinct_object_layers(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor,
+                           config: Config) -> tf.Tensor:
+    """Layer of every object from the current embedding, adjacent objects in different layers.
+
+    Each object's preference is its mean embedding over its overlap-free part (its full
+    silhouette if it has none), as in :func:`object_layers`; the assignment is the greedy
+    colouring of :func:`layernet.assignment.distinct_layers` (most confident object first, each
+    takes its best layer that no assigned neighbour holds). Computed in NumPy inside the graph
+    (``tf.numpy_function``; a few dozen objects per image). No gradient flows through the result.
+
+    Parameters
+    ----------
+    embedding : tf.Tensor
+        Layering output ``(B, H, W, N)``.
+    stack : tf.Tensor
+        Label stack ``(B, H, W, L)`` with ids ``<= K``.
+    adjacency : tf.Tensor
+        ``(B, K + 1, K + 1)`` 0/1 adjacency.
+    config : Config
+        Option ``mean_mode``.
+
+    Returns
+    -------
+    tf.Tensor
+        Int32 ``(B, K + 1)``; -1 for index 0 (background) and for ids absent from an image.
+    """
+    _check_ids(stack, tf.shape(adjacency)[1], "adjacency")
+    embedding, stack, adjacency = _tensors(embedding, stack, adjacency)
+    return _distinct_object_layers(embedding, stack, adjacency, config.mean_mode)
+
+
+@tf.function(reduce_retracing=True)
+def _object_layers(embedding: tf.Tensor, stack: tf.Tensor, segments_per_image: tf.Tensor,
+                   mean_mode: str, covered_objects: str) -> tf.Tensor:
+    batch = tf.shape(embedding)[0]
+    free_sums, free_count, full_sums, full_count = _object_sums(
+        embedding, stack, segments_per_image, mean_mode)
+    # argmax of a sum = argmax of the mean = argmax of the normalised mean
+    free_layer = tf.argmax(free_sums, axis=-1, output_type=tf.int32)
     if covered_objects == "full":
-        per_slice = tf.reshape(tf.repeat(vectors, slices, axis=0), [-1, layers])
-        covered_layer = tf.argmax(
-            tf.math.unsorted_segment_sum(per_slice, full_segments, num_segments),
-            axis=-1, output_type=tf.int32)
+        covered_layer = tf.argmax(full_sums, axis=-1, output_type=tf.int32)
     else:
-        covered_layer = tf.zeros([num_segments], tf.int32)
+        covered_layer = tf.zeros_like(free_layer)
     layer = tf.where(free_count > 0, free_layer,
                      tf.where(full_count > 0, covered_layer, -tf.ones_like(free_layer)))
     layer = tf.reshape(layer, [batch, segments_per_image])
@@ -557,15 +621,20 @@ def compute_losses(outputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tens
     -------
     dict of str to tf.Tensor
         Float32 scalars ``foreground``, ``attraction``, ``repulsion``, ``sparsity``,
-        ``layering``, ``overlap`` (phase 2 only), ``foreground_dice`` (if
+        ``layering``, ``overlap`` (phase 2 only), ``layer_targets`` (phase 1 with
+        ``config.layer_target_weight > 0``), ``foreground_dice`` (if
         ``config.foreground_dice_weight > 0``) and ``loss`` = ``foreground + layering
-        (+ overlap_weight * overlap) (+ foreground_dice_weight * foreground_dice)``.
+        (+ overlap_weight * overlap) (+ layer_target_weight * layer_targets)
+        (+ foreground_dice_weight * foreground_dice)``.
 
     Notes
     -----
     Phase-2 targets: ``"frozen"`` uses ``batch["layer_of"]`` (objects marked -1 fall back to the
-    assignment from the current embedding); ``"online"`` (authors) recomputes the assignment from
-    the current embedding at every step (:func:`object_layers`).
+    argmax assignment from the current embedding); ``"online"`` recomputes the assignment from
+    the current embedding at every step (:func:`online_layer_assignment`: argmax as the authors,
+    or ``layer_assignment="distinct"``). ``layer_targets`` (not in the paper) is Eq. 6 in phase 1
+    against such online targets: every object's whole silhouette is pulled into one layer, and
+    with ``"distinct"`` touching objects into different ones.
     """
     if phase not in ("layering", "overlap"):
         raise ValueError(f"phase must be 'layering' or 'overlap', got {phase!r}")
@@ -578,19 +647,51 @@ def compute_losses(outputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tens
     if config.foreground_dice_weight > 0:
         losses["foreground_dice"] = foreground_dice_loss(stack, outputs["foreground"])
         total = total + float(config.foreground_dice_weight) * losses["foreground_dice"]
+    layers = int(embedding.shape[-1] or config.layers)
     if phase == "overlap":
-        segments_per_image = tf.shape(adjacency)[1]
-        online = object_layers(embedding, stack, segments_per_image, config)
         if config.overlap_targets == "frozen":
             if "layer_of" not in batch:
                 raise ValueError("phase 'overlap' with frozen targets needs batch['layer_of']")
+            online = object_layers(embedding, stack, tf.shape(adjacency)[1], config)
             frozen = tf.cast(batch["layer_of"], tf.int32)
             layer_of = tf.where(frozen >= 0, frozen, online)
         else:
-            layer_of = online
-        layers = embedding.shape[-1] or config.layers
-        targets = overlap_targets(stack, layer_of, int(layers))
+            layer_of = online_layer_assignment(embedding, stack, adjacency, config)
+        targets = overlap_targets(stack, layer_of, layers)
         losses["overlap"] = overlap_loss(embedding, targets, stack, config)
         total = total + float(config.overlap_weight) * losses["overlap"]
+    elif config.layer_target_weight > 0:
+        layer_of = online_layer_assignment(embedding, stack, adjacency, config)
+        targets = overlap_targets(stack, layer_of, layers)
+        losses["layer_targets"] = overlap_loss(embedding, targets, stack, config)
+        total = total + float(config.layer_target_weight) * losses["layer_targets"]
     losses["loss"] = total
     return losses
+
+
+def online_layer_assignment(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor,
+                            config: Config) -> tf.Tensor:
+    """Object -> layer assignment from the current embedding, per ``config.layer_assignment``.
+
+    ``"argmax"``: :func:`object_layers` (the authors' online phase-2 targets); ``"distinct"``:
+    :func:`distinct_object_layers` (adjacent objects in different layers).
+
+    Parameters
+    ----------
+    embedding : tf.Tensor
+        Layering output ``(B, H, W, N)``.
+    stack : tf.Tensor
+        Label stack ``(B, H, W, L)``.
+    adjacency : tf.Tensor
+        ``(B, K + 1, K + 1)`` 0/1 adjacency.
+    config : Config
+        Options ``layer_assignment``, ``mean_mode`` and ``covered_objects``.
+
+    Returns
+    -------
+    tf.Tensor
+        Int32 ``(B, K + 1)``, -1 for the background and absent ids. Gradient-free.
+    """
+    if config.layer_assignment == "distinct":
+        return distinct_object_layers(embedding, stack, adjacency, config)
+    return object_layers(embedding, stack, tf.shape(adjacency)[1], config)

@@ -144,6 +144,8 @@ class LayeringTrainer(keras.Model):
         if config.method == "layering":
             self.loss_function = compute_losses
             names = [name for name in LOSS_NAMES if name != "overlap" or phase == "overlap"]
+            if phase == "layering" and config.layer_target_weight > 0:
+                names.append("layer_targets")
         else:
             self.loss_function = baselines.semantic_losses
             names = list(baselines.LOSS_NAMES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from layernet.assignment import distinct_layers
 from layernet.config import Config
 
 NORM_EPSILON = 1e-12
@@ -163,6 +164,36 @@ def object_layers(embedding: np.ndarray, stack: np.ndarray, segments: int,
     return result
 
 
+def distinct_object_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: np.ndarray,
+                           config: Config) -> np.ndarray:
+    """Reference of ``layernet.losses.distinct_object_layers``: unit mean embedding of each
+    object's overlap-free part (else its silhouette), then the greedy colouring per image."""
+    batch, segments = adjacency.shape[:2]
+    result = -np.ones((batch, segments), np.int64)
+    for b in range(batch):
+        ids = overlap_free(stack[b])
+        vectors = embedding[b].astype(np.float64)
+        if config.mean_mode == "normalized":
+            vectors = np.array([[v / norm(v) for v in row] for row in vectors])
+        scores = np.zeros((segments, embedding.shape[-1]))
+        for label in range(1, segments):
+            free = ids == label
+            full = object_mask(stack[b], label)
+            if free.any() or full.any():
+                mean = vectors[free if free.any() else full].mean(axis=0)
+                scores[label] = mean / norm(mean)
+        result[b] = distinct_layers(scores, adjacency[b])
+    return result
+
+
+def online_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: np.ndarray,
+                  config: Config) -> np.ndarray:
+    """Reference of ``layernet.losses.online_layer_assignment``."""
+    if config.layer_assignment == "distinct":
+        return distinct_object_layers(embedding, stack, adjacency, config)
+    return object_layers(embedding, stack, adjacency.shape[1], config)
+
+
 def overlap_targets(stack: np.ndarray, layer_of: np.ndarray, layers: int) -> np.ndarray:
     """Reference of ``layernet.losses.overlap_targets``."""
     batch, height, width, _ = stack.shape
@@ -215,13 +246,19 @@ def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray],
     if config.foreground_dice_weight > 0:
         losses["foreground_dice"] = foreground_dice_loss(stack, outputs["foreground"])
         losses["loss"] += config.foreground_dice_weight * losses["foreground_dice"]
+    adjacency = batch["adjacency"]
     if phase == "overlap":
-        segments = batch["adjacency"].shape[1]
-        layer_of = object_layers(embedding, stack, segments, config)
         if config.overlap_targets == "frozen":
-            frozen = batch["layer_of"]
-            layer_of = np.where(frozen >= 0, frozen, layer_of)
+            online = object_layers(embedding, stack, adjacency.shape[1], config)
+            layer_of = np.where(batch["layer_of"] >= 0, batch["layer_of"], online)
+        else:
+            layer_of = online_layers(embedding, stack, adjacency, config)
         targets = overlap_targets(stack, layer_of, embedding.shape[-1])
         losses["overlap"] = overlap_loss(embedding, targets, stack, config)
         losses["loss"] += config.overlap_weight * losses["overlap"]
+    elif config.layer_target_weight > 0:
+        targets = overlap_targets(stack, online_layers(embedding, stack, adjacency, config),
+                                  embedding.shape[-1])
+        losses["layer_targets"] = overlap_loss(embedding, targets, stack, config)
+        losses["loss"] += config.layer_target_weight * losses["layer_targets"]
     return losses

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from layernet.assignment import distinct_layers, layer_collisions, object_layer_scores
 from layernet.config import Config, ConfigError
-from layernet.losses import object_layers
+from layernet.losses import compute_losses, distinct_object_layers, object_layers
 
 
 def test_scores_hand_case_overlap_free_part_and_fallback() -> None:
@@ -80,12 +80,74 @@ def test_scores_argmax_equals_the_losses_object_layers() -> None:
         np.testing.assert_array_equal(np.argmax(scores[1:], axis=1), expected[1:])
 
 
-def test_config_accepts_distinct_only_with_frozen_targets() -> None:
+def test_config_checks_assignment_and_layer_target_weight() -> None:
     Config(layer_assignment="distinct").validate()
-    with pytest.raises(ConfigError, match="layer_assignment"):
-        Config(layer_assignment="distinct", overlap_targets="online").validate()
+    Config(layer_assignment="distinct", overlap_targets="online", layer_target_weight=1).validate()
     with pytest.raises(ConfigError, match="layer_assignment"):
         Config(layer_assignment="colour").validate()
+    with pytest.raises(ConfigError, match="layer_target_weight"):
+        Config(layer_target_weight=-1).validate()
+    with pytest.raises(ConfigError, match="layer_target_weight"):
+        Config(method="unet3", layer_target_weight=1).validate()
+
+
+def two_touching_objects() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objects 1 (columns 0-1) and 2 (columns 2-3) of a 2 x 4 image, adjacent, both preferring
+    layer 0 of 3 (object 1 more strongly); layer 1 is object 2's second choice."""
+    stack = np.array([[1, 1, 2, 2], [1, 1, 2, 2]], np.int32)[None, :, :, None]
+    embedding = np.zeros((1, 2, 4, 3), np.float32)
+    embedding[0, :, :2] = [0.9, 0.1, 0.1]
+    embedding[0, :, 2:] = [0.6, 0.5, 0.1]
+    adjacency = np.array([[[0, 0, 0], [0, 0, 1], [0, 1, 0]]], np.float32)
+    return stack, embedding, adjacency
+
+
+def test_online_distinct_targets_hand_case() -> None:
+    stack, embedding, adjacency = two_touching_objects()
+    config = Config(layer_assignment="distinct", layer_target_weight=1.0)
+    layer_of = distinct_object_layers(tf.constant(embedding), tf.constant(stack),
+                                      tf.constant(adjacency), config).numpy()
+    np.testing.assert_array_equal(layer_of, [[-1, 0, 1]])
+    argmax = object_layers(tf.constant(embedding), tf.constant(stack), 3, Config()).numpy()
+    np.testing.assert_array_equal(argmax, [[-1, 0, 0]])   # the paper's targets merge them
+    outputs = {"layering": tf.Variable(embedding),
+               "foreground": tf.constant(np.full((1, 2, 4, 1), 0.9, np.float32))}
+    batch = {"stack": tf.constant(stack), "adjacency": tf.constant(adjacency)}
+    with tf.GradientTape() as tape:
+        losses = compute_losses(outputs, batch, config, "layering")
+    # Dice of Eq. 6 by hand: targets [1,0,0] on object 1's 4 pixels, [0,1,0] on object 2's
+    intersection = 4 * 0.9 + 4 * 0.5
+    total = 4 * (0.9 + 0.1 + 0.1) + 4 * (0.6 + 0.5 + 0.1) + 8
+    np.testing.assert_allclose(float(losses["layer_targets"]), 1 - 2 * intersection / total,
+                               rtol=1e-6)
+    paper = compute_losses(outputs, batch, Config(), "layering")
+    np.testing.assert_allclose(float(losses["loss"]),
+                               float(paper["loss"]) + float(losses["layer_targets"]), rtol=1e-6)
+    gradient = tape.gradient(losses["layer_targets"], outputs["layering"]).numpy()[0]
+    assert np.all(gradient[:, 2:, 1] < 0) and np.all(gradient[:, 2:, 0] > 0)  # 2 -> layer 1
+    assert "layer_targets" not in paper
+
+
+def test_online_distinct_targets_in_a_training_step(tmp_path) -> None:
+    from layernet.training import LayeringTrainer
+    from layernet.model import build_model
+
+    stack, embedding, adjacency = two_touching_objects()
+    config = Config(size="S", filters=4, head_filters=4, layers=3, channels=1,
+                    layer_assignment="distinct", layer_target_weight=1.0).validate()
+    trainer = LayeringTrainer(build_model(config), config, "layering")
+    trainer.compile(optimizer="rmsprop")
+    trainer.optimizer.build(trainer.net.trainable_variables)
+    image = np.random.default_rng(0).random((1, 8, 8, 1)).astype(np.float32)
+    big_stack = np.zeros((1, 8, 8, 1), np.int32)
+    big_stack[0, 2:4, 2:6, 0] = stack[0, :, :, 0]
+    batch = {"image": tf.constant(image), "stack": tf.constant(big_stack),
+             "adjacency": tf.constant(adjacency)}
+    before = [weight.numpy().copy() for weight in trainer.net.trainable_variables]
+    logs = tf.function(trainer.train_step)(batch)     # graph mode: the NumPy colouring inside
+    assert np.isfinite(float(logs["layer_targets"])) and float(logs["layer_targets"]) > 0
+    after = trainer.net.trainable_variables
+    assert any(not np.array_equal(b, a.numpy()) for b, a in zip(before, after))
 
 
 def test_layer_collisions_hand_case() -> None:

@@ -40,7 +40,7 @@ def stack():
     return stack_from_masks([ring, blob, two_parts, corner])
 
 
-def _fiji_fill(points, shape):
+def fiji_fill(points, shape):
     """Pixels whose centre lies inside an ImageJ polygon (Fiji's polygon filling rule)."""
     rows, cols = fill_polygon(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)
     mask = np.zeros(shape, bool)
@@ -75,7 +75,7 @@ def test_polygons_reproduce_the_pixels_under_fiji_filling(stack):
     for mask in masks:
         filled = np.zeros(mask.shape, bool)
         for points in object_polygons(mask):
-            filled |= _fiji_fill(points, mask.shape)
+            filled |= fiji_fill(points, mask.shape)
         np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
 
 
@@ -101,7 +101,7 @@ def test_rois_zip(tmp_path, stack):
         label = int(roi.name.split("-")[0])
         layer = int(roi.name.split("-")[1][1:]) - 1
         key = (label, layer)
-        filled[key] = filled.get(key, False) | _fiji_fill(roi.coordinates(), stack.shape[1:])
+        filled[key] = filled.get(key, False) | fiji_fill(roi.coordinates(), stack.shape[1:])
     assert len(filled) == 4
     for (label, layer), mask in filled.items():
         np.testing.assert_array_equal(mask, ndimage.binary_fill_holes(stack[layer] == label))

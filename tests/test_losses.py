@@ -33,6 +33,9 @@ VARIANTS = {
                            covered_objects="zero", overlap_targets="online",
                            foreground_dice_weight=0.5),
     "pair": PAPER.replace(repulsion_mode="pair", sparsity_weight=0.5, overlap_weight=2.0),
+    "targets": PAPER.replace(layer_target_weight=0.5, layer_assignment="distinct",
+                             overlap_targets="online"),
+    "targets_argmax": PAPER.replace(layer_target_weight=2.0, mean_mode="normalized"),
 }
 
 
@@ -368,7 +371,7 @@ def edge_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("case", sorted(edge_cases()))
 @pytest.mark.parametrize("fill", ["random", "zeros", "ones"])
-@pytest.mark.parametrize("name", ["paper", "authors", "mixed"])
+@pytest.mark.parametrize("name", ["paper", "authors", "mixed", "targets"])
 def test_losses_and_gradients_are_finite(case: str, fill: str, name: str) -> None:
     stack, adjacency = edge_cases()[case]
     config = VARIANTS[name]

@@ -12,8 +12,43 @@ import roifile
 import tifffile
 
 from layernet.instances import validate_stack
+from scipy import ndimage
+
 from layernet.io import read_image, read_label_stack, read_mask, write_image_atomic
 from tests.conftest import run_cli
+from tests.test_export import fiji_fill
+
+
+def assert_rois_fill_the_objects(rois: list, stack: np.ndarray) -> None:
+    """Fiji's filling of the ROIs named ``<id>-L<slice>[-part]`` gives each object's pixels
+    (holes filled), overlaps included: the README's Fiji section."""
+    filled: dict[tuple[int, int], np.ndarray] = {}
+    for roi in rois:
+        label, layer = roi.name.split("-")[:2]
+        key = (int(label), int(layer[1:]) - 1)
+        filled[key] = filled.get(key, False) | fiji_fill(roi.coordinates(), stack.shape[1:])
+    objects = {(int(label), layer) for layer in range(stack.shape[0])
+               for label in np.unique(stack[layer]) if label}
+    assert set(filled) == objects
+    for (label, layer), mask in filled.items():
+        np.testing.assert_array_equal(mask, ndimage.binary_fill_holes(stack[layer] == label))
+
+
+def test_rois_of_crossing_objects_open_as_separate_objects(tmp_path):
+    from layernet.export import write_prediction
+
+    stack = np.zeros((2, 30, 40), np.uint16)
+    stack[0, 12:18, 2:38] = 1       # a horizontal worm ...
+    stack[1, 2:28, 17:23] = 2       # ... crossed by a vertical one
+    stack[0, 2:8, 2:8] = 3
+    prefix = tmp_path / "crossing"
+    write_prediction(str(prefix), stack, np.zeros((30, 40), np.float32), rois=True)
+    rois = roifile.roiread(str(prefix) + ".rois.zip")
+    assert sorted(roi.name for roi in rois) == ["0001-L1", "0002-L2", "0003-L1"]
+    assert_rois_fill_the_objects(rois, stack)
+    crossing = fiji_fill(rois[0].coordinates(), stack.shape[1:]) & fiji_fill(
+        rois[1].coordinates(), stack.shape[1:])
+    assert crossing.sum() == 6 * 6   # the crossing belongs to both ROIs
 
 
 def test_help_teaches():
@@ -74,6 +109,7 @@ def test_many_inputs_errors_and_all_outputs(tiny_run, tmp_path):
                                           np.any(stack == label, axis=0))
         rois = roifile.roiread(str(prefix) + ".rois.zip") if ids.size else []
         assert len(rois) >= ids.size
+        assert_rois_fill_the_objects(rois, stack)
         coco = json.loads(open(str(prefix) + ".coco.json").read())
         assert len(coco["annotations"]) == ids.size
         assert read_label_stack(str(prefix) + ".flat.tif").shape == (1,) + shape
