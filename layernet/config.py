@@ -91,9 +91,12 @@ class Config:
     # embedding (paper); "distinct" = the same preference, but adjacent objects get different
     # layers (greedy colouring, layernet.assignment)
     layer_assignment: str = "argmax"
-    # phase 1: weight of Eq. 6's Dice against targets recomputed at every step from the current
+    # phase 1: weight of a loss against targets recomputed at every step from the current
     # embedding with layer_assignment (0 = the paper's phase 1; not in the paper)
     layer_target_weight: float = 0.0
+    # loss of those targets: "bce" = cross-entropy of every layer on the foreground (does not
+    # vanish for a switched-off layer); "dice" = Eq. 6
+    layer_target_loss: str = "bce"
     # layer of an object with no overlap-free pixel: "full" = argmax of the mean embedding over
     # its whole silhouette; "zero" = layer 0 (authors)
     covered_objects: str = "full"
@@ -171,6 +174,7 @@ class Config:
             "sparsity_mode": ("paper", "authors"),
             "overlap_targets": ("frozen", "online"),
             "layer_assignment": ("argmax", "distinct"),
+            "layer_target_loss": ("bce", "dice"),
             "covered_objects": ("full", "zero"),
             "phase": ("layering", "overlap"),
             "strategy": ("default", "mirrored", "multiworker"),

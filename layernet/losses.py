@@ -62,6 +62,7 @@ __all__ = [
     "online_layer_assignment",
     "overlap_targets",
     "overlap_loss",
+    "layer_target_loss",
     "compute_losses",
 ]
 
@@ -143,10 +144,53 @@ def _tensors(*values: tf.Tensor) -> list[tf.Tensor]:
 @tf.function(reduce_retracing=True)
 def _foreground_bce(stack: tf.Tensor, fg_pred: tf.Tensor) -> tf.Tensor:
     target = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
-    probability = tf.clip_by_value(tf.cast(fg_pred[..., 0], tf.float32),
+    return tf.reduce_mean(_binary_cross_entropy(target, fg_pred[..., 0]))
+
+
+def _binary_cross_entropy(target: tf.Tensor, probability: tf.Tensor) -> tf.Tensor:
+    """Per-element cross-entropy of sigmoid outputs, clipped to ``[1e-7, 1 - 1e-7]``."""
+    probability = tf.clip_by_value(tf.cast(probability, tf.float32),
                                    PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
-    bce = -(target * tf.math.log(probability) + (1.0 - target) * tf.math.log(1.0 - probability))
-    return tf.reduce_mean(bce)
+    return -(target * tf.math.log(probability) + (1.0 - target) * tf.math.log(1.0 - probability))
+
+
+@tf.function(reduce_retracing=True)
+def _layer_target_bce(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor) -> tf.Tensor:
+    foreground = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
+    per_pixel = tf.reduce_mean(_binary_cross_entropy(tf.cast(targets, tf.float32), embedding),
+                               axis=-1)
+    return tf.reduce_sum(per_pixel * foreground) / tf.maximum(tf.reduce_sum(foreground), 1.0)
+
+
+def layer_target_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor,
+                      config: Config) -> tf.Tensor:
+    """Loss of the layering head against per-object layer targets ``S`` on the foreground.
+
+    ``config.layer_target_loss = "bce"``: the binary cross-entropy of every layer's sigmoid
+    output against ``S``, averaged over the ``N`` layers and the foreground pixels of the batch
+    (overlaps included; 0 without foreground). Unlike the Dice of Eq. 6 its gradient with respect
+    to a layer's logit is ``e - S``, so a layer that the network has switched off (``e`` near 0)
+    is still pulled up where the targets want it. ``"dice"``: :func:`overlap_loss` (Eq. 6).
+
+    Parameters
+    ----------
+    embedding : tf.Tensor
+        Sigmoid output ``(B, H, W, N)``.
+    targets : tf.Tensor
+        ``S`` of :func:`overlap_targets`, ``(B, H, W, N)``.
+    stack : tf.Tensor
+        Label stack ``(B, H, W, L)`` (defines the foreground).
+    config : Config
+        Options ``layer_target_loss`` (and those of :func:`overlap_loss` for ``"dice"``).
+
+    Returns
+    -------
+    tf.Tensor
+        Float32 scalar.
+    """
+    if config.layer_target_loss == "dice":
+        return overlap_loss(embedding, targets, stack, config)
+    return _layer_target_bce(*_tensors(embedding, targets, stack))
 
 
 def foreground_loss(stack: tf.Tensor, fg_pred: tf.Tensor) -> tf.Tensor:
@@ -632,8 +676,8 @@ def compute_losses(outputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tens
     Phase-2 targets: ``"frozen"`` uses ``batch["layer_of"]`` (objects marked -1 fall back to the
     argmax assignment from the current embedding); ``"online"`` recomputes the assignment from
     the current embedding at every step (:func:`online_layer_assignment`: argmax as the authors,
-    or ``layer_assignment="distinct"``). ``layer_targets`` (not in the paper) is Eq. 6 in phase 1
-    against such online targets: every object's whole silhouette is pulled into one layer, and
+    or ``layer_assignment="distinct"``). ``layer_targets`` (not in the paper) is
+    :func:`layer_target_loss` in phase 1 against such online targets: every object's whole silhouette is pulled into one layer, and
     with ``"distinct"`` touching objects into different ones.
     """
     if phase not in ("layering", "overlap"):
@@ -663,7 +707,7 @@ def compute_losses(outputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tens
     elif config.layer_target_weight > 0:
         layer_of = online_layer_assignment(embedding, stack, adjacency, config)
         targets = overlap_targets(stack, layer_of, layers)
-        losses["layer_targets"] = overlap_loss(embedding, targets, stack, config)
+        losses["layer_targets"] = layer_target_loss(embedding, targets, stack, config)
         total = total + float(config.layer_target_weight) * losses["layer_targets"]
     losses["loss"] = total
     return losses

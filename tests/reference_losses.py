@@ -235,6 +235,17 @@ def overlap_loss(embedding: np.ndarray, targets: np.ndarray, stack: np.ndarray,
     return dice_loss(intersection, total)
 
 
+def layer_target_bce(embedding: np.ndarray, targets: np.ndarray, stack: np.ndarray) -> float:
+    """Reference of ``layernet.losses.layer_target_loss`` ("bce"): mean over the foreground
+    pixels and the layers of the clipped binary cross-entropy."""
+    values = []
+    for b, y, x in zip(*np.nonzero(np.any(stack > 0, axis=-1))):
+        for e, s in zip(embedding[b, y, x].astype(np.float64), targets[b, y, x]):
+            p = min(max(e, 1e-7), 1 - 1e-7)
+            values.append(-(s * np.log(p) + (1 - s) * np.log(1 - p)))
+    return float(np.mean(values)) if values else 0.0
+
+
 def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], config: Config,
                    phase: str) -> dict[str, float]:
     """Reference of ``layernet.losses.compute_losses``."""
@@ -259,6 +270,9 @@ def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray],
     elif config.layer_target_weight > 0:
         targets = overlap_targets(stack, online_layers(embedding, stack, adjacency, config),
                                   embedding.shape[-1])
-        losses["layer_targets"] = overlap_loss(embedding, targets, stack, config)
+        if config.layer_target_loss == "dice":
+            losses["layer_targets"] = overlap_loss(embedding, targets, stack, config)
+        else:
+            losses["layer_targets"] = layer_target_bce(embedding, targets, stack)
         losses["loss"] += config.layer_target_weight * losses["layer_targets"]
     return losses

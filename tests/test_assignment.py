@@ -104,7 +104,8 @@ def two_touching_objects() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_online_distinct_targets_hand_case() -> None:
     stack, embedding, adjacency = two_touching_objects()
-    config = Config(layer_assignment="distinct", layer_target_weight=1.0)
+    config = Config(layer_assignment="distinct", layer_target_weight=1.0,
+                    layer_target_loss="dice")
     layer_of = distinct_object_layers(tf.constant(embedding), tf.constant(stack),
                                       tf.constant(adjacency), config).numpy()
     np.testing.assert_array_equal(layer_of, [[-1, 0, 1]])
@@ -126,6 +127,30 @@ def test_online_distinct_targets_hand_case() -> None:
     gradient = tape.gradient(losses["layer_targets"], outputs["layering"]).numpy()[0]
     assert np.all(gradient[:, 2:, 1] < 0) and np.all(gradient[:, 2:, 0] > 0)  # 2 -> layer 1
     assert "layer_targets" not in paper
+    # the cross-entropy: mean over the 8 pixels and 3 layers
+    bce = compute_losses(outputs, batch, config.replace(layer_target_loss="bce"), "layering")
+    expected = -(4 * (np.log(0.9) + 2 * np.log(0.9)) + 4 * (np.log(0.4) + np.log(0.5)
+                                                            + np.log(0.9))) / 24
+    np.testing.assert_allclose(float(bce["layer_targets"]), expected, rtol=1e-6)
+
+
+def test_cross_entropy_targets_pull_a_switched_off_layer_harder_than_dice() -> None:
+    stack, embedding, adjacency = two_touching_objects()
+    embedding[0, :, :2] = [0.9, 0.001, 0.001]
+    embedding[0, :, 2:] = [0.5, 0.01, 0.001]         # object 2's target layer 1 is switched off
+    batch = {"stack": tf.constant(stack), "adjacency": tf.constant(adjacency)}
+    logits = tf.Variable(np.log(embedding / (1 - embedding)))
+    pulls = {}
+    for loss in ("dice", "bce"):
+        config = Config(layer_assignment="distinct", layer_target_weight=1.0,
+                        layer_target_loss=loss)
+        with tf.GradientTape() as tape:
+            outputs = {"layering": tf.sigmoid(logits),
+                       "foreground": tf.constant(np.full((1, 2, 4, 1), 0.9, np.float32))}
+            value = compute_losses(outputs, batch, config, "layering")["layer_targets"]
+        pulls[loss] = -float(tape.gradient(value, logits)[0, 0, 2, 1]) * 8  # per-pixel scale
+    assert pulls["bce"] > 0 and pulls["dice"] > 0
+    assert pulls["bce"] > 20 * pulls["dice"]
 
 
 def test_online_distinct_targets_in_a_training_step(tmp_path) -> None:
