@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--method", default="layering", choices=("layering", "unet2", "unet3"))
     parser.add_argument("--minutes", type=float, required=True, help="total training budget")
     parser.add_argument("--phase1-share", type=float, default=0.7,
-                        help="share of the budget for phase 1 (layering method only)")
+                        help="share of the budget for phase 1 (layering method only); 1: no "
+                             "phase 2, phase 1's best.h5 is scored")
     parser.add_argument("--split", default="val", help="split to evaluate (never tune on test)")
     parser.add_argument("--tta", action="store_true",
                         help="also evaluate with test-time augmentation (evaluate.py --tta)")
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after --: extra train.py options")
     args = parser.parse_args()
+    if not 0.0 < args.phase1_share <= 1.0:
+        parser.error(f"--phase1-share must be in (0, 1], got {args.phase1_share}")
     extra = [item for item in args.train_args if item != "--"]
     os.makedirs(args.out, exist_ok=True)
     data = ["--data", args.data] + (["--data-dir", args.data_dir] if args.data_dir else [])
@@ -101,11 +104,13 @@ def main() -> None:
         run([python, "train.py", "--phase", "layering", *data, "--minutes",
              f"{args.minutes * args.phase1_share:.3f}", *many_epochs, "--out", first, *extra])
         runs.append(("phase 1", first))
-        remaining = args.minutes - (time.perf_counter() - start) / 60.0
-        run([python, "train.py", "--phase", "overlap", "--init", os.path.join(first, "best.h5"),
-             "--minutes", f"{max(remaining, 0.1):.3f}", *many_epochs, "--out", second, *extra])
-        runs.append(("phase 2", second))
-        model = os.path.join(second, "best.h5")
+        model = os.path.join(first, "best.h5")
+        if args.phase1_share < 1.0:
+            remaining = args.minutes - (time.perf_counter() - start) / 60.0
+            run([python, "train.py", "--phase", "overlap", "--init", model, "--minutes",
+                 f"{max(remaining, 0.1):.3f}", *many_epochs, "--out", second, *extra])
+            runs.append(("phase 2", second))
+            model = os.path.join(second, "best.h5")
     else:
         first = os.path.join(args.out, args.method)
         run([python, "train.py", "--method", args.method, *data, "--minutes", f"{args.minutes:.3f}",
