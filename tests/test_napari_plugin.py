@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-
+import time
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -68,6 +68,17 @@ def viewer(qtbot):
     return napari.components.ViewerModel()
 
 
+@pytest.fixture
+def window(qtbot):
+    """A real napari viewer window, closed after the test; needs an X display (the canvas draws
+    nothing while the window is hidden)."""
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("a napari window needs an X display with OpenGL (CI: xvfb-run)")
+    view = napari.Viewer(show=True)
+    yield view
+    view.close()
+
+
 def _shown(start: int) -> list[tuple[str, str]]:
     from napari.utils.notifications import notification_manager
 
@@ -98,6 +109,8 @@ def test_manifest_is_valid_npe2_and_its_commands_import() -> None:
     manifest.validate_imports()  # every python_name resolves to a callable
     reader = manifest.contributions.readers[0]
     assert "*.layers.tif" in reader.filename_patterns and reader.accepts_directories
+    assert [widget.display_name for widget in manifest.contributions.widgets] == [
+        "Segment overlapping objects"]
 
 
 def test_reader_gives_one_labels_layer_per_slice_and_outlines_that_cover_the_objects(
@@ -135,6 +148,33 @@ def test_reader_gives_one_labels_layer_per_slice_and_outlines_that_cover_the_obj
                                    atol=1e-6)
     assert len({tuple(np.round(colours[label], 3)) for label in (3, 5, 7)}) == 3
     np.testing.assert_allclose(first.colormap.map(np.array([0]))[0][3], 0)  # background clear
+
+
+def test_plugin_in_a_napari_window_opens_files_draws_them_and_docks_the_widget(
+        prediction, window, qtbot) -> None:
+    manager = npe2.PluginManager.instance()
+    assert register() == PLUGIN_NAME
+    try:
+        assert register() == PLUGIN_NAME  # twice is fine
+        layers = window.open(prediction["path"], plugin=PLUGIN_NAME)
+        assert [layer.name for layer in layers] == [
+            "cross", "cross slice 1", "cross slice 2", "cross outlines"]
+        _, widget = window.window.add_plugin_dock_widget(
+            PLUGIN_NAME, "Segment overlapping objects")
+        assert [layer.name for layer in widget.viewer.layers] == [  # napari's proxy of it
+            layer.name for layer in window.layers]
+        assert widget.image.value is window.layers["cross"]
+        # the canvas draws the objects in their colours: the crossing bar's colour is on screen
+        window.layers["cross"].visible = False
+        window.layers["cross outlines"].visible = False
+        window.reset_view()
+        picture = window.screenshot(canvas_only=True, flash=False)
+        colour = id_colours(prediction["stack"])[3][:3] * 255 * LABELS_OPACITY  # over black
+        assert picture.ndim == 3 and picture.shape[0] > 100
+        near = np.abs(picture[..., :3] - colour).max(axis=-1) < 20
+        assert near.sum() > 50, "the bar's colour is missing from the canvas"
+    finally:
+        manager.unregister(PLUGIN_NAME)
 
 
 def test_plugin_registered_opens_files_through_napari(prediction, viewer) -> None:
@@ -209,3 +249,108 @@ def test_layer_data_follow_the_image_layer_scale_and_all_slices_on_request() -> 
         "x slice 1", "x slice 2", "x slice 3", "x slice 4", "x outlines"]
     assert all(kwargs["scale"] == (0.5, 0.5) and kwargs["translate"] == (10.0, 0.0)
                for _, kwargs, _ in layers)
+
+
+def _cells_image() -> np.ndarray:
+    from datasets.synthetic import generate_sample
+
+    sample = generate_sample(np.random.default_rng(5), "cells", 96)
+    return (sample.image[..., 0] * 200).astype(np.uint16)
+
+
+def _wait(qtbot, widget, timeout: float = 90.0) -> None:
+    """Run the event loop until the widget's worker has finished (its ``finished`` signal,
+    connected before the worker started, resets ``running``)."""
+    qtbot.waitUntil(lambda: not widget.running, timeout=int(timeout * 1000))
+
+
+def test_widget_runs_the_model_in_a_worker_and_adds_the_layers(tiny_run, viewer, qtbot
+                                                                ) -> None:
+    from qtpy.QtCore import QTimer
+
+    from layernet import runfolder
+    from layernet.batch_predict import load_predictor
+    from layernet.io import as_channels
+    from layernet.napari.widget import PredictWidget
+    from layernet.tiling import predict_image
+
+    image = _cells_image()
+    viewer.add_image(image, name="cells")
+    widget = PredictWidget(viewer, model=tiny_run)
+    config = runfolder.config_for_model(runfolder.resolve_model_path(tiny_run))
+    assert widget.image.value is viewer.layers["cells"]
+    assert widget.tau.value == pytest.approx(config.tau) and widget.min_size.value == config.min_size
+    widget.tau.value, widget.min_size.value = 0.45, 5
+
+    progress: list[tuple[int, int, str, bool]] = []
+    widget._relay.progress.connect(lambda done, total, what: progress.append(
+        (done, total, what, threading.current_thread() is threading.main_thread())))
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    worker = widget.start()
+    assert worker is not None and widget.running  # start() returned before the prediction
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    _wait(qtbot, widget)
+    timer.stop()
+
+    outcome = widget.last_outcome
+    assert outcome is not None and outcome.error is None, outcome.error
+    # the GUI thread kept running its event loop while the model loaded and predicted
+    assert len(ticks) >= 10, (len(ticks), outcome.seconds)
+    assert progress[0][:3] == (0, 3, "loading the model") and progress[-1][:3] == (3, 3, "done")
+    assert all(in_main for *_, in_main in progress)  # delivered to the GUI thread
+    assert widget.progress.value == widget.progress.max == 3 and widget.run_button.enabled
+
+    predictor = load_predictor(tiny_run, config_changes={"tau": 0.45, "min_size": 5})
+    expected = predict_image(predictor, as_channels(image, expected_channels=1)).stack
+    np.testing.assert_array_equal(outcome.stack, expected)
+    filled = [index for index in range(expected.shape[0]) if expected[index].any()] or [0]
+    names = [f"cells slice {index + 1}" for index in filled] + ["cells outlines"]
+    assert [layer.name for layer in viewer.layers] == ["cells"] + names
+    for index in filled:
+        np.testing.assert_array_equal(viewer.layers[f"cells slice {index + 1}"].data,
+                                      expected[index])
+    assert len(viewer.layers["cells outlines"].data) >= len(np.unique(expected)) - 1
+
+    # other thresholds: Algorithm 1 again on the kept maps, and the layers are replaced
+    widget.min_size.value = 10_000
+    worker = widget.start()
+    _wait(qtbot, widget)
+    assert widget.last_outcome.reused_maps and widget.last_outcome.stack.max() == 0
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells slice 1",
+                                                      "cells outlines"]
+
+
+def test_widget_reports_bad_input_as_notifications(tiny_run, viewer, qtbot, tmp_path) -> None:
+    from layernet.napari.widget import PredictWidget
+
+    widget = PredictWidget(viewer, model="")
+    start = _records()
+    assert widget.start() is None
+    assert any("no image layer" in message for _, message in _shown(start))
+
+    viewer.add_image(_cells_image(), name="cells")
+    widget.model.line_edit.value = str(tmp_path / "no-such-run")
+    assert "no-such-run" in widget.status.value  # checked while typing, without a notification
+    start = _records()
+    worker = widget.start()
+    _wait(qtbot, widget)
+    shown = _shown(start)
+    assert len(shown) == 1 and shown[0][0] == "error", shown
+    assert shown[0][1].startswith("layernet: ") and "no-such-run" in shown[0][1]
+    assert "\n" not in shown[0][1] and "Traceback" not in shown[0][1]
+
+    # a colour image for a grayscale model: the message names the layer
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), name="colour",
+                     rgb=True)
+    widget.image.value = viewer.layers["colour"]
+    widget.model.line_edit.value = tiny_run
+    start = _records()
+    worker = widget.start()
+    _wait(qtbot, widget)
+    shown = _shown(start)
+    assert len(shown) == 1 and shown[0][0] == "error" and "colour" in shown[0][1], shown
+    assert [layer.name for layer in viewer.layers] == ["cells", "colour"]  # nothing added
