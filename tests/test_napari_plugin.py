@@ -20,11 +20,6 @@ import time
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-# napari colours labels and triangulates shapes with numba when it is installed (as with
-# requirements-bench.txt), compiling its loops on first use: 10-40 s once per installation.
-# Its NumPy backends give the same layers at once (read when napari's settings load).
-os.environ.setdefault("NAPARI_COLORMAP_BACKEND", "pure_python")
-os.environ.setdefault("NAPARI_TRIANGULATION_BACKEND", "pure_python")
 
 import numpy as np
 import pytest
@@ -264,8 +259,8 @@ def _wait(qtbot, widget, timeout: float = 90.0) -> None:
     qtbot.waitUntil(lambda: not widget.running, timeout=int(timeout * 1000))
 
 
-def test_widget_runs_the_model_in_a_worker_and_adds_the_layers(tiny_run, viewer, qtbot
-                                                                ) -> None:
+def test_widget_runs_the_model_in_a_worker_and_adds_the_layers(tiny_run, viewer, qtbot,
+                                                                request) -> None:
     from qtpy.QtCore import QTimer
 
     from layernet import runfolder
@@ -277,6 +272,7 @@ def test_widget_runs_the_model_in_a_worker_and_adds_the_layers(tiny_run, viewer,
     image = _cells_image()
     viewer.add_image(image, name="cells")
     widget = PredictWidget(viewer, model=tiny_run)
+    request.addfinalizer(widget.runner.close)
     config = runfolder.config_for_model(runfolder.resolve_model_path(tiny_run))
     assert widget.image.value is viewer.layers["cells"]
     assert widget.tau.value == pytest.approx(config.tau) and widget.min_size.value == config.min_size
@@ -299,9 +295,13 @@ def test_widget_runs_the_model_in_a_worker_and_adds_the_layers(tiny_run, viewer,
     assert outcome is not None and outcome.error is None, outcome.error
     # the GUI thread kept running its event loop while the model loaded and predicted
     assert len(ticks) >= 10, (len(ticks), outcome.seconds)
-    assert progress[0][:3] == (0, 3, "loading the model") and progress[-1][:3] == (3, 3, "done")
+    stages = [what for _, _, what, _ in progress]
+    assert stages[0] == "checking the model" and progress[-1][:3] == (3, 3, "done")
+    assert "loading the model" in stages and "running the network" in stages
     assert all(in_main for *_, in_main in progress)  # delivered to the GUI thread
     assert widget.progress.value == widget.progress.max == 3 and widget.run_button.enabled
+    # TensorFlow ran in a process of its own, which stays for the next run
+    assert widget.runner.process.is_alive() and widget.runner.process.pid != os.getpid()
 
     predictor = load_predictor(tiny_run, config_changes={"tau": 0.45, "min_size": 5})
     expected = predict_image(predictor, as_channels(image, expected_channels=1)).stack
@@ -322,11 +322,24 @@ def test_widget_runs_the_model_in_a_worker_and_adds_the_layers(tiny_run, viewer,
     assert [layer.name for layer in viewer.layers] == ["cells", "cells slice 1",
                                                       "cells outlines"]
 
+    # Cancel stops the process; the next run starts a new one and loads the model again
+    pid = widget.runner.process.pid
+    widget.tta.value = True  # not the kept maps: the network runs
+    widget.start()
+    widget.cancel()
+    _wait(qtbot, widget)
+    assert widget.last_outcome.cancelled and widget.runner.process is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # ended and reaped
+    assert widget.status.value.startswith("cancelled")
 
-def test_widget_reports_bad_input_as_notifications(tiny_run, viewer, qtbot, tmp_path) -> None:
+
+def test_widget_reports_bad_input_as_notifications(tiny_run, viewer, qtbot, tmp_path,
+                                                   request) -> None:
     from layernet.napari.widget import PredictWidget
 
     widget = PredictWidget(viewer, model="")
+    request.addfinalizer(widget.runner.close)
     start = _records()
     assert widget.start() is None
     assert any("no image layer" in message for _, message in _shown(start))
@@ -354,3 +367,4 @@ def test_widget_reports_bad_input_as_notifications(tiny_run, viewer, qtbot, tmp_
     shown = _shown(start)
     assert len(shown) == 1 and shown[0][0] == "error" and "colour" in shown[0][1], shown
     assert [layer.name for layer in viewer.layers] == ["cells", "colour"]  # nothing added
+    assert widget.runner.process is None  # both checked before TensorFlow was started

@@ -7,8 +7,10 @@ changes), test-time augmentation, Run and Cancel. The model is loaded once and k
 again on the same image with other thresholds reuses the network's maps.
 
 The prediction runs in a napari worker thread (:func:`napari.qt.threading.create_worker`), so the
-viewer stays responsive; the widget's progress bar follows the stages and the tiles of a large
-image, and napari's activity panel shows the running task. The result is added as the reader adds
+viewer stays responsive, which hands the image to a process of its own that runs TensorFlow
+(:class:`layernet.napari.runner.ModelRunner`: TensorFlow and napari's OpenGL canvas crash when
+they share a process on Linux). The widget's progress bar follows the stages and the tiles of a
+large image, and napari's activity panel shows the running task; Cancel stops the process. The result is added as the reader adds
 a prediction (:func:`layernet.napari.layers.prediction_layer_data`): ``<image> slice <k>`` Labels
 layers and ``<image> outlines``, replacing those of an earlier run on the same image. Errors (no
 image, a bad model, an image the model cannot take) are napari notifications of one line.
@@ -119,6 +121,8 @@ class PredictWidget(Container):
                                layout="horizontal", labels=False),
                      self.progress, self.status])
 
+        runner = self.runner
+        self.native.destroyed.connect(lambda *_: runner.close())  # ends the model's process
         self.model.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
