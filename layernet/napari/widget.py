@@ -176,10 +176,21 @@ class PredictWidget(Container):
         return self.worker is not None
 
     def start(self, _value: Any = None) -> Any:
-        """Start segmenting the chosen image layer; return the worker (``None`` on a bad input).
+        """Start segmenting the chosen image layer (the Run button).
 
         Returns at once: the prediction runs in a worker thread and its layers are added when it
         ends. Bad inputs are reported as napari notifications.
+
+        Parameters
+        ----------
+        _value : object, optional
+            The button's value (ignored).
+
+        Returns
+        -------
+        napari.qt.threading.FunctionWorker or None
+            The started worker, or ``None`` when nothing was started (a run under way, no image
+            layer, no model).
         """
         if self.running:
             return None
@@ -216,7 +227,7 @@ class PredictWidget(Container):
         return worker
 
     def cancel(self, _value: Any = None) -> None:
-        """Stop the running prediction at its next stage or tile batch."""
+        """Stop the running prediction (the Cancel button): its process is terminated."""
         if self.running:
             self._cancel.set()
             self.status.value = "cancelling"
