@@ -22,8 +22,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
+import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -235,7 +237,15 @@ class ModelRunner:
         ours, theirs = context.Pipe()
         process = context.Process(target=_serve, args=(theirs, self.precision), daemon=True,
                                   name="layernet-napari-predict")
-        process.start()
+        # A spawned process first runs the parent's main script again, unless it is guarded by
+        # ``if __name__ == "__main__"``; napari scripts seldom are (the process would open a
+        # second viewer). It needs nothing of it, so it is started with an empty main module.
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            process.start()
+        finally:
+            sys.modules["__main__"] = main
         theirs.close()
         self._process, self._connection = process, ours
         logger.info("started the prediction process (pid %d)", process.pid)
