@@ -1,12 +1,10 @@
 """The napari plugin (layernet.napari): manifest, reader, dock widget; headless.
 
-Skipped when napari is not installed (requirements-napari.txt; CI installs it). The reader and
-widget tests need no display and no OpenGL: layers go into napari's viewer model
-(``napari.components.ViewerModel``, everything of a viewer but the window) and the widget's Qt
-controls run on Qt's offscreen platform, with pytest-qt's ``qtbot`` running the event loop. The
-one test of a real viewer window (plugin registered with napari, widget docked through its
-Plugins entry, layers drawn by the OpenGL canvas) needs an X display: CI runs it under
-``xvfb-run`` (.ci/run); without a display it is skipped.
+Skipped when napari is not installed (requirements-napari.txt; CI installs it). These tests need
+no display and no OpenGL: layers go into napari's viewer model (``napari.components.ViewerModel``,
+everything of a viewer but the window) and the widget's Qt controls run on Qt's offscreen
+platform (without a display), with pytest-qt's ``qtbot`` running the event loop. A real viewer
+window is tested in tests/test_napari_window.py.
 
 napari's own pytest plugin is switched off for the suite (pytest.ini): it would add autouse
 fixtures to every test.
@@ -33,8 +31,7 @@ from skimage.draw import disk, line  # noqa: E402
 from layernet.io import write_image_atomic, write_label_stack  # noqa: E402
 from layernet.napari import (MANIFEST, PLUGIN_NAME, PredictionReadError,  # noqa: E402
                              napari_get_reader, open_prediction, read_prediction, register)
-from layernet.napari.layers import (LABELS_OPACITY, id_colours,  # noqa: E402
-                                    prediction_layer_data)
+from layernet.napari.layers import id_colours, prediction_layer_data  # noqa: E402
 
 SHAPE = (48, 64)
 
@@ -61,17 +58,6 @@ def crossing_stack() -> np.ndarray:
 def viewer(qtbot):
     """napari's viewer model: layers, dims, opening files, no window (no OpenGL needed)."""
     return napari.components.ViewerModel()
-
-
-@pytest.fixture
-def window(qtbot):
-    """A real napari viewer window, closed after the test; needs an X display (the canvas draws
-    nothing while the window is hidden)."""
-    if not os.environ.get("DISPLAY"):
-        pytest.skip("a napari window needs an X display with OpenGL (CI: xvfb-run)")
-    view = napari.Viewer(show=True)
-    yield view
-    view.close()
 
 
 def _shown(start: int) -> list[tuple[str, str]]:
@@ -143,33 +129,6 @@ def test_reader_gives_one_labels_layer_per_slice_and_outlines_that_cover_the_obj
                                    atol=1e-6)
     assert len({tuple(np.round(colours[label], 3)) for label in (3, 5, 7)}) == 3
     np.testing.assert_allclose(first.colormap.map(np.array([0]))[0][3], 0)  # background clear
-
-
-def test_plugin_in_a_napari_window_opens_files_draws_them_and_docks_the_widget(
-        prediction, window, qtbot) -> None:
-    manager = npe2.PluginManager.instance()
-    assert register() == PLUGIN_NAME
-    try:
-        assert register() == PLUGIN_NAME  # twice is fine
-        layers = window.open(prediction["path"], plugin=PLUGIN_NAME)
-        assert [layer.name for layer in layers] == [
-            "cross", "cross slice 1", "cross slice 2", "cross outlines"]
-        _, widget = window.window.add_plugin_dock_widget(
-            PLUGIN_NAME, "Segment overlapping objects")
-        assert [layer.name for layer in widget.viewer.layers] == [  # napari's proxy of it
-            layer.name for layer in window.layers]
-        assert widget.image.value is window.layers["cross"]
-        # the canvas draws the objects in their colours: the crossing bar's colour is on screen
-        window.layers["cross"].visible = False
-        window.layers["cross outlines"].visible = False
-        window.reset_view()
-        picture = window.screenshot(canvas_only=True, flash=False)
-        colour = id_colours(prediction["stack"])[3][:3] * 255 * LABELS_OPACITY  # over black
-        assert picture.ndim == 3 and picture.shape[0] > 100
-        near = np.abs(picture[..., :3] - colour).max(axis=-1) < 20
-        assert near.sum() > 50, "the bar's colour is missing from the canvas"
-    finally:
-        manager.unregister(PLUGIN_NAME)
 
 
 def test_plugin_registered_opens_files_through_napari(prediction, viewer) -> None:
