@@ -48,9 +48,6 @@ quiet_tensorflow()
 
 logger = logging.getLogger("predict")
 
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".webp")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +139,8 @@ def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
     problems : list of str
         One message per argument that yielded nothing.
     """
+    from layernet.io import IMAGE_EXTENSIONS
+
     files: list[str] = []
     problems: list[str] = []
     for pattern in patterns:

@@ -38,7 +38,11 @@ __all__ = [
     "write_label_stack",
     "read_label_stack",
     "write_image_atomic",
+    "IMAGE_EXTENSIONS",
 ]
+
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".webp")
+"""File name extensions (lower case) of the images ``predict.py`` reads from a folder."""
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
