@@ -121,8 +121,8 @@ def machine_rates(args: argparse.Namespace) -> dict[str, float]:
 def _config(size: str, side: int, precision: str, args: argparse.Namespace):
     from layernet.config import Config
 
-    return Config(size=size, filters=args.filters, patch_size=side, batch_size=args.batch_size,
-                  precision=precision).validate()
+    return Config(size=size, filters=args.filters, head_filters=args.head_filters,
+                  patch_size=side, batch_size=args.batch_size, precision=precision).validate()
 
 
 def _train_step(net, optimizer, config) -> Callable:
@@ -244,7 +244,7 @@ def forward_rate(args: argparse.Namespace, rates: dict[str, float] | None) -> di
     seconds = interleaved({name: (lambda p=p: p.maps_normalized(image))
                            for name, p in predictors.items()}, args.repeats)
     f32, bf16 = seconds["float32"], seconds["mixed_bfloat16"]
-    row("forward", f"UNet-{args.predict_size}/{args.filters} {side}^2 ms, "
+    row("forward", f"UNet-{args.predict_size}/{args.filters} h{args.head_filters} {side}^2 ms, "
         f"{flops / 1e9:.0f} GFLOP (bf16 | f32)", f"{bf16 * 1e3:.0f}", f"{f32 * 1e3:.0f}",
         f"{f32 / bf16:.2f}x")
     if rates:
@@ -338,7 +338,7 @@ def onnx_ratio(args: argparse.Namespace, predictors: dict) -> None:
     whole = interleaved({name: end_to_end(predictor, image, os.path.join(folder, name),
                                           args.tile_batch)
                          for name, predictor in candidates.items()}, args.repeats)
-    what = f"UNet-{args.predict_size}/{args.filters} {side}^2"
+    what = f"UNet-{args.predict_size}/{args.filters} h{args.head_filters} {side}^2"
     row("onnx", f"forward {what} ms (ONNX Runtime | Keras f32)",
         f"{forward['onnx'] * 1e3:.0f}", f"{forward['keras'] * 1e3:.0f}",
         f"{forward['keras'] / forward['onnx']:.2f}x")
@@ -391,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per candidate")
     parser.add_argument("--filters", type=int, default=32, help="base filters (32)")
+    parser.add_argument("--head-filters", type=int, default=64,
+                        help="filters of the heads' two 3x3 convs (64, the paper's; the cpu "
+                             "recipe's: 32)")
     parser.add_argument("--batch-size", type=int, default=2, help="training batch (2)")
     parser.add_argument("--sizes", nargs="+", default=["S", "M"], choices=("S", "M", "L"))
     parser.add_argument("--sides", nargs="+", type=int, default=[256, 448])
