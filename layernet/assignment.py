@@ -19,8 +19,20 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["object_layer_scores", "distinct_layers", "layer_collisions"]
+__all__ = ["object_layer_scores", "orientation_index", "object_orientations",
+           "orientation_layer_scores", "distinct_layers", "layer_collisions"]
 
+ORIENTATION_FLOOR = 1e-3
+"""Added to every score of :func:`orientation_layer_scores`, so that a present object's row is
+never all zero (a zero row marks an absent object)."""
+
+ORIENTATION_GRID = 720
+"""Orientations are snapped to multiples of ``pi / ORIENTATION_GRID`` (a quarter degree), so that
+the float32 computation inside training and the float64 one here agree, ties included."""
+
+ISOTROPY_TOLERANCE = 1e-4
+"""An object whose two principal spreads differ by less than this fraction of their sum (a disc,
+a square) has no main axis; it counts as horizontal (index 0)."""
 
 def object_layer_scores(layering: np.ndarray, stack: np.ndarray) -> np.ndarray:
     """Mean embedding of every object over its overlap-free part (its full silhouette if it has
@@ -55,6 +67,97 @@ def object_layer_scores(layering: np.ndarray, stack: np.ndarray) -> np.ndarray:
     sums[0] = 0.0
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+
+
+def orientation_index(var_x: np.ndarray, var_y: np.ndarray, cov_xy: np.ndarray
+                      ) -> np.ndarray:
+    """Orientation of the main axis from the second moments, snapped to the grid.
+
+    Parameters
+    ----------
+    var_x, var_y, cov_xy : numpy.ndarray
+        Variances of the column (x) and row (y) coordinates of each object's pixels and their
+        covariance.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 in ``[0, ORIENTATION_GRID)``: the angle of the axis of largest spread, measured from
+        the x axis towards the y axis, in units of ``pi / ORIENTATION_GRID``; 0 for objects
+        without a main axis (:data:`ISOTROPY_TOLERANCE`).
+    """
+    var_x, var_y, cov_xy = (np.asarray(value, np.float64) for value in (var_x, var_y, cov_xy))
+    angle = 0.5 * np.arctan2(2.0 * cov_xy, var_x - var_y)
+    index = np.mod(np.round(angle / np.pi * ORIENTATION_GRID), ORIENTATION_GRID).astype(np.int64)
+    anisotropy = np.hypot(var_x - var_y, 2.0 * cov_xy)
+    return np.where(anisotropy > ISOTROPY_TOLERANCE * (var_x + var_y), index, 0)
+
+
+def object_orientations(stack: np.ndarray) -> np.ndarray:
+    """Orientation of every object's principal axis, from its whole silhouette (overlaps
+    included).
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        ``(L, H, W)`` label stack with ids ``1..K``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(K + 1,)``: :func:`orientation_index` of every object, -1 for absent ids and
+        row 0.
+    """
+    stack = np.asarray(stack)
+    count = int(stack.max(initial=0)) + 1
+    _, height, width = stack.shape
+    rows, cols = np.mgrid[0:height, 0:width]
+    x = cols.reshape(-1).astype(np.float64)
+    y = rows.reshape(-1).astype(np.float64)
+    moments = np.zeros((count, 6))
+    for plane in stack:
+        ids = plane.reshape(-1)
+        for column, values in enumerate((np.ones_like(x), x, y, x * x, y * y, x * y)):
+            moments[:, column] += np.bincount(ids, weights=values, minlength=count)
+    pixels = moments[:, 0]
+    safe = np.where(pixels > 0, pixels, 1.0)
+    mean_x, mean_y = moments[:, 1] / safe, moments[:, 2] / safe
+    index = orientation_index(moments[:, 3] / safe - mean_x ** 2,
+                              moments[:, 4] / safe - mean_y ** 2,
+                              moments[:, 5] / safe - mean_x * mean_y)
+    present = pixels > 0
+    present[0] = False
+    return np.where(present, index, -1)
+
+
+def orientation_layer_scores(index: np.ndarray, layers: int) -> np.ndarray:
+    """Preference of each object for each layer by its orientation (not in the paper).
+
+    Layer ``n`` stands for the orientations around ``(n + 0.5) * pi / N``. An object's score for
+    it falls linearly with the angular distance ``d`` (at most ``pi / 2``) between the object's
+    orientation and that centre: ``1 - d / (pi / 2) + ORIENTATION_FLOOR``. The best layer is the
+    sector of the orientation, and the most confident objects are those nearest a sector's
+    centre. With :func:`distinct_layers` every object gets the layer of its orientation, and of
+    two adjacent objects in one sector (parallel worms) the second the neighbouring sector.
+
+    Parameters
+    ----------
+    index : numpy.ndarray
+        ``(K + 1,)`` orientations from :func:`object_orientations`; -1 marks absent objects.
+    layers : int
+        ``N``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(K + 1, N)``; rows of absent objects are zero.
+    """
+    index = np.asarray(index, np.int64)
+    centres = (np.arange(layers) + 0.5) * ORIENTATION_GRID / layers
+    difference = np.abs(index[:, None] - centres[None, :])
+    distance = np.minimum(difference, ORIENTATION_GRID - difference)
+    scores = 1.0 - distance / (ORIENTATION_GRID / 2) + ORIENTATION_FLOOR
+    return np.where((index >= 0)[:, None], scores, 0.0)
 
 
 def distinct_layers(scores: np.ndarray, adjacency: np.ndarray) -> np.ndarray:

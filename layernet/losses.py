@@ -45,7 +45,12 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from layernet.assignment import distinct_layers
+from layernet.assignment import (
+    ISOTROPY_TOLERANCE,
+    ORIENTATION_GRID,
+    distinct_layers,
+    orientation_layer_scores,
+)
 from layernet.config import Config
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ __all__ = [
     "combine_layering_sums",
     "object_layers",
     "distinct_object_layers",
+    "orientation_object_layers",
     "online_layer_assignment",
     "overlap_targets",
     "overlap_loss",
@@ -498,6 +504,84 @@ def distinct_object_layers(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf
     return _distinct_object_layers(embedding, stack, adjacency, config.mean_mode)
 
 
+def _orientation_batch(index: "np.ndarray", adjacency: "np.ndarray", layers: int
+                       ) -> "np.ndarray":
+    """Scores of :func:`layernet.assignment.orientation_layer_scores` and the greedy colouring
+    for every image of a batch (NumPy)."""
+    return _distinct_batch(np.stack([orientation_layer_scores(row, int(layers))
+                                     for row in index]), adjacency)
+
+
+@tf.function(reduce_retracing=True)
+def _orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int
+                               ) -> tf.Tensor:
+    stack = tf.cast(stack, tf.int32)
+    shape = tf.shape(stack)
+    batch, height, width = shape[0], shape[1], shape[2]
+    segments_per_image = tf.shape(adjacency)[1]
+    # centred coordinates in units of the crop side: the moments stay well inside float32
+    side = tf.cast(tf.maximum(height, width), tf.float32)
+    y = (tf.cast(tf.range(height), tf.float32) - tf.cast(height - 1, tf.float32) / 2.0) / side
+    x = (tf.cast(tf.range(width), tf.float32) - tf.cast(width - 1, tf.float32) / 2.0) / side
+    y = tf.broadcast_to(y[None, :, None, None], shape)
+    x = tf.broadcast_to(x[None, None, :, None], shape)
+    values = tf.reshape(tf.stack([tf.ones_like(x), x, y, x * x, y * y, x * y], axis=-1), [-1, 6])
+    segments = _global_segments(stack, segments_per_image)             # (B*H*W*L,)
+    moments = tf.math.unsorted_segment_sum(values, segments, batch * segments_per_image)
+    pixels = moments[:, 0]
+    safe = tf.where(pixels > 0, pixels, tf.ones_like(pixels))
+    mean_x, mean_y = moments[:, 1] / safe, moments[:, 2] / safe
+    var_x = moments[:, 3] / safe - mean_x ** 2
+    var_y = moments[:, 4] / safe - mean_y ** 2
+    cov_xy = moments[:, 5] / safe - mean_x * mean_y
+    # layernet.assignment.orientation_index in float32
+    angle = 0.5 * tf.atan2(2.0 * cov_xy, var_x - var_y)
+    index = tf.math.floormod(tf.round(angle / np.pi * ORIENTATION_GRID), ORIENTATION_GRID)
+    anisotropy = tf.sqrt((var_x - var_y) ** 2 + (2.0 * cov_xy) ** 2)
+    index = tf.where(anisotropy > ISOTROPY_TOLERANCE * (var_x + var_y), index,
+                     tf.zeros_like(index))
+    index = tf.reshape(tf.cast(index, tf.int32), [batch, segments_per_image])
+    present = tf.reshape(pixels > 0, [batch, segments_per_image])
+    present = tf.logical_and(present, tf.range(segments_per_image)[None, :] > 0)
+    index = tf.where(present, index, -tf.ones_like(index))
+    layer_of = tf.numpy_function(_orientation_batch,
+                                 [index, tf.cast(adjacency, tf.float32), layers], tf.int32,
+                                 stateful=False)
+    return tf.reshape(layer_of, [batch, segments_per_image])
+
+
+def orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int
+                              ) -> tf.Tensor:
+    """Layer of every object from its orientation, adjacent objects in different layers.
+
+    Not in the paper (``Config.layer_assignment = "orientation"``): the layers split the
+    orientations of the principal axis into ``N`` sectors of ``pi / N``; each object prefers the
+    sector of its orientation in the (augmented) crop and the greedy colouring of
+    :func:`layernet.assignment.distinct_layers` keeps adjacent objects apart
+    (:func:`layernet.assignment.orientation_layer_scores`; the orientation is snapped to a
+    quarter-degree grid, :func:`layernet.assignment.orientation_index`). Unlike the assignments from the
+    embedding, the result does not depend on the network, so an object gets the same layer in
+    every crop that shows it in the same pose, a rule the network can learn from the image.
+
+    Parameters
+    ----------
+    stack : tf.Tensor
+        Label stack ``(B, H, W, L)`` with ids ``<= K``.
+    adjacency : tf.Tensor
+        ``(B, K + 1, K + 1)`` 0/1 adjacency.
+    layers : int
+        ``N``.
+
+    Returns
+    -------
+    tf.Tensor
+        Int32 ``(B, K + 1)``; -1 for index 0 (background) and for ids absent from an image.
+    """
+    _check_ids(stack, tf.shape(adjacency)[1], "adjacency")
+    stack, adjacency = _tensors(stack, adjacency)
+    return _orientation_object_layers(stack, adjacency, int(layers))
+
+
 @tf.function(reduce_retracing=True)
 def _object_layers(embedding: tf.Tensor, stack: tf.Tensor, segments_per_image: tf.Tensor,
                    mean_mode: str, covered_objects: str) -> tf.Tensor:
@@ -718,7 +802,8 @@ def online_layer_assignment(embedding: tf.Tensor, stack: tf.Tensor, adjacency: t
     """Object -> layer assignment from the current embedding, per ``config.layer_assignment``.
 
     ``"argmax"``: :func:`object_layers` (the authors' online phase-2 targets); ``"distinct"``:
-    :func:`distinct_object_layers` (adjacent objects in different layers).
+    :func:`distinct_object_layers` (adjacent objects in different layers); ``"orientation"``:
+    :func:`orientation_object_layers` (by each object's orientation, not from the embedding).
 
     Parameters
     ----------
@@ -738,4 +823,7 @@ def online_layer_assignment(embedding: tf.Tensor, stack: tf.Tensor, adjacency: t
     """
     if config.layer_assignment == "distinct":
         return distinct_object_layers(embedding, stack, adjacency, config)
+    if config.layer_assignment == "orientation":
+        return orientation_object_layers(stack, adjacency,
+                                         int(embedding.shape[-1] or config.layers))
     return object_layers(embedding, stack, tf.shape(adjacency)[1], config)

@@ -7,9 +7,16 @@ Conventions are those of the ``layernet.losses`` module docstring.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from layernet.assignment import distinct_layers
+from layernet.assignment import (
+    ISOTROPY_TOLERANCE,
+    ORIENTATION_FLOOR,
+    ORIENTATION_GRID,
+    distinct_layers,
+)
 from layernet.config import Config
 
 NORM_EPSILON = 1e-12
@@ -186,11 +193,43 @@ def distinct_object_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: 
     return result
 
 
+def orientation_object_layers(stack: np.ndarray, adjacency: np.ndarray, layers: int
+                              ) -> np.ndarray:
+    """Reference of ``layernet.losses.orientation_object_layers``: per object, the covariance
+    of its pixel coordinates (whole silhouette), the angle of its main axis snapped to the grid
+    (0 without a main axis), a score per layer falling linearly with the angular distance to the
+    layer's sector centre, then the greedy colouring per image."""
+    batch, segments = adjacency.shape[:2]
+    grid = ORIENTATION_GRID
+    result = -np.ones((batch, segments), np.int64)
+    for b in range(batch):
+        scores = np.zeros((segments, layers))
+        for label in range(1, segments):
+            rows, cols = np.nonzero(object_mask(stack[b], label))
+            if len(rows) == 0:
+                continue
+            covariance = np.cov(np.stack([cols, rows]).astype(np.float64), bias=True)
+            var_x, var_y, cov_xy = covariance[0, 0], covariance[1, 1], covariance[0, 1]
+            if math.hypot(var_x - var_y, 2 * cov_xy) > ISOTROPY_TOLERANCE * (var_x + var_y):
+                angle = 0.5 * math.atan2(2 * cov_xy, var_x - var_y)
+                index = int(np.round(angle / math.pi * grid)) % grid
+            else:
+                index = 0
+            for n in range(layers):
+                difference = abs(index - (n + 0.5) * grid / layers)
+                distance = min(difference, grid - difference)
+                scores[label, n] = 1 - distance / (grid / 2) + ORIENTATION_FLOOR
+        result[b] = distinct_layers(scores, adjacency[b])
+    return result
+
+
 def online_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: np.ndarray,
                   config: Config) -> np.ndarray:
     """Reference of ``layernet.losses.online_layer_assignment``."""
     if config.layer_assignment == "distinct":
         return distinct_object_layers(embedding, stack, adjacency, config)
+    if config.layer_assignment == "orientation":
+        return orientation_object_layers(stack, adjacency, embedding.shape[-1])
     return object_layers(embedding, stack, adjacency.shape[1], config)
 
 

@@ -6,9 +6,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layernet.assignment import distinct_layers, layer_collisions, object_layer_scores
+from layernet.assignment import (
+    distinct_layers,
+    layer_collisions,
+    object_layer_scores,
+    object_orientations,
+    orientation_layer_scores,
+)
 from layernet.config import Config, ConfigError
-from layernet.losses import compute_losses, distinct_object_layers, object_layers
+from layernet.losses import (
+    compute_losses,
+    distinct_object_layers,
+    object_layers,
+    orientation_object_layers,
+)
+from tests import reference_losses as reference
 
 
 def test_scores_hand_case_overlap_free_part_and_fallback() -> None:
@@ -80,7 +92,84 @@ def test_scores_argmax_equals_the_losses_object_layers() -> None:
         np.testing.assert_array_equal(np.argmax(scores[1:], axis=1), expected[1:])
 
 
+def bars_stack() -> np.ndarray:
+    """``(2, 16, 16)`` stack: 1 horizontal bar, 2 vertical bar crossing it (slice 1), 3 a
+    diagonal from top left to bottom right, 4 a bar parallel to 1 touching it."""
+    stack = np.zeros((2, 16, 16), np.int32)
+    stack[0, 2, 1:9] = 1
+    stack[1, 0:9, 4] = 2
+    for index in range(6):
+        stack[0, 9 + index, 8 + index] = 3
+    stack[0, 3, 1:9] = 4
+    return stack
+
+
+def test_orientations_hand_case() -> None:
+    index = object_orientations(bars_stack())
+    # measured from the x axis (columns) towards the y axis (rows), in quarter degrees
+    np.testing.assert_array_equal(index, [-1, 0, 360, 180, 0])
+    square = np.zeros((1, 5, 5), np.int32)
+    square[0, 1:4, 1:4] = 1                                  # no main axis: horizontal
+    np.testing.assert_array_equal(object_orientations(square), [-1, 0])
+    scores = orientation_layer_scores(np.array([-1, 0, 360, 180, 90]), 4)
+    np.testing.assert_array_equal(scores[0], 0)
+    # sectors centred at 22.5, 67.5, 112.5 and 157.5 degrees
+    np.testing.assert_allclose(scores[1], 1 - np.array([22.5, 67.5, 67.5, 22.5]) / 90 + 1e-3)
+    np.testing.assert_allclose(scores[3], 1 - np.array([22.5, 22.5, 67.5, 67.5]) / 90 + 1e-3)
+    np.testing.assert_allclose(scores[4], 1 - np.array([0, 45, 90, 45]) / 90 + 1e-3)
+    assert np.argmax(scores[2]) in (1, 2) and np.argmax(scores[4]) == 0
+
+
+def test_orientation_assignment_separates_neighbours_and_follows_the_pose() -> None:
+    stack = bars_stack()
+    adjacency = np.zeros((1, 6, 6), np.float32)       # one padding id (5)
+    for a, b in ((1, 2), (1, 4), (2, 4)):
+        adjacency[0, a, b] = adjacency[0, b, a] = 1
+    layer_of = orientation_object_layers(tf.constant(np.moveaxis(stack, 0, -1)[None]),
+                                         tf.constant(adjacency), 8).numpy()[0]
+    # 8 sectors of 22.5 degrees: horizontal -> 0 or 7, vertical -> 3 or 4, 45 degrees -> 1 or 2
+    assert layer_of[0] == -1 and layer_of[5] == -1
+    assert layer_of[1] in (0, 7) and layer_of[2] in (3, 4) and layer_of[3] in (1, 2)
+    # the parallel neighbour of bar 1 takes the other horizontal sector, not bar 1's
+    assert layer_of[4] in (0, 7) and layer_of[4] != layer_of[1]
+    # turning the image by 90 degrees turns the vertical bar horizontal and vice versa
+    turned = np.rot90(stack, axes=(1, 2))
+    turned_layers = orientation_object_layers(tf.constant(np.moveaxis(turned, 0, -1)[None]),
+                                              tf.constant(adjacency), 8).numpy()[0]
+    assert turned_layers[1] in (3, 4) and turned_layers[2] in (0, 7)
+
+
+def test_orientation_assignment_equals_the_reference() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        stack = np.zeros((2, 20, 20, 2), np.int32)
+        for b in range(2):
+            for obj in range(1, 7):
+                r, c = rng.integers(0, 14, 2)
+                h, w = rng.integers(3, 7, 2)
+                # a random scatter of pixels: generic orientations (a single row or column is
+                # at 0 or 90 degrees, a tie between two sectors that float32 breaks either way)
+                blob = rng.random((h, w)) < 0.6
+                stack[b, r:r + h, c:c + w, obj % 2][blob] = obj
+        segments = 8                                     # ids 1..6 and a padding id
+        adjacency = (rng.random((2, segments, segments)) < 0.4).astype(np.float32)
+        adjacency = np.maximum(adjacency, np.transpose(adjacency, (0, 2, 1)))
+        adjacency[:, np.arange(segments), np.arange(segments)] = 0
+        adjacency[:, 0, :] = adjacency[:, :, 0] = 0
+        result = orientation_object_layers(tf.constant(stack), tf.constant(adjacency), 5).numpy()
+        expected = reference.orientation_object_layers(stack, adjacency, 5)
+        np.testing.assert_array_equal(result, expected)
+        index = object_orientations(np.moveaxis(stack[0], -1, 0))
+        scores = np.zeros((segments, 5))
+        scores[:len(index)] = orientation_layer_scores(index, 5)
+        np.testing.assert_array_equal(distinct_layers(scores, adjacency[0]), expected[0])
+
+
 def test_config_checks_assignment_and_layer_target_weight() -> None:
+    Config(layer_assignment="orientation", layer_target_weight=1).validate()
+    Config(layer_assignment="orientation", phase="overlap", overlap_targets="online").validate()
+    with pytest.raises(ConfigError, match="orientation"):
+        Config(layer_assignment="orientation", phase="overlap").validate()
     Config(layer_assignment="distinct").validate()
     Config(layer_assignment="distinct", overlap_targets="online", layer_target_weight=1).validate()
     with pytest.raises(ConfigError, match="layer_assignment"):
