@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                     tta=args.tta,
                     postprocess={"tau": config.tau, "min_size": config.min_size,
                                  "overlap_layers": config.overlap_layers,
-                                 "connectivity": config.connectivity},
+                                 "connectivity": config.connectivity,
+                                 "join_layers": config.join_layers},
                     tiling={"tile_size": ("off" if args.tile_size == 0
                                           else args.tile_size or "auto"),
                             "overlap": args.tile_overlap or "auto"},

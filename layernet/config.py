@@ -158,6 +158,10 @@ class Config:
     min_size: int = 250  # S_min in pixels
     overlap_layers: bool = True  # Alg. 1 lines 7-8: also switch on every layer above tau
     connectivity: int = 2  # 2 = 8-connected components, 1 = 4-connected
+    # not in the paper: touching objects of layers at most this many apart (cyclically) are one
+    # object (layernet.postprocess.join_neighbour_layers), for layer_assignment="orientation"
+    # models whose layers are sectors of orientation; 0 = Algorithm 1 as published
+    join_layers: int = 0
     # after training, choose tau and min_size on the validation split (best.h5's maps; grid
     # TAU_GRID x min_size * MIN_SIZE_FACTORS) and write them to thresholds.json, which
     # predict.py, evaluate.py and --init then use (command-line --tau / --min-size still win)
@@ -218,6 +222,9 @@ class Config:
         if "val_fraction" in self.data_options:
             raise ConfigError("val_fraction is a config field (train.py --val-fraction), not a "
                               "data option")
+        if not isinstance(self.join_layers, int) or not 0 <= self.join_layers < self.layers:
+            raise ConfigError(f"join_layers must be an integer in [0, layers) (0 = off), got "
+                              f"{self.join_layers!r}")
         if self.connectivity not in (1, 2):
             raise ConfigError("connectivity must be 1 (4-neighbours) or 2 (8-neighbours)")
         if self.learning_rate <= 0 or not 0 < self.decay_rate <= 1:

@@ -109,7 +109,8 @@ def instances_from_maps(foreground: np.ndarray, layering: np.ndarray, config: Co
     foreground, layering : numpy.ndarray
         Maps of one image, as returned by :meth:`Predictor.maps_normalized`.
     config : Config
-        ``method``, ``tau``, ``min_size``, ``overlap_layers`` and ``connectivity``.
+        ``method``, ``tau``, ``min_size``, ``overlap_layers``, ``connectivity`` and
+        ``join_layers``.
     min_size : int or None, optional
         Overrides ``config.min_size``.
 
@@ -122,7 +123,8 @@ def instances_from_maps(foreground: np.ndarray, layering: np.ndarray, config: Co
     if config.method != "layering":
         return baselines.instances_from_semantic(layering, config, min_size=size)
     return postprocess(foreground, layering, tau=config.tau, min_size=size,
-                       overlap_layers=config.overlap_layers, connectivity=config.connectivity)
+                       overlap_layers=config.overlap_layers, connectivity=config.connectivity,
+                       join_layers=config.join_layers)
 
 
 class Predictor:

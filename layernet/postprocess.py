@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ def postprocess(
     min_size: int = 250,
     overlap_layers: bool = True,
     connectivity: int = 2,
+    join_layers: int = 0,
 ) -> np.ndarray:
     """Turn foreground and layering probabilities into instances (paper Algorithm 1).
 
@@ -145,13 +148,22 @@ def postprocess(
     connectivity : int, optional
         2 (default) = 8-connected components, 1 = 4-connected; used for both size screenings
         and for extracting objects.
+    join_layers : int, optional
+        Not in the paper (0 = Algorithm 1 as published). Components of layers at most this many
+        apart, counted cyclically (layer ``N - 1`` neighbours layer 0), that touch or share a
+        pixel are one object (:func:`join_neighbour_layers`), screened by ``min_size`` after
+        joining. Meant for models trained with ``layer_assignment="orientation"``, whose layers
+        are sectors of orientation: a curved object crosses from one sector into the next along
+        its body.
 
     Returns
     -------
     numpy.ndarray
         int32 label stack ``(N, H, W)``: slice ``k`` holds the objects found in layer ``k``.
         Ids ``1..K`` are unique across slices, numbered in layer order, then in raster-scan
-        order of each object's first pixel.
+        order of each object's first pixel. With ``join_layers`` each joined object lies in
+        the slice of its largest piece (or the next free one; the stack may then have more
+        than ``N`` slices).
 
     Raises
     ------
@@ -161,6 +173,8 @@ def postprocess(
     foreground, layering = _check_maps(foreground, layering)
     if min_size < 0:
         raise PostprocessError(f"min_size must be >= 0, got {min_size}")
+    if join_layers < 0:
+        raise PostprocessError(f"join_layers must be >= 0 (0 = off), got {join_layers}")
     _structure(connectivity, 2)
     height, width, layers = layering.shape
 
@@ -178,9 +192,121 @@ def postprocess(
     layer_masks[best, np.arange(height)[:, None], np.arange(width)[None, :]] = True
     layer_masks &= fg_mask[None]
 
-    stack = label_components(layer_masks, min_size, connectivity)
+    if join_layers:
+        pieces = label_components(layer_masks, 0, connectivity)
+        stack = join_neighbour_layers(pieces, join_layers, min_size, connectivity)
+    else:
+        stack = label_components(layer_masks, min_size, connectivity)
     logger.debug("postprocess: %d objects in %d layers", int(stack.max()), layers)
     return stack
+
+
+def _touching_pairs(stack: np.ndarray, apart: int, connectivity: int) -> np.ndarray:
+    """``(P, 2)`` ids of objects in slices at most ``apart`` apart (cyclically, different
+    slices) that share a pixel or are neighbours under ``connectivity``."""
+    layers, height, width = stack.shape
+    offsets = np.argwhere(_structure(connectivity, 2)) - 1
+    found = [np.zeros((0, 2), stack.dtype)]
+    for first in range(layers):
+        for second in range(first + 1, layers):
+            if min(second - first, layers - (second - first)) > apart:
+                continue
+            for dy, dx in offsets:
+                a = stack[first, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
+                b = stack[second, max(-dy, 0):height + min(-dy, 0),
+                          max(-dx, 0):width + min(-dx, 0)]
+                both = (a > 0) & (b > 0)
+                if both.any():
+                    found.append(np.unique(np.stack([a[both], b[both]], axis=1), axis=0))
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def join_neighbour_layers(stack: np.ndarray, apart: int, min_size: int = 0,
+                          connectivity: int = 2) -> np.ndarray:
+    """Join objects of neighbouring layers that touch into one object (not in the paper).
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        ``(N, H, W)`` label stack with one slice per layer (ids unique across slices), as
+        Algorithm 1 labels the layers.
+    apart : int
+        Objects whose slices are at most this many apart, counted cyclically (slice ``N - 1``
+        neighbours slice 0), are joined when they share a pixel or touch (``connectivity``);
+        joining is transitive.
+    min_size : int, optional
+        Joined objects with fewer pixels (their union, a pixel counted once) are removed.
+    connectivity : int, optional
+        2 = 8-neighbours, 1 = 4-neighbours.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 label stack ``(L, H, W)``, ``L >= N``: every object in one slice, the slice of
+        its largest piece if its pixels are free there, else the first slice where they are
+        (a new one if none). Ids ``1..K`` in the order of each object's smallest input id.
+    """
+    stack = np.asarray(stack)
+    if stack.ndim != 3:
+        raise PostprocessError(f"expected an (N, H, W) label stack, got shape {stack.shape}")
+    if apart < 0 or min_size < 0:
+        raise PostprocessError(f"apart and min_size must be >= 0, got {apart} and {min_size}")
+    layers, height, width = stack.shape
+    count = int(stack.max(initial=0))
+    result = np.zeros((layers, height, width), np.int32)
+    if count == 0:
+        return result
+    pairs = _touching_pairs(stack, apart, connectivity)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                       shape=(count + 1, count + 1))
+    _, component = connected_components(graph, directed=False)
+    # groups numbered by their smallest id; group 0 = background
+    first_id = np.full(component.max() + 1, count + 1)
+    np.minimum.at(first_id, component[1:], np.arange(1, count + 1))
+    present = np.zeros(count + 1, bool)
+    present[np.unique(stack)] = True
+    order = np.argsort(first_id, kind="stable")
+    rank = np.zeros(component.max() + 1, np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    group_of = rank[component]
+    group_of[0] = 0
+    group_of[~present] = 0
+    groups = int(group_of.max())
+    grouped = group_of[stack]                                   # (N, H, W)
+    # area of each group's union (a pixel in several slices of one group counts once)
+    ordered = np.sort(grouped, axis=0)
+    distinct = np.concatenate([ordered[:1] > 0, (np.diff(ordered, axis=0) != 0)
+                               & (ordered[1:] > 0)], axis=0)
+    area = np.bincount(ordered[distinct], minlength=groups + 1)
+    # the slice of each group's largest piece
+    piece_area = np.stack([np.bincount(plane.reshape(-1), minlength=groups + 1)
+                           for plane in grouped])                # (N, groups + 1)
+    home = np.argmax(piece_area, axis=0)
+    boxes = [ndimage.find_objects(plane, max_label=groups) for plane in grouped]
+    slices = [result[index] for index in range(layers)]
+    new_id = 0
+    for group in range(1, groups + 1):
+        if area[group] < max(min_size, 1):
+            continue
+        found = [box[group - 1] for box in boxes if box[group - 1] is not None]
+        top = min(box[0].start for box in found)
+        bottom = max(box[0].stop for box in found)
+        left = min(box[1].start for box in found)
+        right = max(box[1].stop for box in found)
+        window = np.s_[top:bottom, left:right]
+        mask = np.any(grouped[(slice(None),) + window] == group, axis=0)
+        new_id += 1
+        candidates = [int(home[group])] + [index for index in range(len(slices))
+                                           if index != int(home[group])]
+        for index in candidates:
+            if not np.any(slices[index][window][mask]):
+                slices[index][window][mask] = new_id
+                break
+        else:
+            extra = np.zeros((height, width), np.int32)
+            extra[window][mask] = new_id
+            slices.append(extra)
+    return np.stack(slices)
 
 
 def postprocess_batch(

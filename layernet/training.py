@@ -540,7 +540,7 @@ def tune_run_thresholds(net: keras.Model, config: Config, run_dir: str,
     runfolder.save_json_atomic(os.path.join(run_dir, runfolder.THRESHOLDS_FILE), {
         "tau": chosen["tau"], "min_size": chosen["min_size"],
         "overlap_layers": config.overlap_layers, "connectivity": config.connectivity,
-        "tuned": True, "tuned_on": f"validation split ({len(val)} images), best.h5",
+        "join_layers": config.join_layers, "tuned": True, "tuned_on": f"validation split ({len(val)} images), best.h5",
         "val_meanAP": chosen["meanAP"], "val_AJI": chosen["AJI"], "configured": configured,
         "grid": chosen["grid"]})
     logger.info("thresholds chosen on the validation split in %.0f s: tau %.2f, min_size %d "
@@ -653,7 +653,7 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
                 f"s{index:05d}": value for index, value in enumerate(layer_of)})
     runfolder.save_json_atomic(os.path.join(run_dir, runfolder.THRESHOLDS_FILE), {
         "tau": config.tau, "min_size": config.min_size, "overlap_layers": config.overlap_layers,
-        "connectivity": config.connectivity})
+        "connectivity": config.connectivity, "join_layers": config.join_layers})
 
     dataset = make_dataset(data.train, config, training=True, layer_of=layer_of,
                            start=int(optimizer.iterations.numpy()) * config.batch_size)

@@ -8,8 +8,10 @@ from scipy import ndimage
 from skimage.measure import label as sk_label
 
 from layernet.instances import coverage, masks_from_stack, validate_stack
+from layernet.config import Config, ConfigError
 from layernet.postprocess import (
     PostprocessError,
+    join_neighbour_layers,
     label_components,
     postprocess,
     postprocess_batch,
@@ -205,3 +207,132 @@ def test_bad_input_raises_clear_error(foreground, layering, kwargs, message):
 def test_batch_length_mismatch():
     with pytest.raises(PostprocessError, match="foreground maps"):
         postprocess_batch([np.zeros((4, 4))], [])
+
+
+# --------------------------------------------------------------------------------------------
+# join_layers (not in the paper)
+
+
+def _reference_join(stack: np.ndarray, apart: int, min_size: int, connectivity: int
+                    ) -> set[frozenset]:
+    """Slow join: union-find over every pair of pixels of slices at most ``apart`` apart
+    (cyclically) that coincide or are neighbours; objects as sets of pixels, small ones
+    dropped."""
+    layers, height, width = stack.shape
+    parent = {int(i): int(i) for i in np.unique(stack) if i > 0}
+
+    def find(item: int) -> int:
+        while parent[item] != item:
+            item = parent[item]
+        return item
+
+    reach = 1 if connectivity == 1 else 2
+    for a in range(layers):
+        for b in range(layers):
+            gap = abs(a - b)
+            if a == b or min(gap, layers - gap) > apart:
+                continue
+            for y in range(height):
+                for x in range(width):
+                    if not stack[a, y, x]:
+                        continue
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            if abs(dy) + abs(dx) > reach:
+                                continue
+                            yy, xx = y + dy, x + dx
+                            if 0 <= yy < height and 0 <= xx < width and stack[b, yy, xx]:
+                                parent[find(int(stack[a, y, x]))] = find(int(stack[b, yy, xx]))
+    objects: dict[int, set] = {}
+    for k in range(layers):
+        for y, x in zip(*np.nonzero(stack[k])):
+            objects.setdefault(find(int(stack[k, y, x])), set()).add((int(y), int(x)))
+    return {frozenset(pixels) for pixels in objects.values() if len(pixels) >= max(min_size, 1)}
+
+
+def _objects(stack: np.ndarray) -> set[frozenset]:
+    """Every object of a label stack as the set of its ``(row, column)`` pixels."""
+    return {frozenset((int(y), int(x)) for y, x in zip(*np.nonzero((stack == label).any(0))))
+            for label in np.unique(stack) if label > 0}
+
+
+def _bent_object_maps() -> tuple[np.ndarray, np.ndarray]:
+    """An L-shaped object whose arms are in layers 0 and 1 (of 8), a bar in layer 4 touching
+    its corner, and a bar split between layers 7 and 0 (neighbours cyclically)."""
+    foreground = np.zeros((20, 30), np.float32)
+    layering = np.zeros((20, 30, 8), np.float32)
+    for rows, cols, layer in ((np.s_[2:4], np.s_[2:12], 0), (np.s_[4:14], np.s_[10:12], 1),
+                              (np.s_[14:16], np.s_[10:16], 4),
+                              (np.s_[17:19], np.s_[2:12], 7), (np.s_[17:19], np.s_[12:22], 0)):
+        foreground[rows, cols] = 0.9
+        layering[rows, cols, layer] = 0.9
+    return foreground, layering
+
+
+def test_join_layers_hand_case():
+    foreground, layering = _bent_object_maps()
+    plain = postprocess(foreground, layering, min_size=0)
+    assert len(_objects(plain)) == 5
+    joined = postprocess(foreground, layering, min_size=0, join_layers=1)
+    validate_stack(joined)
+    objects = sorted(_objects(joined), key=len)
+    assert [len(obj) for obj in objects] == [12, 40, 40]
+    # the L (layers 0 + 1), the cyclic pair (7 + 0) joined; the layer-4 bar stays alone
+    # although it touches the L: layer 4 is 3 layers from layer 1
+    assert objects[0] == frozenset((y, x) for y in (14, 15) for x in range(10, 16))
+    assert joined.shape[0] == 8 and joined.max() == 3
+    # each joined object lies in the slice of its largest piece, ids by smallest input id
+    assert set(np.unique(joined[0])) == {0, 1, 2} and set(np.unique(joined[4])) == {0, 3}
+    # min_size counts the joined object: 12 px alone is dropped, 40 px pieces of 20 kept
+    dropped = postprocess(foreground, layering, min_size=21, join_layers=1)
+    assert sorted(len(obj) for obj in _objects(dropped)) == [40, 40]
+    assert len(_objects(postprocess(foreground, layering, min_size=21))) == 0
+    # a wider join also takes the layer-4 bar (4 is 3 layers from 1)
+    assert len(_objects(postprocess(foreground, layering, min_size=0, join_layers=3))) == 2
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_join_matches_slow_reference_on_random_stacks(connectivity):
+    rng = np.random.default_rng(11 + connectivity)
+    for _ in range(8):
+        layers = int(rng.integers(2, 6))
+        height, width = rng.integers(6, 16, 2)
+        masks = rng.random((layers, height, width)) < 0.25
+        stack = label_components(masks, 0, connectivity)
+        apart, min_size = int(rng.integers(0, 3)), int(rng.integers(0, 6))
+        got = join_neighbour_layers(stack, apart, min_size, connectivity)
+        validate_stack(got)
+        assert got.shape[0] >= layers
+        assert _objects(got) == _reference_join(stack, apart, min_size, connectivity)
+        ids = np.unique(got)
+        assert ids.tolist() == list(range(ids.size))
+
+
+def test_join_without_touching_neighbours_is_algorithm_1():
+    foreground, layering = _crossing_maps()[:2]
+    # the crossing bars are in layers 0 and 1 of 3: joined as neighbours; apart they stay two
+    np.testing.assert_array_equal(postprocess(foreground, layering, min_size=5, join_layers=0),
+                                  postprocess(foreground, layering, min_size=5))
+    assert len(_objects(postprocess(foreground, layering, min_size=5, join_layers=1))) == 1
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        layering = np.zeros((12, 12, 6), np.float32)
+        foreground = np.zeros((12, 12), np.float32)
+        for layer in (0, 2, 4):               # layers 2 apart: no neighbours for join_layers=1
+            rows, cols = rng.integers(0, 9, 2)
+            layering[rows:rows + 3, cols:cols + 3, layer] = 0.9
+            foreground[rows:rows + 3, cols:cols + 3] = 0.9
+        np.testing.assert_array_equal(
+            postprocess(foreground, layering, min_size=4, join_layers=1),
+            postprocess(foreground, layering, min_size=4))
+
+
+def test_join_layers_checks():
+    with pytest.raises(PostprocessError, match="join_layers"):
+        postprocess(*_bent_object_maps(), join_layers=-1)
+    with pytest.raises(PostprocessError, match="label stack"):
+        join_neighbour_layers(np.zeros((4, 4), np.int32), 1)
+    Config(join_layers=1).validate()
+    for bad in (-1, 8, 1.5):
+        with pytest.raises(ConfigError, match="join_layers"):
+            Config(join_layers=bad).validate()
