@@ -160,12 +160,16 @@ def orientation_layer_scores(index: np.ndarray, layers: int) -> np.ndarray:
     return np.where((index >= 0)[:, None], scores, 0.0)
 
 
-def distinct_layers(scores: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
+def distinct_layers(scores: np.ndarray, adjacency: np.ndarray, spacing: int = 0
+                    ) -> np.ndarray:
     """Assign layers so that adjacent objects differ, following each object's preference.
 
     Objects are taken in order of confidence (largest score first; ties by id); each gets its
     best-scoring layer that no already assigned neighbour holds, or, if its neighbours hold every
-    layer, its best layer.
+    layer, its best layer. With ``spacing`` > 0 a neighbour's layer also rules out the layers
+    up to ``spacing`` away from it, counted cyclically (for layers that are sectors of
+    orientation, joined in post-processing when they are that close: ``Config.join_layers``);
+    when that leaves no layer, the rule without spacing applies.
 
     Parameters
     ----------
@@ -174,12 +178,17 @@ def distinct_layers(scores: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
         :func:`object_layer_scores`); a row of zeros marks an absent object (and row 0).
     adjacency : numpy.ndarray
         ``(K + 1, K + 1)`` boolean or 0/1 adjacency.
+    spacing : int, optional
+        Smallest cyclic distance kept between the layers of neighbours beyond "different"
+        (0: only different).
 
     Returns
     -------
     numpy.ndarray
         int32 ``(K + 1,)``: the layer of every object, -1 for index 0 and absent objects.
     """
+    if spacing < 0:
+        raise ValueError(f"spacing must be >= 0, got {spacing}")
     scores = np.asarray(scores, np.float64)
     adjacency = np.asarray(adjacency) > 0
     count, layers = scores.shape
@@ -193,8 +202,11 @@ def distinct_layers(scores: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
         taken = {int(layer_of[other]) for other in np.flatnonzero(adjacency[obj])
                  if other != obj and layer_of[other] >= 0}
         ranked = np.argsort(-scores[obj], kind="stable")
+        near = {(layer + step) % layers for layer in taken
+                for step in range(-spacing, spacing + 1)}
+        spaced = [int(layer) for layer in ranked if int(layer) not in near]
         free = [int(layer) for layer in ranked if int(layer) not in taken]
-        layer_of[obj] = free[0] if free else int(ranked[0])
+        layer_of[obj] = spaced[0] if spaced else free[0] if free else int(ranked[0])
     return layer_of
 
 

@@ -504,17 +504,18 @@ def distinct_object_layers(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf
     return _distinct_object_layers(embedding, stack, adjacency, config.mean_mode)
 
 
-def _orientation_batch(index: "np.ndarray", adjacency: "np.ndarray", layers: int
-                       ) -> "np.ndarray":
+def _orientation_batch(index: "np.ndarray", adjacency: "np.ndarray", layers: int,
+                       spacing: int) -> "np.ndarray":
     """Scores of :func:`layernet.assignment.orientation_layer_scores` and the greedy colouring
-    for every image of a batch (NumPy)."""
-    return _distinct_batch(np.stack([orientation_layer_scores(row, int(layers))
-                                     for row in index]), adjacency)
+    with ``spacing`` for every image of a batch (NumPy)."""
+    return np.stack([distinct_layers(orientation_layer_scores(row, int(layers)), image_adjacency,
+                                     int(spacing))
+                     for row, image_adjacency in zip(index, adjacency)]).astype(np.int32)
 
 
 @tf.function(reduce_retracing=True)
-def _orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int
-                               ) -> tf.Tensor:
+def _orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int,
+                               spacing: int) -> tf.Tensor:
     stack = tf.cast(stack, tf.int32)
     shape = tf.shape(stack)
     batch, height, width = shape[0], shape[1], shape[2]
@@ -545,13 +546,13 @@ def _orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: i
     present = tf.logical_and(present, tf.range(segments_per_image)[None, :] > 0)
     index = tf.where(present, index, -tf.ones_like(index))
     layer_of = tf.numpy_function(_orientation_batch,
-                                 [index, tf.cast(adjacency, tf.float32), layers], tf.int32,
-                                 stateful=False)
+                                 [index, tf.cast(adjacency, tf.float32), layers, spacing],
+                                 tf.int32, stateful=False)
     return tf.reshape(layer_of, [batch, segments_per_image])
 
 
-def orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int
-                              ) -> tf.Tensor:
+def orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int,
+                              spacing: int = 0) -> tf.Tensor:
     """Layer of every object from its orientation, adjacent objects in different layers.
 
     Not in the paper (``Config.layer_assignment = "orientation"``): the layers split the
@@ -571,6 +572,9 @@ def orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: in
         ``(B, K + 1, K + 1)`` 0/1 adjacency.
     layers : int
         ``N``.
+    spacing : int, optional
+        Neighbours' layers are kept more than this many sectors apart when possible
+        (``Config.join_layers``, whose post-processing joins closer ones).
 
     Returns
     -------
@@ -579,7 +583,7 @@ def orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: in
     """
     _check_ids(stack, tf.shape(adjacency)[1], "adjacency")
     stack, adjacency = _tensors(stack, adjacency)
-    return _orientation_object_layers(stack, adjacency, int(layers))
+    return _orientation_object_layers(stack, adjacency, int(layers), int(spacing))
 
 
 @tf.function(reduce_retracing=True)
@@ -803,7 +807,8 @@ def online_layer_assignment(embedding: tf.Tensor, stack: tf.Tensor, adjacency: t
 
     ``"argmax"``: :func:`object_layers` (the authors' online phase-2 targets); ``"distinct"``:
     :func:`distinct_object_layers` (adjacent objects in different layers); ``"orientation"``:
-    :func:`orientation_object_layers` (by each object's orientation, not from the embedding).
+    :func:`orientation_object_layers` (by each object's orientation, not from the embedding;
+    neighbours kept more than ``join_layers`` sectors apart where possible).
 
     Parameters
     ----------
@@ -825,5 +830,6 @@ def online_layer_assignment(embedding: tf.Tensor, stack: tf.Tensor, adjacency: t
         return distinct_object_layers(embedding, stack, adjacency, config)
     if config.layer_assignment == "orientation":
         return orientation_object_layers(stack, adjacency,
-                                         int(embedding.shape[-1] or config.layers))
+                                         int(embedding.shape[-1] or config.layers),
+                                         config.join_layers)
     return object_layers(embedding, stack, tf.shape(adjacency)[1], config)

@@ -193,8 +193,8 @@ def distinct_object_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: 
     return result
 
 
-def orientation_object_layers(stack: np.ndarray, adjacency: np.ndarray, layers: int
-                              ) -> np.ndarray:
+def orientation_object_layers(stack: np.ndarray, adjacency: np.ndarray, layers: int,
+                              spacing: int = 0) -> np.ndarray:
     """Reference of ``layernet.losses.orientation_object_layers``: per object, the covariance
     of its pixel coordinates (whole silhouette), the angle of its main axis snapped to the grid
     (0 without a main axis), a score per layer falling linearly with the angular distance to the
@@ -219,7 +219,7 @@ def orientation_object_layers(stack: np.ndarray, adjacency: np.ndarray, layers: 
                 difference = abs(index - (n + 0.5) * grid / layers)
                 distance = min(difference, grid - difference)
                 scores[label, n] = 1 - distance / (grid / 2) + ORIENTATION_FLOOR
-        result[b] = distinct_layers(scores, adjacency[b])
+        result[b] = distinct_layers(scores, adjacency[b], spacing)
     return result
 
 
@@ -229,7 +229,8 @@ def online_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: np.ndarra
     if config.layer_assignment == "distinct":
         return distinct_object_layers(embedding, stack, adjacency, config)
     if config.layer_assignment == "orientation":
-        return orientation_object_layers(stack, adjacency, embedding.shape[-1])
+        return orientation_object_layers(stack, adjacency, embedding.shape[-1],
+                                         config.join_layers)
     return object_layers(embedding, stack, adjacency.shape[1], config)
 
 

@@ -55,6 +55,21 @@ def test_distinct_layers_hand_cases() -> None:
         distinct_layers(scores, np.zeros((3, 3)))
 
 
+def test_distinct_layers_spacing_hand_case() -> None:
+    # objects 1 and 2 adjacent, both prefer layer 0 of 6, object 2 then layer 1, then 3
+    scores = np.zeros((3, 6))
+    scores[1] = [0.9, 0.1, 0.0, 0.0, 0.0, 0.0]
+    scores[2] = [0.8, 0.7, 0.0, 0.5, 0.0, 0.1]
+    adjacency = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0]])
+    np.testing.assert_array_equal(distinct_layers(scores, adjacency), [-1, 0, 1])
+    # spacing 1: layers 5, 0, 1 are too near object 1's layer 0 -> its best other, layer 3
+    np.testing.assert_array_equal(distinct_layers(scores, adjacency, spacing=1), [-1, 0, 3])
+    # spacing 3 rules out every layer: back to "different"
+    np.testing.assert_array_equal(distinct_layers(scores, adjacency, spacing=3), [-1, 0, 1])
+    with pytest.raises(ValueError, match="spacing"):
+        distinct_layers(scores, adjacency, spacing=-1)
+
+
 def test_distinct_layers_property_on_random_graphs() -> None:
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -132,6 +147,12 @@ def test_orientation_assignment_separates_neighbours_and_follows_the_pose() -> N
     assert layer_of[1] in (0, 7) and layer_of[2] in (3, 4) and layer_of[3] in (1, 2)
     # the parallel neighbour of bar 1 takes the other horizontal sector, not bar 1's
     assert layer_of[4] in (0, 7) and layer_of[4] != layer_of[1]
+    # kept more than one sector from its neighbours' layers (spacing 1): bar 1 in 0 and bar 2
+    # in 3 leave 5 and 6, and 6 is nearer the horizontal
+    spaced = orientation_object_layers(tf.constant(np.moveaxis(stack, 0, -1)[None]),
+                                       tf.constant(adjacency), 8, spacing=1).numpy()[0]
+    np.testing.assert_array_equal(spaced[:4], layer_of[:4])
+    assert (spaced[1], spaced[2], spaced[4]) == (0, 3, 6)
     # turning the image by 90 degrees turns the vertical bar horizontal and vice versa
     turned = np.rot90(stack, axes=(1, 2))
     turned_layers = orientation_object_layers(tf.constant(np.moveaxis(turned, 0, -1)[None]),
@@ -156,13 +177,16 @@ def test_orientation_assignment_equals_the_reference() -> None:
         adjacency = np.maximum(adjacency, np.transpose(adjacency, (0, 2, 1)))
         adjacency[:, np.arange(segments), np.arange(segments)] = 0
         adjacency[:, 0, :] = adjacency[:, :, 0] = 0
-        result = orientation_object_layers(tf.constant(stack), tf.constant(adjacency), 5).numpy()
-        expected = reference.orientation_object_layers(stack, adjacency, 5)
+        spacing = int(rng.integers(0, 2))
+        result = orientation_object_layers(tf.constant(stack), tf.constant(adjacency), 5,
+                                           spacing).numpy()
+        expected = reference.orientation_object_layers(stack, adjacency, 5, spacing)
         np.testing.assert_array_equal(result, expected)
         index = object_orientations(np.moveaxis(stack[0], -1, 0))
         scores = np.zeros((segments, 5))
         scores[:len(index)] = orientation_layer_scores(index, 5)
-        np.testing.assert_array_equal(distinct_layers(scores, adjacency[0]), expected[0])
+        np.testing.assert_array_equal(distinct_layers(scores, adjacency[0], spacing),
+                                      expected[0])
 
 
 def test_config_checks_assignment_and_layer_target_weight() -> None:

@@ -35,7 +35,8 @@ VARIANTS = {
     "pair": PAPER.replace(repulsion_mode="pair", sparsity_weight=0.5, overlap_weight=2.0),
     "targets": PAPER.replace(layer_target_weight=0.5, layer_assignment="distinct",
                              overlap_targets="online"),
-    "targets_orientation": PAPER.replace(layer_target_weight=1.0, layer_assignment="orientation"),
+    "targets_orientation": PAPER.replace(layer_target_weight=1.0, layer_assignment="orientation",
+                                         join_layers=1),
     "targets_argmax": PAPER.replace(layer_target_weight=2.0, mean_mode="normalized",
                                     layer_target_loss="dice"),
 }
