@@ -148,7 +148,7 @@ def build_config(args: argparse.Namespace):
     method = args.method or values.get("method", "layering")
     phase = args.phase or ("overlap" if args.init and method == "layering" else "layering")
     values = apply_presets(values, recipe=args.recipe, authors=args.authors,
-                           keep_architecture=bool(args.init), phase=phase)
+                           keep_architecture=bool(args.init), phase=phase, method=method)
     if args.config:
         values.update(Config.load(args.config).to_dict())
     overrides = {

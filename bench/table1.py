@@ -202,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         if method not in args.methods:
             continue
         if method in ("unet2", "unet3"):
-            run = paper_tables.train_run(config.replace(method=method, **budget),
+            from layernet.config import RECIPE_LAYERING, Config
+
+            # the recipe's settings of the layers do not apply to a baseline
+            defaults = {key: getattr(Config(), key)
+                        for key in RECIPE_LAYERING.get(args.recipe or "", {})}
+            run = paper_tables.train_run(config.replace(method=method, **defaults, **budget),
                                          os.path.join(out, method))
             results[method] = paper_tables.evaluate_run(run, args.eval_split)
         elif method == "layering":

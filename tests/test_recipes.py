@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from layernet.config import (ARCHITECTURE_FIELDS, AUTHORS_VARIANTS, RECIPE_PHASE2, RECIPES,
-                             Config, ConfigError, apply_presets)
+from layernet.config import (ARCHITECTURE_FIELDS, AUTHORS_VARIANTS, RECIPE_LAYERING,
+                             RECIPE_PHASE2, RECIPES, Config, ConfigError, apply_presets)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,8 +36,13 @@ def test_recipe_sets_its_fields_and_command_line_options_win():
     config = build("--recipe", "cpu", "--lr", "5e-4", "--size", "S", "--precision", "float32")
     assert config.learning_rate == 5e-4 and config.size == "S"
     assert config.optimizer == RECIPES["cpu"]["optimizer"]
+    for key, value in RECIPE_LAYERING["cpu"].items():
+        assert getattr(config, key) == value, key
     baseline = build("--recipe", "cpu", "--method", "unet3", "--precision", "float32")
     assert baseline.method == "unet3" and baseline.lr_schedule == RECIPES["cpu"]["lr_schedule"]
+    # the layering settings stay the defaults for a baseline (it has no layers)
+    for key in RECIPE_LAYERING["cpu"]:
+        assert getattr(baseline, key) == getattr(Config(), key), key
 
 
 def test_presets_change_only_their_own_fields():
@@ -71,10 +76,13 @@ def test_init_keeps_its_architecture_under_a_recipe_and_authors(tmp_path):
     assert config.layer_assignment == "argmax" and config.overlap_targets == "online"
     phase2 = build("--init", str(run / "best.h5"), "--recipe", "cpu")
     assert phase2.layer_assignment == "distinct" and phase2.learning_rate == 1e-4
+    # phase 1's orientation targets are not used in phase 2; its layers still join
+    assert phase2.layer_target_weight == 0 and phase2.join_layers == 1
     explicit = build("--init", str(run / "best.h5"), "--recipe", "cpu", "--lr", "3e-4")
     assert explicit.learning_rate == 3e-4   # an explicit option wins
     phase1 = build("--recipe", "cpu", "--precision", "float32")
-    assert phase1.phase == "layering" and phase1.layer_assignment == "argmax"
+    assert phase1.phase == "layering" and phase1.layer_assignment == "orientation"
+    assert phase1.layer_target_weight == 1 and phase1.join_layers == 1
     assert config.mean_mode == AUTHORS_VARIANTS["mean_mode"]
 
 
