@@ -183,7 +183,7 @@ def _postprocessing_text(config: Config) -> str:
         "2. remove the connected components of `F` with fewer than `S_min` pixels;\n"
         "3. switch every remaining foreground pixel on in the layer of its largest activation "
         "`maps[..., 1:]` (argmax; ties to the lowest layer)\n" + overlap +
-        + ("4. every connected component of every layer with at least `S_min` pixels is one "
+        ("4. every connected component of every layer with at least `S_min` pixels is one "
            "object.\n\n" if not config.join_layers else
            f"4. (not in the paper) components of layers at most {config.join_layers} apart, "
            "counted cyclically, that touch or share a pixel are one object; every object with "
