@@ -184,6 +184,7 @@ def build_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    from datasets import load_source
     from layernet import runfolder
     from layernet.config import Config
     from layernet.training import train
@@ -198,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             config = config.replace(streaming=_STREAMING[args.stream])
         if args.cache_dir is not None:
             config = config.replace(cache_dir=args.cache_dir)
-        result = train(config, run_dir, resume=True)
+        result = train(config, run_dir, resume=True, load_source=load_source)
     else:
         config = build_config(args)
         suffix = config.phase if config.method == "layering" else config.method
         run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{suffix}")
-        result = train(config, run_dir, init=args.init)
+        result = train(config, run_dir, init=args.init, load_source=load_source)
     last = result["last"]
     print(f"run folder: {result['run_dir']}")
     print(f"best validation meanAP {result['best_score']:.4f} at epoch {result['best_epoch']}"

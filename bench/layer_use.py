@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     from layernet import runfolder
     from layernet.assignment import layer_collisions
     from layernet.model import build_model, load_model_weights
+    from datasets import load_source
     from layernet.training import frozen_layer_assignment, load_training_data
 
     data_config = None
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         key = (config.data, config.data_dir, config.split_seed, config.val_fraction,
                str(config.data_options), config.adjacency_distance)
         if data is None or key != data_config:
-            data, data_config = load_training_data(config), key
+            data, data_config = load_training_data(config, load_source), key
         samples = data.train if args.split == "train" else data.val
         net = build_model(config)
         load_model_weights(net, path)

@@ -100,6 +100,7 @@ def train_run(config: Any, run_dir: str, init: str | None = None) -> str:
     import keras
 
     from layernet import runfolder
+    from datasets import load_source
     from layernet.training import train
 
     if os.path.exists(os.path.join(run_dir, runfolder.STATE_FILE)) and os.path.exists(
@@ -109,7 +110,7 @@ def train_run(config: Any, run_dir: str, init: str | None = None) -> str:
     keras.backend.clear_session()
     logger.info("training %s (method %s, phase %s, UNet-%s) into %s", config.data,
                 config.method, config.phase, config.size, run_dir)
-    train(config, run_dir, init=init, verbose=2)
+    train(config, run_dir, init=init, verbose=2, load_source=load_source)
     return run_dir
 
 

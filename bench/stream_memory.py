@@ -98,7 +98,7 @@ def measure_training(data_dir: str, run_dir: str, streaming: str) -> tuple[float
     config = Config(data="folder", data_dir=data_dir, data_options=dict(DATA_OPTIONS),
                     val_fraction=VAL_FRACTION, streaming=streaming, **TINY_TRAINING).validate()
     start = time.perf_counter()
-    train(config, run_dir, verbose=0)
+    train(config, run_dir, verbose=0, load_source=load_source)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     images = len(load_source("folder", data_dir, "train", config.split_seed, VAL_FRACTION,

@@ -1,4 +1,5 @@
-"""Helpers shared by the real-data loaders: split selection, resizing, sample assembly."""
+"""Helpers shared by the real-data loaders: resizing, sample assembly (and the library's
+:func:`~layernet.samples.select_split`, re-exported)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from typing import Sequence, TypeVar
 import cv2
 import numpy as np
 
-from datasets import DEFAULT_VAL_FRACTION, SPLITS, Sample, val_split
 from layernet.instances import stack_from_masks
+from layernet.samples import Sample, select_split
+
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "apply_limit", "as_size", "make_sample",
+           "require_folder", "resize_image", "resize_masks", "select_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,46 +25,6 @@ IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 class DatasetError(ValueError):
     """Raised when a dataset folder is missing files or holds inconsistent data."""
-
-
-def select_split(
-    trainval: Sequence[Item],
-    test: Sequence[Item],
-    split: str,
-    seed: int,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-) -> list[Item]:
-    """Return the items of one split.
-
-    Parameters
-    ----------
-    trainval, test : sequence
-        The items of the training pool (in a fixed, sorted order) and of the test set.
-    split : str
-        ``"train"`` / ``"val"`` (seeded :func:`datasets.val_split` of ``trainval``; the sizes
-        of the split are logged for ``"val"``),
-        ``"trainval"``, ``"test"`` or ``"all"`` (``trainval`` then ``test``).
-    seed : int
-        Seed of the train/validation split.
-    val_fraction : float, optional
-        Share of ``trainval`` used for validation (at least
-        ``min(datasets.MIN_VAL_IMAGES, len(trainval) - 1)`` items).
-
-    Returns
-    -------
-    list
-    """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if split == "test":
-        return list(test)
-    if split == "trainval":
-        return list(trainval)
-    if split == "all":
-        return list(trainval) + list(test)
-    train_index, val_index = val_split(len(trainval), val_fraction, seed, log=split == "val")
-    chosen = train_index if split == "train" else val_index
-    return [trainval[i] for i in chosen]
 
 
 def apply_limit(items: Sequence[Item], limit: int | None) -> list[Item]:
@@ -111,7 +75,7 @@ def make_sample(
     meta: dict,
     size: tuple[int, int] | None = None,
 ) -> Sample:
-    """Resize (optionally) and assemble one :class:`~datasets.Sample`.
+    """Resize (optionally) and assemble one :class:`~layernet.samples.Sample`.
 
     Masks that are empty (after resizing) are dropped; the stack holds ids ``1..K`` in the order
     of the remaining masks.

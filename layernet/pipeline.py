@@ -54,7 +54,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from datasets import Sample
 from layernet.augment import augment, center_crop, random_crop
 from layernet.baselines import semantic_target
 from layernet.config import Config, write_bytes_atomic
@@ -63,6 +62,7 @@ from layernet.io import ImageReadError, with_channels
 from layernet.model import pad_to_stride
 from layernet.normalize import normalize_to_range, percentile_range
 from layernet.runfolder import RunFolderError, load_arrays, save_arrays_atomic
+from layernet.samples import Sample
 from layernet.targets import adjacency_matrix
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def prepare_samples(samples: Sequence[Sample], config: Config, cache_dir: str | 
 
     Parameters
     ----------
-    samples : sequence of datasets.Sample
+    samples : sequence of layernet.samples.Sample
         Raw samples: ``image`` ``(H, W, C)``, ``stack`` ``(L, H, W)``.
     config : Config
         Uses ``channels``, ``normalize_low``, ``normalize_high`` and ``adjacency_distance``.
@@ -213,7 +213,7 @@ def save_prepared(path: str, sample: Sample, config: Config, semantic: bool = Fa
     ----------
     path : str
         Destination ``.npz`` file (its folder must exist).
-    sample : datasets.Sample
+    sample : layernet.samples.Sample
         The raw sample.
     config : Config
         As for :func:`prepare_samples`.

@@ -1,10 +1,10 @@
 """Training on datasets larger than memory: prepare every sample once into a disk cache, stream it.
 
-:func:`prepare_to_cache` decodes the samples of a :class:`datasets.SampleSource` one at a time
+:func:`prepare_to_cache` decodes the samples of a :class:`layernet.samples.SampleSource` one at a time
 and writes each prepared sample (:func:`layernet.pipeline.save_prepared`: raw image in its
 smallest lossless dtype + its normalisation percentiles, relabelled stack, adjacency) to
 ``<cache_dir>/sample-<key>.npz``. The key is a SHA-1 of everything the prepared sample depends on:
-the dataset and its decoding options (:attr:`datasets.SampleSource.key`), the sample's name, the
+the dataset and its decoding options (:attr:`layernet.samples.SampleSource.key`), the sample's name, the
 path, size and modification time of each of its files (the files of a mask folder included), and
 the config fields used by the preparation (channels, percentiles, adjacency distance, UNet-3
 class map). A rerun or ``--resume`` finds the files and reuses them; a changed source file gets a
@@ -36,9 +36,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from datasets import Sample, SampleSource
 from layernet.config import Config
 from layernet.pipeline import CachedSamples, save_prepared
+from layernet.samples import Sample, SampleSource
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def sample_key(source: SampleSource, index: int, config: Config, semantic: bool 
 
     Parameters
     ----------
-    source : datasets.SampleSource
+    source : layernet.samples.SampleSource
         The split the item belongs to.
     index : int
         Position of the item in ``source``.
@@ -135,7 +135,7 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
 
     Parameters
     ----------
-    source : datasets.SampleSource
+    source : layernet.samples.SampleSource
         The samples of one split.
     config : Config
         Preparation settings (as :func:`layernet.pipeline.prepare_samples`).
@@ -260,7 +260,7 @@ def use_streaming(config: Config, sources: Sequence[SampleSource]) -> bool:
     ----------
     config : Config
         ``streaming`` is ``"auto"``, ``"on"`` or ``"off"``.
-    sources : sequence of datasets.SampleSource
+    sources : sequence of layernet.samples.SampleSource
         The splits training reads (train and validation).
 
     Returns

@@ -34,6 +34,7 @@ from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
 from layernet.model import build_model, load_model_weights
 from layernet.pipeline import PreparedSample, make_dataset, prepare_samples
+from layernet.samples import MIN_VAL_IMAGES, SourceLoader
 from layernet.schedules import BudgetPlanner, TrainingSchedule, seconds_per_step
 from layernet.streaming import prepare_to_cache, prune_cache, use_streaming
 
@@ -328,7 +329,8 @@ class TrainingData:
     streamed: bool = False
 
 
-def load_training_data(config: Config, run_dir: str | None = None) -> TrainingData:
+def load_training_data(config: Config, load_source: SourceLoader, run_dir: str | None = None
+                       ) -> TrainingData:
     """Load, prepare (normalise, targets) and return the training and validation splits.
 
     With streaming (``config.streaming``, :func:`layernet.streaming.use_streaming`) every sample
@@ -338,7 +340,11 @@ def load_training_data(config: Config, run_dir: str | None = None) -> TrainingDa
     Parameters
     ----------
     config : Config
-        The run's settings.
+        The run's settings (``data``, ``data_dir``, ``data_options``, ``split_seed`` and
+        ``val_fraction`` choose the images).
+    load_source : SourceLoader
+        Lists a split of a dataset by name: ``datasets.load_source`` (the library does not
+        import the dataset readers).
     run_dir : str or None, optional
         The run folder (home of the default streaming cache).
 
@@ -346,8 +352,6 @@ def load_training_data(config: Config, run_dir: str | None = None) -> TrainingDa
     -------
     TrainingData
     """
-    from datasets import MIN_VAL_IMAGES, load_source
-
     start = time.perf_counter()
     sources = [load_source(config.data, config.data_dir, split, config.split_seed,
                            val_fraction=config.val_fraction, **config.data_options)
@@ -568,7 +572,7 @@ def _restore_optimizer(optimizer: keras.optimizers.Optimizer, net: keras.Model,
 
 
 def train(config: Config, run_dir: str, init: str | None = None, resume: bool = False,
-          verbose: int | None = None) -> dict[str, Any]:
+          verbose: int | None = None, *, load_source: SourceLoader) -> dict[str, Any]:
     """Train one phase and write the run folder.
 
     Parameters
@@ -584,6 +588,9 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     verbose : int, optional
         Keras verbosity: 1 = progress bar, 2 = one line per epoch (default: 1 on a terminal,
         else 2).
+    load_source : SourceLoader
+        Lists the images of ``config.data`` (``datasets.load_source``; see
+        :func:`load_training_data`).
 
     Returns
     -------
@@ -610,7 +617,7 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    data = load_training_data(config, run_dir)
+    data = load_training_data(config, load_source, run_dir)
     if not data.streamed:  # the streaming cache holds the UNet-3 targets already
         baselines.attach_semantic_targets(data.train, config)
 

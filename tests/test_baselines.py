@@ -278,6 +278,7 @@ def _load_script(name: str):
 def test_train_predict_evaluate_end_to_end(tmp_path, method):
     from layernet import runfolder
     from layernet.io import read_image, write_image_atomic
+    from datasets import load_source
     from layernet.training import train
 
     options = {"kind": "cells", "size": 96, "count": 6}
@@ -285,7 +286,7 @@ def test_train_predict_evaluate_end_to_end(tmp_path, method):
                     batch_size=2, epochs=1, steps_per_epoch=2, min_size=10,
                     learning_rate=1e-3, data_options=options).validate()
     run = tmp_path / "run"
-    result = train(config, str(run), verbose=0)
+    result = train(config, str(run), verbose=0, load_source=load_source)
     history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
     assert result["epochs"] == 1 and np.isfinite(history[0]["semantic"])
     assert {"loss", "semantic", "val_meanAP", "val_AJI"} <= set(history[0])

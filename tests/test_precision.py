@@ -19,11 +19,13 @@ TINY = dict(size="S", filters=8, head_filters=16, patch_size=64, batch_size=2, m
 def test_mixed_precision_training_and_prediction(tmp_path, precision):
     import keras
 
+    from datasets import load_source
     from layernet.training import train
 
     before = keras.config.dtype_policy().name
     run_dir = str(tmp_path / precision)
-    train(Config(precision=precision, **TINY).validate(), run_dir, verbose=0)
+    train(Config(precision=precision, **TINY).validate(), run_dir, verbose=0,
+          load_source=load_source)
     assert keras.config.dtype_policy().name == before
     history = runfolder.read_history(f"{run_dir}/{runfolder.HISTORY_FILE}")
     assert np.isfinite(history[-1]["loss"]) and history[-1]["step"] == 2

@@ -134,13 +134,14 @@ def test_thresholds_are_tuned_on_validation_and_used_by_the_run_models(tmp_path)
     from layernet import runfolder
     from layernet.config import MIN_SIZE_FACTORS, TAU_GRID
     from layernet.inference import Predictor
+    from datasets import load_source
     from layernet.training import load_training_data, train, validation_scores
 
     config = Config(size="S", filters=8, head_filters=8, patch_size=64, batch_size=2,
                     min_size=30, data_options={"size": 96, "count": 8}, learning_rate=1e-3,
                     epochs=1, steps_per_epoch=4, tune_thresholds=True).validate()
     run = tmp_path / "run"
-    train(config, str(run), verbose=0)
+    train(config, str(run), verbose=0, load_source=load_source)
     thresholds = runfolder.load_json(str(run / runfolder.THRESHOLDS_FILE))
     assert thresholds["tuned"] is True
     grid = thresholds["grid"]
@@ -152,7 +153,7 @@ def test_thresholds_are_tuned_on_validation_and_used_by_the_run_models(tmp_path)
     assert Config.load(str(run / runfolder.CONFIG_FILE)).tau == config.tau  # config unchanged
 
     net, _ = runfolder.load_trained_model(str(run / runfolder.BEST_FILE))
-    val = load_training_data(config).val
+    val = load_training_data(config, load_source).val
     configured = thresholds["configured"]
     direct = validation_scores(Predictor(net, config), val)
     assert configured["meanAP"] == pytest.approx(direct["meanAP"])

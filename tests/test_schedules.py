@@ -133,13 +133,14 @@ def test_cosine_run_ends_at_the_final_rate_and_best_holds_the_averaged_weights(t
     """--epochs: the schedule ends exactly at the last step; with --ema, best.h5 holds the
     averaged weights that were validated, last.h5 the raw ones (which --resume continues)."""
     from layernet.model import build_model, load_model_weights
+    from datasets import load_source
     from layernet.training import train
 
     config = Config(epochs=1, steps_per_epoch=6, optimizer="adam", lr_schedule="cosine",
                     warmup_fraction=0.2, final_lr_fraction=0.1, ema_momentum=0.5,
                     **TINY).validate()
     run = tmp_path / "run"
-    train(config, str(run), verbose=0)
+    train(config, str(run), verbose=0, load_source=load_source)
     history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
     assert [row["step"] for row in history] == [6]
     assert history[-1]["learning_rate"] == pytest.approx(1e-4)
@@ -159,13 +160,14 @@ def test_cosine_run_ends_at_the_final_rate_and_best_holds_the_averaged_weights(t
 def test_time_budget_schedule_reaches_its_end(tmp_path):
     """--minutes with a cosine schedule: the end is estimated during the run (not the huge
     epochs * steps), saved in state.json, and the learning rate has decayed by the end."""
+    from datasets import load_source
     from layernet.training import train
 
     config = Config(epochs=100_000, steps_per_epoch=5, lr_schedule="cosine",
                     optimizer="adam", final_lr_fraction=0.0, time_budget_minutes=0.5,
                     **TINY).validate()
     run = tmp_path / "run"
-    train(config, str(run), verbose=0)
+    train(config, str(run), verbose=0, load_source=load_source)
     history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
     state = runfolder.load_json(str(run / runfolder.STATE_FILE))
     assert state["total_steps"] < 10_000  # estimated, not epochs * steps_per_epoch

@@ -247,7 +247,8 @@ def test_streamed_training_end_to_end_resume_and_same_history_as_in_memory(tmp_p
     from layernet.training import CACHE_FOLDER, train
 
     run = tmp_path / "streamed"
-    train(Config(epochs=1, streaming="on", **TINY).validate(), str(run), verbose=0)
+    train(Config(epochs=1, streaming="on", **TINY).validate(), str(run), verbose=0,
+          load_source=load_source)
     history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
     assert len(history) == 1 and np.isfinite(history[0]["loss"])
     net, _ = runfolder.load_trained_model(str(run / runfolder.BEST_FILE))
@@ -259,13 +260,15 @@ def test_streamed_training_end_to_end_resume_and_same_history_as_in_memory(tmp_p
     saved = json.loads((run / runfolder.CONFIG_FILE).read_text())
     saved["epochs"] = 2
     (run / runfolder.CONFIG_FILE).write_text(json.dumps(saved))
-    train(Config.load(str(run / runfolder.CONFIG_FILE)), str(run), resume=True, verbose=0)
+    train(Config.load(str(run / runfolder.CONFIG_FILE)), str(run), resume=True, verbose=0,
+          load_source=load_source)
     assert cache_files(cache) == files
     streamed = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
     assert [row["step"] for row in streamed] == [2, 4]
     # the same run in memory, uninterrupted: the same losses
     memory_run = tmp_path / "memory"
-    train(Config(epochs=2, streaming="off", **TINY).validate(), str(memory_run), verbose=0)
+    train(Config(epochs=2, streaming="off", **TINY).validate(), str(memory_run), verbose=0,
+          load_source=load_source)
     assert not os.path.exists(memory_run / CACHE_FOLDER)
     in_memory = runfolder.read_history(str(memory_run / runfolder.HISTORY_FILE))
     for name in ("loss", "foreground", "layering", "val_meanAP"):

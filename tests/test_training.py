@@ -30,10 +30,11 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def test_loss_falls_on_synthetic_data(tmp_path):
+    from datasets import load_source
     from layernet.training import train
 
     config = Config(epochs=6, steps_per_epoch=5, **TINY).validate()
-    result = train(config, str(tmp_path / "run"), verbose=0)
+    result = train(config, str(tmp_path / "run"), verbose=0, load_source=load_source)
     history = runfolder.read_history(str(tmp_path / "run" / runfolder.HISTORY_FILE))
     assert len(history) == 6 == result["epochs"]
     losses = [row["loss"] for row in history]

@@ -30,7 +30,7 @@ SYNTHETIC = ["--data", "synthetic", "--data-option", "size=64", "--data-option",
 def split_names(argv: list[str]) -> tuple[list[str], list[str]]:
     """Names of the training and validation images of ``train.py argv`` (its config, loaded as
     training loads it)."""
-    data = load_training_data(build_config(parse_args(argv)))
+    data = load_training_data(build_config(parse_args(argv)), load_source)
     return [s.name for s in data.train], [s.name for s in data.val]
 
 
@@ -54,12 +54,12 @@ def test_validation_split_sizes_with_the_minimum() -> None:
 
 
 def test_split_sizes_are_logged(caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="datasets"):
+    with caplog.at_level(logging.INFO, logger="layernet.samples"):
         load_source("synthetic", None, "val", 0, count=8)
     assert ("3 of 8 images for validation (val_fraction 0.1 gives 1, raised to the minimum of "
             "3), 5 for training") in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="datasets"):
+    with caplog.at_level(logging.INFO, logger="layernet.samples"):
         load_source("synthetic", None, "val", 0, count=8, val_fraction=0.5)
     assert "4 of 8 images for validation (val_fraction 0.5), 4 for training" in caplog.text
 
@@ -85,7 +85,7 @@ def test_val_fraction_sets_the_folder_validation_images_through_train_cli(tmp_pa
     # the folder loader's own option of before means the same
     config = build_config(parse_args(argv + ["--data-option", "val_fraction=0.5"]))
     assert config.val_fraction == 0.5 and "val_fraction" not in config.data_options
-    assert [s.name for s in load_training_data(config).val] == val
+    assert [s.name for s in load_training_data(config, load_source).val] == val
 
 
 def test_split_seed_is_independent_of_seed() -> None:
@@ -95,8 +95,8 @@ def test_split_seed_is_independent_of_seed() -> None:
     config = build_config(parse_args(SYNTHETIC + ["--seed", "1"]))
     assert (config.seed, config.split_seed) == (1, 0)
     # the same images too: the synthetic generator follows the split seed
-    data0 = load_training_data(build_config(parse_args(SYNTHETIC + ["--seed", "0"])))
-    data1 = load_training_data(config)
+    data0 = load_training_data(build_config(parse_args(SYNTHETIC + ["--seed", "0"])), load_source)
+    data1 = load_training_data(config, load_source)
     assert all((a.image == b.image).all() for a, b in zip(data0.val, data1.val))
     # --split-seed moves the split
     _, other = split_names(SYNTHETIC + ["--split-seed", "1"])
@@ -113,7 +113,7 @@ def test_config_without_split_seed_keeps_the_split_of_its_seed(tmp_path) -> None
     assert (config.seed, config.split_seed) == (4, 4)
     # the validation images of before: the split seeded by seed 4
     before = load_source("synthetic", None, "val", 4, size=64, count=20, min_area=30).names
-    assert [s.name for s in load_training_data(config).val] == before
+    assert [s.name for s in load_training_data(config, load_source).val] == before
     assert before != load_source("synthetic", None, "val", 0, size=64, count=20,
                                  min_area=30).names
     # a --config file without split_seed, with another --seed: still the file's split
@@ -139,13 +139,14 @@ def test_empty_validation_split_says_why(tmp_path) -> None:
     root = str(tmp_path / "data")
     write_folder_dataset(root, 2, 64, disks=3)  # 1 test image, a pool of 1
     with pytest.raises(TrainingError) as error:
-        load_training_data(Config(data="folder", data_dir=root, streaming="off"))
+        load_training_data(Config(data="folder", data_dir=root, streaming="off"), load_source)
     message = str(error.value)
     assert "no validation images (1 training image(s))" in message
     assert "min(3, n - 1)" in message and "at least 2 images" in message
     assert message.endswith("add images")
     with pytest.raises(TrainingError, match="check the data option.s. count"):
-        load_training_data(Config(data_options={"count": 1, "size": 64}, streaming="off"))
+        load_training_data(Config(data_options={"count": 1, "size": 64}, streaming="off"),
+                           load_source)
 
 
 # ------------------------------------------------------------------ evaluate.py
