@@ -1,18 +1,19 @@
 """Training on datasets larger than memory: prepare every sample once into a disk cache, stream it.
 
-:func:`prepare_to_cache` decodes the samples of a :class:`layernet.samples.SampleSource` one at a time
-and writes each prepared sample (:func:`layernet.pipeline.save_prepared`: raw image in its
+:func:`prepare_to_cache` decodes the samples of a :class:`layernet.samples.SampleSource` one at
+a time and writes each prepared sample (:func:`layernet.prepared.save_prepared`: raw image in its
 smallest lossless dtype + its normalisation percentiles, relabelled stack, adjacency) to
 ``<cache_dir>/sample-<key>.npz``. The key is a SHA-1 of everything the prepared sample depends on:
-the dataset and its decoding options (:attr:`layernet.samples.SampleSource.key`), the sample's name, the
-path, size and modification time of each of its files (the files of a mask folder included), and
-the config fields used by the preparation (channels, percentiles, adjacency distance, UNet-3
-class map). A rerun or ``--resume`` finds the files and reuses them; a changed source file gets a
-new key and is prepared again. Files are written atomically, so an interrupted pass leaves only
-complete entries behind.
+the dataset and its decoding options (:attr:`layernet.samples.SampleSource.key`), the sample's
+name, the path, size and modification time of each of its files (the files of a mask folder
+included), and the config fields used by the preparation (channels, percentiles, adjacency
+distance, UNet-3 class map). A rerun or ``--resume`` finds the files and reuses them; a changed
+source file gets a new key and is prepared again. Files are written atomically, so an interrupted
+pass leaves only complete entries behind.
 
-:func:`layernet.pipeline.make_dataset` streams the returned :class:`~layernet.pipeline.CachedSamples`
-and gives the same batches as the samples held in memory.
+:func:`layernet.pipeline.make_dataset` streams the returned
+:class:`~layernet.prepared.CachedSamples` and gives the same batches as the samples held in
+memory.
 
 :func:`use_streaming` decides between memory and streaming (``Config.streaming``): ``"on"``,
 ``"off"``, or ``"auto"``, which streams when the decoded images and stacks of the training and
@@ -37,7 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from layernet.config import Config
-from layernet.pipeline import CachedSamples, save_prepared
+from layernet.prepared import CachedSamples, save_prepared
 from layernet.samples import Sample, SampleSource
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
     source : layernet.samples.SampleSource
         The samples of one split.
     config : Config
-        Preparation settings (as :func:`layernet.pipeline.prepare_samples`).
+        Preparation settings (as :func:`layernet.prepared.prepare_samples`).
     cache_dir : str
         Cache folder; created if needed. Several runs and splits may share it.
     semantic : bool, optional
@@ -148,13 +149,13 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
 
     Returns
     -------
-    layernet.pipeline.CachedSamples
+    layernet.prepared.CachedSamples
         In the order of ``source``.
 
     Raises
     ------
-    layernet.pipeline.PipelineError
-        If a sample does not fit the config (as :func:`layernet.pipeline.prepare_samples`).
+    layernet.prepared.PipelineError
+        If a sample does not fit the config (as :func:`layernet.prepared.prepare_samples`).
     """
     os.makedirs(cache_dir, exist_ok=True)
     start = last_report = time.perf_counter()
