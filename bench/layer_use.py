@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the run's training or validation images (train)")
     args = parser.parse_args(argv)
 
+    from datasets import load_source
     from layernet import runfolder
     from layernet.assignment import layer_collisions
     from layernet.model import build_model, load_model_weights
-    from datasets import load_source
     from layernet.training import frozen_layer_assignment, load_training_data
 
     data_config = None

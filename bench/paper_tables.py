@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import logging
@@ -20,7 +19,6 @@ import math
 import os
 from typing import Any, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRIC_COLUMNS = ("AP@0.5", "AP@0.6", "AP@0.7", "AP@0.8", "AP@0.9", "meanAP", "AJI")
 MATCHINGS = ("reference", "hungarian")
 
@@ -99,8 +97,8 @@ def train_run(config: Any, run_dir: str, init: str | None = None) -> str:
     """
     import keras
 
-    from layernet import runfolder
     from datasets import load_source
+    from layernet import runfolder
     from layernet.training import train
 
     if os.path.exists(os.path.join(run_dir, runfolder.STATE_FILE)) and os.path.exists(
@@ -112,14 +110,6 @@ def train_run(config: Any, run_dir: str, init: str | None = None) -> str:
                 config.method, config.phase, config.size, run_dir)
     train(config, run_dir, init=init, verbose=2, load_source=load_source)
     return run_dir
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_layernet_{name}",
-                                                  os.path.join(REPO, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def evaluate_run(run_dir: str, split: str = "test") -> dict[str, dict[str, float]]:
@@ -137,8 +127,9 @@ def evaluate_run(run_dir: str, split: str = "test") -> dict[str, dict[str, float
     best = os.path.join(run_dir, "best.h5")
     if not (os.path.exists(metrics_path)
             and os.path.getmtime(metrics_path) >= os.path.getmtime(best)):
-        _load_script("evaluate").main(["--model", run_dir, "--split", split, "--out", out,
-                                       "--worst", "0"])
+        from layernet_commands import evaluate
+
+        evaluate.main(["--model", run_dir, "--split", split, "--out", out, "--worst", "0"])
     return read_metrics(metrics_path)
 
 

@@ -155,7 +155,8 @@ def train_and_predict(args: argparse.Namespace) -> dict:
         labels, _ = model.predict_instances(image if channels > 1 else image[..., 0])
         write_label_stack(os.path.join(pred_dir, f"{name}.tif"), labels[None])
 
-    evaluate = _load_evaluate()
+    from layernet_commands import evaluate
+
     eval_dir = os.path.join(args.out, f"eval-{args.eval_split}")
     argv = ["--pred", pred_dir, "--data", args.data, "--split", args.eval_split, "--split-seed",
             str(args.seed), "--val-fraction", str(args.val_fraction), "--out", eval_dir,
@@ -170,14 +171,6 @@ def train_and_predict(args: argparse.Namespace) -> dict:
     metrics["train_seconds"] = train_seconds
     metrics["patch_size"] = side
     return metrics
-
-
-def _load_evaluate():
-    spec = importlib.util.spec_from_file_location("_layernet_evaluate",
-                                                  os.path.join(REPO, "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> int:

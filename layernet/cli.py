@@ -42,6 +42,21 @@ def run_main(main: Callable[[], int], debug: bool = False) -> None:
     sys.exit(code or 0)
 
 
+def run_command(main: Callable[[list[str]], int], argv: list[str] | None = None) -> NoReturn:
+    """Run a command's ``main(argv)`` through :func:`run_main` and exit (a console script).
+
+    Parameters
+    ----------
+    main : callable
+        ``main(argv) -> exit code``; raises on errors.
+    argv : list of str or None, optional
+        The arguments (default: ``sys.argv[1:]``); ``--verbose`` among them shows the traceback
+        of an error instead of its one line.
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    run_main(lambda: main(arguments), debug="--verbose" in arguments)
+
+
 def parse_key_values(items: list[str], flag: str = "--data-option") -> dict:
     """Turn repeated ``KEY=VALUE`` options into a dict; values are parsed as JSON when they can
     be (``count=8`` -> 8, ``kind=cells`` -> "cells").

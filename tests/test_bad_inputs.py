@@ -9,7 +9,7 @@ case, which needs a real process with a file-size limit.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -53,22 +53,11 @@ def gray(size: int = 40, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random((size, size)) * 1000).astype(np.uint16)
 
 
-_SCRIPTS: dict = {}
-
-
-def script(name: str):
-    if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"_cli_{name}", os.path.join(REPO, name))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _SCRIPTS[name] = module
-    return _SCRIPTS[name]
-
-
 def run_cli(name: str, argv: list[str], capsys) -> tuple[int, str]:
-    """Run ``python <name> argv`` in process; return the exit code and stderr."""
+    """Run ``python <name> argv`` in process (its :mod:`layernet_commands` module); return the
+    exit code and stderr."""
     capsys.readouterr()
-    module = script(name)
+    module = importlib.import_module(f"layernet_commands.{os.path.splitext(name)[0]}")
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: module.main(argv))
     code = exit_info.value.code

@@ -4,7 +4,6 @@ train / predict / evaluate."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -267,19 +266,13 @@ def test_pipeline_carries_the_semantic_map_aligned_with_the_stack():
 # ------------------------------------------------------------------------------------------
 # end to end: train a few steps, predict.py and evaluate.py from the run folder
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_{name}_cli", os.path.join(REPO, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("method", ["unet2", "unet3"])
 def test_train_predict_evaluate_end_to_end(tmp_path, method):
+    from datasets import load_source
     from layernet import runfolder
     from layernet.io import read_image, write_image_atomic
-    from datasets import load_source
     from layernet.training import train
+    from layernet_commands import evaluate, predict
 
     options = {"kind": "cells", "size": 96, "count": 6}
     config = Config(method=method, size="S", filters=4, head_filters=4, patch_size=64,
@@ -302,7 +295,6 @@ def test_train_predict_evaluate_end_to_end(tmp_path, method):
     image_path = tmp_path / "images" / "plate.png"
     image_path.parent.mkdir()
     write_image_atomic(str(image_path), sample.image[..., 0].astype(np.uint16))
-    predict = _load_script("predict")
     assert predict.main([str(image_path), "--model", str(run), "--out", str(tmp_path / "pred"),
                          "--quiet", "--min-size", "0", "--save-layer-maps"]) == 0
     stack = read_image(str(tmp_path / "pred" / "plate.layers.tif"))
@@ -311,7 +303,6 @@ def test_train_predict_evaluate_end_to_end(tmp_path, method):
     panels = 2 + (1 if method == "unet2" else 3)  # image, foreground, the class maps
     assert picture.shape[1] == panels * 96 + (panels - 1) * 4
 
-    evaluate = _load_script("evaluate")
     out = tmp_path / "eval"
     assert evaluate.main(["--model", str(run), "--split", "test", "--out", str(out),
                           "--worst", "0"]) == 0
@@ -359,8 +350,10 @@ def test_core_never_imports_stardist():
     import ast
     import glob
 
-    for path in glob.glob(os.path.join(REPO, "layernet", "*.py")) + [
-            os.path.join(REPO, name) for name in ("train.py", "predict.py", "evaluate.py")]:
+    packages = ("layernet", "layernet_commands", "datasets")
+    for path in [path for package in packages
+                 for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True)
+                 ] + [os.path.join(REPO, name) for name in ("train.py", "predict.py", "evaluate.py")]:
         with open(path, encoding="utf-8") as handle:
             tree = ast.parse(handle.read())
         for node in ast.walk(tree):

@@ -71,15 +71,9 @@ def test_auto_precision_picks_bf16_where_the_cpu_has_bf16_instructions(tmp_path)
 
 
 def test_train_precision_auto_writes_the_resolved_precision(monkeypatch):
-    import importlib.util
-    import os
-
     from layernet import model
+    from layernet_commands import train as train_cli
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("_train_cli", os.path.join(repo, "train.py"))
-    train_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_cli)
     monkeypatch.setattr(model, "auto_precision", lambda: "mixed_bfloat16")
     config = train_cli.build_config(train_cli.parse_args(["--precision", "auto"]))
     assert config.precision == "mixed_bfloat16"

@@ -10,7 +10,6 @@ objects, so the comparisons are not between empty stacks).
 from __future__ import annotations
 
 import filecmp
-import importlib.util
 import os
 import re
 import shutil
@@ -217,11 +216,10 @@ def test_overlapped_tiles_equal_sequential_tiles(model_and_images, predictor) ->
 def _predict_in_process(argv: list[str], capsys) -> tuple[int, str]:
     """``python predict.py argv`` run in this process (the model is loaded here); exit code and
     stderr."""
-    spec = importlib.util.spec_from_file_location("_predict_cli", os.path.join(REPO, "predict.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from layernet_commands import predict
+
     capsys.readouterr()
-    code = module.main(argv)
+    code = predict.main(argv)
     return code, capsys.readouterr().err
 
 

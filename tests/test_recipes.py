@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(*argv: str) -> Config:
-    import train
+    from layernet_commands import train
 
     return train.build_config(train.parse_args(list(argv)))
 
@@ -131,10 +131,10 @@ def test_thresholds_are_tuned_on_validation_and_used_by_the_run_models(tmp_path)
     """tune_thresholds: after training, thresholds.json holds the grid's best pair on the
     validation split; config_for_model (predict.py, evaluate.py, --init) returns it; the grid's
     row of the configured pair equals the training's own validation scoring."""
+    from datasets import load_source
     from layernet import runfolder
     from layernet.config import MIN_SIZE_FACTORS, TAU_GRID
     from layernet.inference import Predictor
-    from datasets import load_source
     from layernet.training import load_training_data, train, validation_scores
 
     config = Config(size="S", filters=8, head_filters=8, patch_size=64, batch_size=2,

@@ -132,8 +132,8 @@ def test_averaged_weights_are_swapped_in_and_out():
 def test_cosine_run_ends_at_the_final_rate_and_best_holds_the_averaged_weights(tmp_path):
     """--epochs: the schedule ends exactly at the last step; with --ema, best.h5 holds the
     averaged weights that were validated, last.h5 the raw ones (which --resume continues)."""
-    from layernet.model import build_model, load_model_weights
     from datasets import load_source
+    from layernet.model import build_model, load_model_weights
     from layernet.training import train
 
     config = Config(epochs=1, steps_per_epoch=6, optimizer="adam", lr_schedule="cosine",

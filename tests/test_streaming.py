@@ -221,7 +221,7 @@ def test_use_streaming_decides_by_config_and_estimated_size(monkeypatch, caplog)
 
 # ------------------------------------------------------------------ configuration, CLI
 def test_config_and_command_line_options(tmp_path):
-    from train import build_config, parse_args
+    from layernet_commands.train import build_config, parse_args
 
     assert Config().streaming == "auto" and Config().cache_dir is None
     values = Config().to_dict()

@@ -21,7 +21,7 @@ from layernet import runfolder  # noqa: E402
 from layernet.config import Config, ConfigError  # noqa: E402
 from layernet.training import TrainingError, load_training_data  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
-from train import build_config, parse_args  # noqa: E402
+from layernet_commands.train import build_config, parse_args  # noqa: E402
 
 SYNTHETIC = ["--data", "synthetic", "--data-option", "size=64", "--data-option", "count=20",
              "--data-option", "min_area=30", "--no-stream"]

@@ -1,0 +1,292 @@
+"""Segment images with a trained layernet model; overlapping objects come out in separate layers.
+
+    python predict.py image.tif
+    python predict.py --model runs/demo-overlap plates/*.png --out results --save-rois
+    python predict.py --model runs/demo-overlap --backend onnx plates/   (after exporting it)
+
+Inputs are image files (TIFF, PNG, JPEG, ...; 8/16-bit or float; gray or multi-channel, pick one
+with --channel), folders (every image file in them) and glob patterns. Each image is normalised
+exactly as in training (percentiles of the run's config). Images larger than a tile are predicted
+tile by tile with overlap and stitched, so objects crossing tile borders stay whole.
+
+Outputs per image, beside the input or in --out:
+
+    <name>.layers.tif    uint16 label stack N x H x W (every object in one slice, overlapping
+                         objects in different slices); Fiji opens it as a stack, napari as labels
+    <name>.overlay.png   the image with every object tinted and outlined in its own colour
+    <name>.masks/        --save-masks: one 0/255 PNG per object (0001.png, ...)
+    <name>.rois.zip      --save-rois: Fiji ROI Manager zip, one polygon per object
+    <name>.coco.json     --save-coco: COCO annotations with RLE masks
+    <name>.flat.tif      --save-flat: one label image (overlaps go to the smaller object)
+    <name>.prob.tif      --save-prob: float32 maps, slice 1 foreground, then the N layers
+    <name>.layermaps.png --save-layer-maps: the image, the foreground and each of the N layer
+                         activation maps side by side (as the paper's Figures 3 and 5)
+
+The network runs on the next image (or batch of tiles) while the last one is post-processed and
+written (--sequential turns this off; the files are the same). --workers N spreads the files over
+N processes with one model each and the CPU cores shared out among them. --tta averages the
+network's maps over the 8 flips and rotations of each image (8 times the network's time).
+
+A file that cannot be read or processed is reported on one line and skipped; the exit code is 1
+if any input failed, 2 for a usage or model error, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import sys
+from typing import NoReturn
+
+from layernet.backends import BACKENDS
+from layernet.cli import quiet_tensorflow, run_command, setup_logging
+from layernet.config import PRECISIONS
+
+quiet_tensorflow()
+
+logger = logging.getLogger("predict")
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders of images, or glob patterns")
+    parser.add_argument("--model", metavar="RUN", help="run folder or model file (best.h5); "
+                        "default: the newest run folder under runs/")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: beside each input)")
+    parser.add_argument("--channel", type=int, metavar="C",
+                        help="use only channel C (0-based) of multi-channel images")
+    parser.add_argument("--precision", choices=("auto",) + PRECISIONS,
+                        help="compute precision of the network (default: the run's; auto = "
+                        "bf16 on a GPU or a CPU with bf16 instructions, else float32)")
+    parser.add_argument("--backend", choices=BACKENDS, default="keras",
+                        help="what runs the network: keras (default) or onnx = ONNX Runtime on "
+                        "the model.onnx that 'python -m layernet.export_model RUN --format onnx' "
+                        "wrote into the run folder (float32; needs requirements-export.txt); "
+                        "normalisation, tiling, --tta and post-processing are the same")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the network's maps over the 8 "
+                        "flips and rotations of each image (or tile) before post-processing; "
+                        "8 network passes instead of 1")
+    tiles = parser.add_argument_group("tiling (large images)")
+    tiles.add_argument("--tile-size", default="auto", metavar="PX",
+                       help="tiles hold at most PX x PX pixels; images of at most that many pixels "
+                       "are predicted whole, larger ones cut into the tiles that cover them with the "
+                       "fewest pixels; 'auto' (768) or 0 to never tile (default auto)")
+    tiles.add_argument("--tile-overlap", type=int, metavar="PX",
+                       help="pixels shared by neighbouring tiles (default: about tile size / 6)")
+    tiles.add_argument("--tile-batch", type=int, default=1, metavar="B",
+                       help="tiles per network call (default 1)")
+    post = parser.add_argument_group("post-processing (default: the run's values)")
+    post.add_argument("--tau", type=float, help="threshold of foreground and layers")
+    post.add_argument("--min-size", type=int, help="smallest object in pixels")
+    outputs = parser.add_argument_group("additional outputs")
+    outputs.add_argument("--save-masks", action="store_true", help="one mask PNG per object")
+    outputs.add_argument("--save-rois", action="store_true", help="Fiji ROI Manager zip")
+    outputs.add_argument("--save-coco", action="store_true", help="COCO RLE annotations (JSON)")
+    outputs.add_argument("--save-flat", action="store_true", help="one flat label image")
+    outputs.add_argument("--save-prob", action="store_true", help="raw probability maps")
+    outputs.add_argument("--save-layer-maps", action="store_true",
+                         help="one PNG with the image, the foreground and every layer map")
+    outputs.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="predict with N processes, one model each, TensorFlow threads "
+                       "shared out (default 1: in this process)")
+    speed.add_argument("--sequential", action="store_true",
+                       help="post-process and write each image before the network starts on "
+                       "the next (default: overlapped, same results)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
+    parser.add_argument("--verbose", action="store_true", help="more log output")
+    args = parser.parse_args(argv)
+    if args.tile_size == "auto":
+        args.tile_size = None
+    else:
+        try:
+            args.tile_size = int(args.tile_size)
+        except ValueError:
+            parser.error("--tile-size: expected a number of pixels or 'auto', "
+                         f"got {args.tile_size!r}")
+        if args.tile_size < 0:
+            parser.error("--tile-size must be >= 0")
+    if args.tile_overlap is not None and args.tile_overlap < 0:
+        parser.error("--tile-overlap must be >= 0")
+    if args.tile_batch < 1:
+        parser.error("--tile-batch must be >= 1")
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.backend == "onnx" and args.precision not in (None, "float32"):
+        parser.error("--precision applies to the keras backend; the ONNX model computes in "
+                     "float32")
+    return args
+
+
+def _is_output(name: str) -> bool:
+    from layernet.export import OUTPUT_SUFFIXES
+
+    return name.startswith(".") or any(name.endswith(suffix) for suffix in OUTPUT_SUFFIXES.values())
+
+
+def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Expand files, folders and globs into image paths (in order, without repeats).
+
+    Returns
+    -------
+    files : list of str
+        Paths to process.
+    problems : list of str
+        One message per argument that yielded nothing.
+    """
+    from layernet.io import IMAGE_EXTENSIONS
+
+    files: list[str] = []
+    problems: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [os.path.join(pattern, name) for name in sorted(os.listdir(pattern))
+                     if name.lower().endswith(IMAGE_EXTENSIONS) and not _is_output(name)
+                     and os.path.isfile(os.path.join(pattern, name))]
+            if not found:
+                problems.append(f"{pattern}: folder holds no image files")
+        elif os.path.exists(pattern):
+            found = [pattern]
+        elif glob.has_magic(pattern):
+            found = [path for path in sorted(glob.glob(pattern))
+                     if os.path.isfile(path) and not _is_output(os.path.basename(path))]
+            if not found:
+                problems.append(f"{pattern}: pattern matches no image files")
+        else:
+            problems.append(f"{pattern}: file not found")
+            found = []
+        files.extend(found)
+    unique: dict[str, str] = {}
+    for path in files:
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values()), problems
+
+
+def output_prefix(path: str, out_dir: str | None) -> str:
+    """``<out or input folder>/<input name without extension>``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(out_dir if out_dir else os.path.dirname(os.path.abspath(path)), stem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Segment the images that ``argv`` (default ``sys.argv[1:]``) names; write their outputs.
+
+    Returns the exit code: 1 if any input failed (each is reported in one line), else 0. Bad
+    options or a bad model raise ``ValueError``, ``OSError`` or ``RuntimeError``.
+    """
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    from layernet import runfolder
+
+    files, problems = collect_inputs(args.inputs)
+    prefixes = [output_prefix(path, args.out) for path in files]
+    seen: dict[str, str] = {}
+    for path, prefix in zip(files, prefixes):
+        if prefix in seen:
+            raise ValueError(f"{path} and {seen[prefix]} would write the same outputs "
+                             f"{prefix}.*; rename one or predict them into different --out folders")
+        seen[prefix] = path
+    if not files:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise ValueError("no input images")
+
+    if args.backend == "onnx":
+        from layernet.backends import require, resolve_onnx_model
+
+        model_path, config = resolve_onnx_model(args.model or runfolder.newest_run("runs"))
+        require("onnxruntime")
+    else:
+        model_path = runfolder.resolve_model_path(args.model or runfolder.newest_run("runs"))
+        config = runfolder.config_for_model(model_path)
+    # the heavy imports (TensorFlow) only once the inputs and the model file are checked
+    from tqdm import tqdm
+
+    from layernet import batch_predict
+    from layernet.model import resolve_precision
+
+    args.precision = resolve_precision(args.precision)
+
+    changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
+               if value is not None}
+    options = batch_predict.PredictOptions(
+        channel=args.channel, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        tile_batch=args.tile_batch, overlay=not args.no_overlay, masks=args.save_masks,
+        rois=args.save_rois, coco=args.save_coco, flat=args.save_flat, prob=args.save_prob,
+        layer_maps=args.save_layer_maps, overlapped=not args.sequential)
+    if changes:
+        config = config.replace(**changes)
+    jobs = [(index, path, prefix) for index, (path, prefix) in enumerate(zip(files, prefixes))]
+    logger.info("model %s (UNet-%s, %d layers, %s backend); %d image(s)", model_path,
+                config.size, config.layers, args.backend, len(files))
+    if args.tta:
+        logger.info("test-time augmentation: 8 network passes per image or tile batch")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+
+    failures = list(problems)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    total_objects = 0
+    bar = tqdm(total=len(files), unit="image", disable=True if args.quiet else None,
+               file=sys.stderr)
+
+    def report(result: batch_predict.FileResult) -> None:
+        nonlocal total_objects
+        bar.set_postfix_str(os.path.basename(result.path), refresh=False)
+        bar.update(1)
+        if result.error is not None:
+            failures.append(result.error)
+            tqdm.write(f"error: {result.error}", file=sys.stderr)
+            return
+        total_objects += result.objects
+        logger.debug("%s: %d objects%s", result.path, result.objects,
+                     f" ({result.tiles} tiles)" if result.tiles > 1 else "")
+
+    tiles = {"bar": None, "path": None, "done": 0}  # the bar of the tiles of the current file
+
+    def on_tiles(path: str, done: int, total: int) -> None:
+        """A second bar for the tiles of a large image (shown on a terminal only)."""
+        if tiles["bar"] is not None and (tiles["path"] != path or done < tiles["done"]):
+            tiles["bar"].close()  # the last file stopped on an error
+            tiles["bar"] = None
+        if tiles["bar"] is None:
+            tiles.update(bar=tqdm(total=total, unit="tile", leave=False, file=sys.stderr,
+                                  desc=os.path.basename(path),
+                                  disable=True if args.quiet else None), path=path, done=0)
+        tiles["bar"].update(done - tiles["done"])
+        tiles["done"] = done
+        if done >= total:
+            tiles["bar"].close()
+            tiles["bar"] = None
+
+    try:
+        if args.workers > 1:
+            batch_predict.predict_files_in_processes(
+                model_path, jobs, options, args.workers, report, precision=args.precision,
+                config_changes=changes, tta=args.tta, backend=args.backend)
+        else:
+            predictor = batch_predict.load_predictor(model_path, args.precision, changes,
+                                                     tta=args.tta, backend=args.backend)
+            batch_predict.predict_files(predictor, jobs, options, report, on_tiles)
+    finally:
+        if tiles["bar"] is not None:
+            tiles["bar"].close()
+        bar.close()
+    done = len(files) - (len(failures) - len(problems))
+    print(f"predicted {done} of {len(files)} image(s), {total_objects} objects"
+          + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The console script ``layernet-predict`` and ``python predict.py``: :func:`main` with
+    one-line errors (:func:`layernet.cli.run_command`)."""
+    run_command(main, argv)

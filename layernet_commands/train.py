@@ -1,0 +1,226 @@
+"""Train a layernet model (two phases, paper Section 2).
+
+Phase 1 learns the foreground and the layering of the overlap-free foreground:
+
+    python train.py --phase layering --out runs/demo-layering
+
+Phase 2 starts from the best phase-1 model and adds overlap completion:
+
+    python train.py --phase overlap --init runs/demo-layering/best.h5 --out runs/demo-overlap
+
+The paper's baselines (Sec. 3.3) train with the same backbone, loop and run folder; a
+single phase, cross-entropy on object/background (UNet-2) or object/boundary/background with a
+pseudo-boundary through overlaps (UNet-3):
+
+    python train.py --method unet3 --out runs/demo-unet3
+
+An interrupted run continues where it stopped (last completed epoch, same optimizer state and
+learning-rate schedule):
+
+    python train.py --resume runs/demo-layering
+
+Settings come, in increasing priority, from the defaults (the paper's), the ``config.json`` of
+``--init`` (phase 2 keeps the architecture of the model it starts from), a ``--config`` file, and
+the command-line options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import NoReturn
+
+from layernet.cli import parse_key_values, quiet_tensorflow, run_command, setup_logging
+from layernet.config import PRECISIONS, Config
+
+quiet_tensorflow()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = parser.add_argument_group("run")
+    run.add_argument("--method", choices=("layering", "unet2", "unet3"),
+                     help="model: layering (the paper's, default), or the baselines unet2 "
+                     "(object/background) and unet3 (object/boundary/background)")
+    run.add_argument("--phase", choices=("layering", "overlap"),
+                     help="'layering' (phase 1) or 'overlap' (phase 2, needs --init); default layering")
+    run.add_argument("--init", metavar="MODEL", help="weights to start from: the best.h5 of a phase-1 "
+                     "run (or its folder); its config.json provides the architecture")
+    run.add_argument("--resume", metavar="RUN", nargs="?", const="", default=None,
+                     help="continue the interrupted run in RUN (default: --out) from last.h5")
+    run.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<time>-<phase>)")
+    run.add_argument("--config", metavar="JSON", help="config.json whose fields override the defaults")
+    run.add_argument("--recipe", choices=("paper", "cpu"),
+                     help="training recipe: 'cpu' (optimiser, schedule, network size and "
+                     "augmentation chosen by measurement for minutes to hours on a CPU; see "
+                     "docs/recipes.md) or 'paper' (Section 3: RMSprop 1e-4, UNet-M/64, batch 8); "
+                     "default: the paper's values, or those of --init. With --init the model's "
+                     "architecture is kept")
+    run.add_argument("--authors", action="store_true", help="use the authors' code variants of the "
+                     "losses instead of the paper's equations (see README)")
+    run.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
+                     help="set any config.json field (repeatable, highest priority), e.g. "
+                     "--set elastic_probability=0")
+    run.add_argument("--verbose", action="store_true", help="more log output")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="dataset: synthetic (default, built in), bbbc010, occ2014, "
+                      "ccdb6843 or folder")
+    data.add_argument("--data-dir", metavar="DIR", help="dataset folder (not needed for synthetic)")
+    data.add_argument("--data-option", metavar="KEY=VALUE", action="append", default=[],
+                      help="dataset option, repeatable (e.g. kind=cells for synthetic)")
+    data.add_argument("--channels", type=int, help="image channels (default 1)")
+    data.add_argument("--val-fraction", type=float, help="validation share of the training data "
+                      "(0.1; at least 3 images, or all but one of fewer)")
+    data.add_argument("--split-seed", type=int, help="seed of the train/validation split and of "
+                      "the synthetic data (0; an --init / --config run's own); --seed does not "
+                      "move the validation images")
+    data.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                      help="--stream: prepare every image once into a compressed disk cache "
+                      "and stream it while training, for datasets larger than memory (same "
+                      "batches as in memory); --no-stream: load everything into memory; "
+                      "default: stream when the decoded data would exceed a quarter of the "
+                      "available memory. Also accepted with --resume")
+    data.add_argument("--cache-dir", metavar="DIR", help="streaming cache folder, reusable by "
+                      "other runs on the same data (default <run>/cache)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--size", choices=("S", "M", "L"), help="UNet-S/M/L: 3/4/5 poolings (M)")
+    model.add_argument("--filters", type=int, help="filters of the first UNet level (64)")
+    model.add_argument("--layers", type=int, help="N, number of output layers (8)")
+    model.add_argument("--head-filters", type=int, help="filters of the two 3x3 convs per head (64)")
+    model.add_argument("--foreground-dice", type=float, metavar="WEIGHT",
+                       help="add a soft Dice loss of the foreground with this weight to the "
+                       "cross-entropy (0 = the paper's loss; every method)")
+    model.add_argument("--precision", choices=("auto",) + PRECISIONS,
+                       help="compute precision (default auto, or the --init / --config run's): "
+                       "auto = bf16 on a GPU or a CPU with bf16 instructions (AVX512-BF16, AMX), "
+                       "else float32; the choice is written to config.json")
+    fit = parser.add_argument_group("optimisation")
+    fit.add_argument("--epochs", type=int, help="epochs to train (100)")
+    fit.add_argument("--steps-per-epoch", type=int, help="steps per epoch (0 = one pass over the images)")
+    fit.add_argument("--batch-size", type=int, help="images per step (8)")
+    fit.add_argument("--patch-size", type=int, help="side of the random training crops (256)")
+    fit.add_argument("--minutes", type=float, help="stop after this wall time in minutes; the "
+                     "epoch in progress is closed (validated, checkpointed) (0 = no limit)")
+    fit.add_argument("--lr", type=float, help="peak learning rate (1e-4)")
+    fit.add_argument("--optimizer", choices=("rmsprop", "adam", "adamw"),
+                     help="optimizer (rmsprop, the paper's)")
+    fit.add_argument("--weight-decay", type=float, help="decoupled weight decay (0; adamw needs it)")
+    fit.add_argument("--lr-schedule", choices=("staircase", "cosine", "onecycle"),
+                     help="staircase: x0.9 every 10k steps (paper); cosine: warm-up, then cosine "
+                     "decay to the end of the training (of --epochs, or of the --minutes budget, "
+                     "estimated from the measured step time); onecycle: cosine warm-up from "
+                     "lr/25, then cosine decay")
+    fit.add_argument("--warmup", type=float, metavar="FRACTION",
+                     help="share of the training spent warming the learning rate up (0)")
+    fit.add_argument("--final-lr", type=float, metavar="FRACTION",
+                     help="cosine/onecycle: last learning rate as a fraction of --lr (0.01)")
+    fit.add_argument("--ema", type=float, metavar="MOMENTUM", help="validate and save a moving "
+                     "average of the weights with this momentum, e.g. 0.99 (0 = off)")
+    fit.add_argument("--seed", type=int, help="seed of augmentation and initialisation (0); "
+                     "the split has --split-seed")
+    fit.add_argument("--deterministic", action="store_true", default=None,
+                     help="bit-identical reruns with the same --seed (deterministic TensorFlow "
+                     "kernels; slightly slower)")
+    fit.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+                     help="tf.distribute strategy (default); multiworker reads TF_CONFIG")
+    post = parser.add_argument_group("validation post-processing (Algorithm 1)")
+    post.add_argument("--min-size", type=int, help="S_min, smallest object in pixels (250)")
+    post.add_argument("--tau", type=float, help="threshold of foreground and layers (0.5)")
+    return parser.parse_args(argv)
+
+
+_STREAMING = {True: "on", False: "off", None: None}
+"""``--stream`` / ``--no-stream`` / neither -> Config.streaming (None: keep)."""
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Merge defaults, the --init run's config, --config and the command-line options."""
+    from layernet import runfolder
+    from layernet.config import Config, apply_presets
+    from layernet.model import resolve_precision
+
+    values = Config().to_dict()
+    if args.init:
+        values.update(runfolder.config_for_model(runfolder.resolve_model_path(args.init)).to_dict())
+    method = args.method or values.get("method", "layering")
+    phase = args.phase or ("overlap" if args.init and method == "layering" else "layering")
+    values = apply_presets(values, recipe=args.recipe, authors=args.authors,
+                           keep_architecture=bool(args.init), phase=phase, method=method)
+    if args.config:
+        values.update(Config.load(args.config).to_dict())
+    overrides = {
+        "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
+        "channels": args.channels, "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed, "size": args.size,
+        "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers,
+        "precision": resolve_precision(
+            args.precision or (None if args.init or args.config else "auto")),
+        "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
+        "seed": args.seed, "deterministic": args.deterministic, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
+        "streaming": _STREAMING[args.stream], "cache_dir": args.cache_dir,
+        "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+        "lr_schedule": args.lr_schedule, "warmup_fraction": args.warmup,
+        "final_lr_fraction": args.final_lr, "ema_momentum": args.ema,
+        "foreground_dice_weight": args.foreground_dice,
+    }
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    values.update(parse_key_values(args.set, flag="--set"))
+    if args.phase is None:
+        values["phase"] = ("overlap" if args.init and values.get("method", "layering") == "layering"
+                           else "layering")
+    if args.data is not None and args.init and args.data != values.get("data"):
+        values["data_options"] = {}
+    options = dict(values.get("data_options") or {})
+    options.update(parse_key_values(args.data_option))
+    values["data_options"] = options
+    values["version"] = Config().version
+    return Config.from_dict(values, source="command line")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train one phase, or resume a run, as ``argv`` (default ``sys.argv[1:]``) says.
+
+    Returns the exit code, 0, after printing the run folder and its best validation score.
+    Bad options, files or data raise ``ValueError``, ``OSError`` or ``RuntimeError``.
+    """
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    from datasets import load_source
+    from layernet import runfolder
+    from layernet.config import Config
+    from layernet.training import train
+
+    if args.resume is not None:
+        run_dir = args.resume or args.out
+        if not run_dir:
+            raise ValueError("--resume needs the run folder (or --out)")
+        config = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))
+        # how the data is read does not change the batches: may differ from the first run
+        if args.stream is not None:
+            config = config.replace(streaming=_STREAMING[args.stream])
+        if args.cache_dir is not None:
+            config = config.replace(cache_dir=args.cache_dir)
+        result = train(config, run_dir, resume=True, load_source=load_source)
+    else:
+        config = build_config(args)
+        suffix = config.phase if config.method == "layering" else config.method
+        run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{suffix}")
+        result = train(config, run_dir, init=args.init, load_source=load_source)
+    last = result["last"]
+    print(f"run folder: {result['run_dir']}")
+    print(f"best validation meanAP {result['best_score']:.4f} at epoch {result['best_epoch']}"
+          + (f"; last epoch: meanAP {last.get('val_meanAP', float('nan')):.4f}, "
+             f"AJI {last.get('val_AJI', float('nan')):.4f}" if last else ""))
+    if config.method == "layering" and config.phase == "layering":
+        print("next: python train.py --phase overlap --init "
+              f"{os.path.join(result['run_dir'], runfolder.BEST_FILE)}")
+    return 0
+
+
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The console script ``layernet-train`` and ``python train.py``: :func:`main` with
+    one-line errors (:func:`layernet.cli.run_command`)."""
+    run_command(main, argv)
