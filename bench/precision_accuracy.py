@@ -28,7 +28,6 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from layernet.runfolder import read_history  # noqa: E402
 

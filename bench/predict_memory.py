@@ -27,7 +27,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 TILED_PEAK_LIMIT_MB = 1800
 """Documented bound of the peak memory of tiled prediction of a 4096 x 4096 image (tiny model)."""

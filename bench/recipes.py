@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from layernet.runfolder import read_history  # noqa: E402
 

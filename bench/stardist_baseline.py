@@ -26,10 +26,7 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging  # noqa: E402
+from layernet.cli import parse_key_values, quiet_tensorflow, run_main, setup_logging
 
 quiet_tensorflow()
 

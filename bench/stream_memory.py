@@ -30,7 +30,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 TINY_TRAINING = dict(size="S", filters=4, head_filters=4, layers=4, patch_size=64, batch_size=2,
                      epochs=1, steps_per_epoch=2, min_size=30)
@@ -109,7 +108,7 @@ def measure_training(data_dir: str, run_dir: str, streaming: str) -> tuple[float
 def start_measurement(data_dir: str, run_dir: str, streaming: str) -> subprocess.Popen:
     """Start :func:`measure_training` in a fresh Python process (several may run at once: each
     reports its own peak); :func:`finish_measurement` collects its numbers."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--measure", data_dir,
                              run_dir, streaming], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=REPO)

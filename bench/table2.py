@@ -22,9 +22,7 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from layernet.cli import quiet_tensorflow, run_main, setup_logging  # noqa: E402
+from layernet.cli import quiet_tensorflow, run_main, setup_logging
 
 quiet_tensorflow()
 

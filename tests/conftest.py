@@ -36,7 +36,7 @@ def run_cli(script: str, *args: str, timeout: float = 300, cwd: str = REPO,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python <script> args`` (from ``cwd``, the repository by default); return it.
     ``env``: variables to set in its environment besides this process's."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO, **(env or {}))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.speed import cpu_description  # noqa: E402
+from bench.speed import cpu_description
 
 CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}

@@ -26,7 +26,7 @@ TINY = dict(size="S", filters=4, head_filters=4, precision="float32", min_size=1
 
 def export_cli(*args: str, block: str | None = None) -> subprocess.CompletedProcess:
     """``python -m layernet.export_model args``; ``block``: a module made unimportable first."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     code = ("import runpy, sys\n"
             + (f"sys.modules[{block!r}] = None\n" if block else "")
             + f"sys.argv = ['export_model', *{list(args)!r}]\n"

@@ -324,7 +324,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_partial_file(model_and_images,
     for index in range(60):
         (images / f"copy{index:02d}.tif").write_bytes(source)
     out = tmp_path / "out"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "predict.py"), str(images), "--model",
          model_and_images["run"], "--out", str(out), "--workers", "2", "--tile-size", "64",

@@ -1,4 +1,4 @@
-"""napari plugin: overlapping instances stay visible (an optional part: requirements-napari.txt).
+"""napari plugin: overlapping instances stay visible (an optional part: the extra ``napari``).
 
 napari's Labels layers cannot overlap; a layernet label stack never overlaps within a slice. So a
 prediction is shown as one Labels layer per slice and one Shapes layer with every object's
@@ -9,8 +9,10 @@ outline on top (:mod:`layernet.napari.layers`), every object in one colour in al
 * :mod:`layernet.napari.widget` is a dock widget that runs a model on an image layer in a worker
   thread, with Algorithm 1's ``tau`` and ``min_size`` as controls (imports Qt, so it is not
   imported here);
-* ``napari.yaml`` is the npe2 manifest (:data:`MANIFEST`); :func:`register` registers it in the
-  running napari, for as long as the package has no installed entry point.
+* ``napari.yaml`` is the npe2 manifest (:data:`MANIFEST`). napari finds it in an installed
+  layernet by the package's entry point (``napari.manifest`` in ``pyproject.toml``);
+  :func:`register` registers it in the running napari by hand, where layernet is imported from a
+  folder without being installed.
 
 This package imports napari only in :func:`register` and in the widget module.
 """
@@ -47,7 +49,8 @@ def register() -> str:
     """Register the plugin's manifest with napari's plugin manager (npe2), once.
 
     After this, napari's File > Open reads ``*.layers.tif`` with the plugin, and Plugins >
-    layernet opens the widget, as if the package were installed with its entry point.
+    layernet opens the widget, as napari does by itself for an installed layernet (its entry
+    point); nothing is done when napari already has the plugin.
 
     Returns
     -------

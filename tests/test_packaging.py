@@ -1,0 +1,115 @@
+"""The installable package (pyproject.toml): console scripts, the napari entry point, the wheel.
+
+The first tests read the installed distribution (``pip install -e .`` or ``pip install .``, as
+the README and ``.ci/run`` install it) and skip where layernet runs from a checkout without being
+installed. The wheel test builds what ``pip install .`` would install from a copy of the sources.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.resources
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+
+from tests.conftest import REPO
+
+COMMANDS = ("train", "evaluate", "predict")
+PACKAGES = ("layernet", "layernet_commands", "datasets", "bench")
+
+
+def installed() -> importlib.metadata.Distribution:
+    try:
+        return importlib.metadata.distribution("layernet")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("layernet is not installed (pip install -e .)")
+
+
+def test_console_scripts_are_the_commands_of_the_scripts() -> None:
+    scripts = {entry.name: entry for entry in installed().entry_points
+               if entry.group == "console_scripts"}
+    assert sorted(scripts) == sorted(f"layernet-{name}" for name in COMMANDS)
+    for name in COMMANDS:
+        module = importlib.import_module(f"layernet_commands.{name}")
+        assert scripts[f"layernet-{name}"].load() is module.run
+        with open(os.path.join(REPO, f"{name}.py"), encoding="utf-8") as handle:
+            assert f"from layernet_commands.{name} import run" in handle.read()
+
+
+def test_console_script_and_script_give_the_same_help() -> None:
+    installed()
+    executable = os.path.join(sysconfig.get_path("scripts"), "layernet-evaluate")
+    if not os.path.exists(executable):
+        pytest.skip(f"{executable} not found (installed for another interpreter)")
+    env = dict(os.environ, COLUMNS="100")
+    console = subprocess.run([executable, "--help"], capture_output=True, text=True, env=env,
+                             cwd=REPO, timeout=120)
+    script = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--help"],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert console.returncode == script.returncode == 0, console.stderr + script.stderr
+    assert console.stdout.startswith("usage: layernet-evaluate ")
+    assert script.stdout.startswith("usage: evaluate.py ")
+    # the same options and text, only the program name (and so the usage's wrapping) differs
+    assert console.stdout.split("options:", 1)[1] == script.stdout.split("options:", 1)[1]
+
+
+def test_napari_finds_the_installed_plugin() -> None:
+    npe2 = pytest.importorskip("npe2")
+    (entry,) = [entry for entry in installed().entry_points if entry.group == "napari.manifest"]
+    package, resource = entry.value.split(":")
+    manifest = importlib.resources.files(package) / resource
+    import layernet.napari
+
+    assert manifest.is_file() and os.path.samefile(str(manifest), layernet.napari.MANIFEST)
+    manager = npe2.PluginManager()  # a fresh manager, not napari's: discovery from the install
+    manager.discover()
+    plugin = manager.get_manifest(layernet.napari.PLUGIN_NAME)
+    assert {command.id for command in plugin.contributions.commands} == {
+        "layernet.get_reader", "layernet.predict_widget"}
+    readers = [reader.command for reader in manager.iter_compatible_readers(["a.layers.tif"])]
+    assert "layernet.get_reader" in readers
+    assert "layernet.get_reader" not in [
+        reader.command for reader in manager.iter_compatible_readers(["a.png"])]
+
+
+def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
+    """``pip install .`` installs the wheel: every module of the four packages, napari.yaml, the
+    entry points, and neither the tests nor the scripts."""
+    setuptools = pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    if int(setuptools.__version__.split(".")[0]) < 64:
+        pytest.skip("setuptools >= 64 is needed to build without network (pyproject.toml)")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in PACKAGES:
+        shutil.copytree(os.path.join(REPO, package), source / package, ignore=ignore)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                           "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"),
+                           str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("layernet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {os.path.relpath(os.path.join(folder, file), REPO).replace(os.sep, "/")
+                for package in PACKAGES
+                for folder, _, files in os.walk(os.path.join(REPO, package))
+                if "__pycache__" not in folder
+                for file in files if file.endswith(".py")}
+    assert expected and expected <= names, sorted(expected - names)
+    assert "layernet/napari/napari.yaml" in names
+    assert {name.split("/")[0] for name in names} == set(PACKAGES) | {
+        wheel.name.split("-py3")[0] + ".dist-info"}
+    (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for name in COMMANDS:
+        assert f"layernet-{name} = layernet_commands.{name}:run" in text
+    assert "layernet = layernet.napari:napari.yaml" in text
