@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict.py on {args.side} x {args.side}, UNet-S 4 filters")
         print(f"{'tile size':>10} {'seconds':>8} {'peak MB':>8}")
         for tile in args.tile_sizes:
-            done = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure",
+            done = subprocess.run([sys.executable, "-m", "bench.predict_memory", "--measure",
                                    image_path, run, tile], capture_output=True, text=True,
-                                  check=True)
+                                  check=True, cwd=REPO)
             seconds, peak, _ = done.stdout.split()
             print(f"{tile:>10} {seconds:>8} {peak:>8}")
     return 0

@@ -109,7 +109,7 @@ def start_measurement(data_dir: str, run_dir: str, streaming: str) -> subprocess
     """Start :func:`measure_training` in a fresh Python process (several may run at once: each
     reports its own peak); :func:`finish_measurement` collects its numbers."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--measure", data_dir,
+    return subprocess.Popen([sys.executable, "-m", "bench.stream_memory", "--measure", data_dir,
                              run_dir, streaming], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=REPO)
 

@@ -16,9 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_tiled_prediction_of_4096_square_stays_under_the_documented_peak(tmp_path) -> None:
     image_path, run = make_inputs(str(tmp_path), 4096)
     # a helper process runs predict.py, so its RUSAGE_CHILDREN holds this one child only
-    done = subprocess.run([sys.executable, os.path.join(REPO, "bench", "predict_memory.py"),
-                           "--measure", image_path, run, "auto"], capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
+    done = subprocess.run([sys.executable, "-m", "bench.predict_memory", "--measure", image_path,
+                           run, "auto"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     seconds, peak_mb, shape = done.stdout.split()
     assert float(peak_mb) < TILED_PEAK_LIMIT_MB, f"peak {peak_mb} MB ({seconds} s)"

@@ -106,7 +106,7 @@ def test_sweep_runner_writes_a_table_with_the_commands(tmp_path):
     common = ["--size", "S", "--filters", "8", "--head-filters", "8", "--patch-size", "64",
               "--batch-size", "2", "--data-option", "size=96", "--data-option", "count=8",
               "--min-size", "30", "--precision", "float32"]
-    command = [sys.executable, os.path.join(REPO, "bench", "recipes.py"),
+    command = [sys.executable, "-m", "bench.recipes",
                "--row", "adam=--optimizer adam --lr 1e-3 --lr-schedule cosine",
                "--row", "no-elastic=--set elastic_probability=0", "--seeds", "0",
                "--steps", "2", "--steps-per-epoch", "1", "--out", str(out), "--", *common]
