@@ -1,4 +1,5 @@
-"""The installable package (pyproject.toml): console scripts, the napari entry point, the wheel.
+"""The installable package (pyproject.toml): console scripts, the napari entry point, the wheel,
+and the direction of the dependencies between its packages.
 
 The first tests read the installed distribution (``pip install -e .`` or ``pip install .``, as
 the README and ``.ci/run`` install it) and skip where layernet runs from a checkout without being
@@ -7,6 +8,7 @@ installed. The wheel test builds what ``pip install .`` would install from a cop
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata
 import importlib.resources
@@ -23,6 +25,36 @@ from tests.conftest import REPO
 
 COMMANDS = ("train", "evaluate", "predict")
 PACKAGES = ("layernet", "layernet_commands", "datasets", "bench")
+
+
+def imported_packages(package: str) -> dict[str, set[str]]:
+    """Per module file of ``package``, the top-level packages it imports (anywhere in it)."""
+    found = {}
+    for folder, _, files in os.walk(os.path.join(REPO, package)):
+        for file in files:
+            if file.endswith(".py"):
+                path = os.path.join(folder, file)
+                with open(path, encoding="utf-8") as handle:
+                    tree = ast.parse(handle.read())
+                names = set()
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Import):
+                        names.update(alias.name.split(".")[0] for alias in node.names)
+                    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                        names.add(node.module.split(".")[0])
+                found[os.path.relpath(path, REPO)] = names
+    return found
+
+
+def test_dependencies_point_one_way() -> None:
+    """layernet imports neither the dataset readers nor the command lines; datasets does not
+    import the command lines (layernet_commands joins the two)."""
+    for package, forbidden in (("layernet", {"datasets", "layernet_commands", "bench"}),
+                               ("datasets", {"layernet_commands", "bench"})):
+        modules = imported_packages(package)
+        assert "numpy" in set().union(*modules.values())  # the scan sees the imports
+        for path, names in modules.items():
+            assert not names & forbidden, (path, sorted(names & forbidden))
 
 
 def installed() -> importlib.metadata.Distribution:
