@@ -31,6 +31,8 @@ import pytest
 
 from layernet import runfolder
 
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 3
 STEPS = 4

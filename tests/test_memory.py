@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bench.predict_memory import TILED_PEAK_LIMIT_MB, make_inputs
+
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,6 +15,8 @@ import pytest
 
 from layernet import runfolder
 
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_ARGS = ["--size", "S", "--filters", "8", "--head-filters", "16", "--patch-size", "64",

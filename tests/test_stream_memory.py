@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from bench.stream_memory import (decoded_megabytes, finish_measurement, start_measurement,
                                  write_folder_dataset)
+
+pytestmark = pytest.mark.slow
 
 SIDE = 1024
 BIG, SMALL = 64, 4

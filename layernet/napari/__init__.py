@@ -14,7 +14,9 @@ outline on top (:mod:`layernet.napari.layers`), every object in one colour in al
   :func:`register` registers it in the running napari by hand, where layernet is imported from a
   folder without being installed.
 
-This package imports napari only in :func:`register` and in the widget module.
+This package imports napari only in :func:`register` and in the widget module. Nothing in this
+module imports TensorFlow (nor do the reader, the layers and the runner, whose process does):
+napari's process must not load it (see :mod:`layernet.napari.runner`).
 """
 
 from __future__ import annotations

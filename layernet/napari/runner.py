@@ -15,6 +15,8 @@ Algorithm 1 (milliseconds instead of the network's seconds).
 :meth:`ModelRunner.run` never raises: an error becomes the one-line message of
 :class:`PredictionOutcome` (the widget shows it as a notification). A set ``cancel`` event stops
 the process at once (the next run starts a new one).
+
+Nothing in this module imports TensorFlow; the process it starts does.
 """
 
 from __future__ import annotations
