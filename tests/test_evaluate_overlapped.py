@@ -18,7 +18,7 @@ import pytest
 
 from bench.predict_memory import make_inputs
 from layernet.io import write_label_stack
-from tests.test_bad_inputs import script
+from layernet_commands import evaluate
 
 DATA = ["--data", "synthetic", "--split", "test", "--data-option", "kind=cells",
         "--data-option", "size=96", "--data-option", "count=3"]
@@ -31,7 +31,7 @@ def run(tmp_path_factory) -> str:
 
 
 def _evaluate(argv: list[str]) -> None:
-    assert script("evaluate.py").main(argv) == 0
+    assert evaluate.main(argv) == 0
 
 
 def test_overlapped_scores_equal_sequential_scores(run, tmp_path) -> None:
