@@ -186,8 +186,11 @@ def _postprocessing_text(config: Config) -> str:
         ("4. every connected component of every layer with at least `S_min` pixels is one "
            "object.\n\n" if not config.join_layers else
            f"4. (not in the paper) components of layers at most {config.join_layers} apart, "
-           "counted cyclically, that touch or share a pixel are one object; every object with "
-           "at least `S_min` pixels is kept.\n\n") +
+           "counted cyclically, that touch or share a pixel are one object"
+           + ("" if not config.join_max_area_ratio else
+              f" (joined pair by pair, most touching pixels first, as long as the joined object "
+              f"covers at most {config.join_max_area:.0f} pixels)")
+           + "; every object with at least `S_min` pixels is kept.\n\n") +
         f"The result is a label stack `({config.layers}, H, W)`: one slice per layer, objects "
         "in different slices may overlap (a single label image cannot hold them). In Python:\n\n"
         "```python\n"
@@ -195,7 +198,9 @@ def _postprocessing_text(config: Config) -> str:
         f"stack = postprocess(maps[0, ..., 0], maps[0, ..., 1:], tau={config.tau}, "
         f"min_size={config.min_size},\n"
         f"                    overlap_layers={config.overlap_layers}, "
-        f"connectivity={config.connectivity}, join_layers={config.join_layers})\n"
+        f"connectivity={config.connectivity}, join_layers={config.join_layers}"
+        + (f",\n                    join_max_area={config.join_max_area:g}"
+           if config.join_max_area_ratio else "") + ")\n"
         "```\n")
 
 
@@ -356,7 +361,8 @@ def _description(config: Config, metadata: PackageMetadata, work: str, opset: in
     layernet_config = {
         "method": config.method, "tau": config.tau, "min_size": config.min_size,
         "overlap_layers": config.overlap_layers, "connectivity": config.connectivity,
-        "join_layers": config.join_layers, "layers": config.layers, "stride": config.stride,
+        "join_layers": config.join_layers, "join_max_area": config.join_max_area,
+        "layers": config.layers, "stride": config.stride,
         "postprocessing": "Algorithm 1 (README)" if config.method == "layering" else
         f"{config.method} baseline (README)"}
     return v05.ModelDescr(

@@ -162,6 +162,13 @@ class Config:
     # object (layernet.postprocess.join_neighbour_layers), for layer_assignment="orientation"
     # models whose layers are sectors of orientation; 0 = Algorithm 1 as published
     join_layers: int = 0
+    # not in the paper, with join_layers: a join that would make an object larger than
+    # join_max_area_ratio * object_area pixels is not made, so that two whole objects of
+    # neighbouring layers that touch stay apart (0 = no limit)
+    join_max_area_ratio: float = 0.0
+    # median area in pixels of the training split's objects; train.py measures it when
+    # join_max_area_ratio is set (0 = not measured; set it by hand for a model trained before)
+    object_area: int = 0
     # after training, choose tau and min_size on the validation split (best.h5's maps; grid
     # TAU_GRID x min_size * MIN_SIZE_FACTORS) and write them to thresholds.json, which
     # predict.py, evaluate.py and --init then use (command-line --tau / --min-size still win)
@@ -225,6 +232,13 @@ class Config:
         if not isinstance(self.join_layers, int) or not 0 <= self.join_layers < self.layers:
             raise ConfigError(f"join_layers must be an integer in [0, layers) (0 = off), got "
                               f"{self.join_layers!r}")
+        if not self.join_max_area_ratio >= 0 or not self.object_area >= 0:
+            raise ConfigError("join_max_area_ratio and object_area must be >= 0 (0 = no limit / "
+                              f"not measured), got {self.join_max_area_ratio!r} and "
+                              f"{self.object_area!r}")
+        if self.join_max_area_ratio and not self.join_layers:
+            raise ConfigError("join_max_area_ratio limits the join of neighbouring layers: it "
+                              "needs join_layers >= 1")
         if self.connectivity not in (1, 2):
             raise ConfigError("connectivity must be 1 (4-neighbours) or 2 (8-neighbours)")
         if self.learning_rate <= 0 or not 0 < self.decay_rate <= 1:
@@ -271,6 +285,25 @@ class Config:
     def stride(self) -> int:
         """Image sides must be a multiple of this (2**depth)."""
         return 2 ** self.depth
+
+    @property
+    def join_max_area(self) -> float:
+        """The largest object, in pixels, that the join of neighbouring layers may make:
+        ``join_max_area_ratio * object_area`` (0 = no limit).
+
+        Raises
+        ------
+        ConfigError
+            If ``join_max_area_ratio`` is set but ``object_area`` was never measured.
+        """
+        if not self.join_max_area_ratio:
+            return 0.0
+        if not self.object_area:
+            raise ConfigError(
+                f"join_max_area_ratio is {self.join_max_area_ratio} but object_area is 0 (not "
+                "measured: the model was trained without the limit); set object_area to the "
+                "median object area in pixels (--set object_area=N) or join_max_area_ratio=0")
+        return self.join_max_area_ratio * self.object_area
 
     def replace(self, **changes: Any) -> "Config":
         """Return a copy with some fields changed (and validated)."""
@@ -382,7 +415,8 @@ sweep table is in ``docs/recipes.md``)."""
 
 RECIPE_LAYERING: dict[str, dict[str, Any]] = {
     "paper": {},
-    "cpu": dict(layer_target_weight=1.0, layer_assignment="orientation", join_layers=1),
+    "cpu": dict(layer_target_weight=1.0, layer_assignment="orientation", join_layers=1,
+                join_max_area_ratio=1.5),
 }
 """What a recipe sets for the layering method only (the baselines have no layers). ``cpu``:
 phase 1 learns targets from each object's orientation beside the paper's loss, and

@@ -109,8 +109,8 @@ def instances_from_maps(foreground: np.ndarray, layering: np.ndarray, config: Co
     foreground, layering : numpy.ndarray
         Maps of one image, as returned by :meth:`Predictor.maps_normalized`.
     config : Config
-        ``method``, ``tau``, ``min_size``, ``overlap_layers``, ``connectivity`` and
-        ``join_layers``.
+        ``method``, ``tau``, ``min_size``, ``overlap_layers``, ``connectivity``,
+        ``join_layers`` and :attr:`Config.join_max_area`.
     min_size : int or None, optional
         Overrides ``config.min_size``.
 
@@ -124,7 +124,7 @@ def instances_from_maps(foreground: np.ndarray, layering: np.ndarray, config: Co
         return baselines.instances_from_semantic(layering, config, min_size=size)
     return postprocess(foreground, layering, tau=config.tau, min_size=size,
                        overlap_layers=config.overlap_layers, connectivity=config.connectivity,
-                       join_layers=config.join_layers)
+                       join_layers=config.join_layers, join_max_area=config.join_max_area)
 
 
 class Predictor:

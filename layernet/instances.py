@@ -20,7 +20,7 @@ Nothing in this module imports TensorFlow.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = [
     "object_ids",
     "id_pixel_counts",
     "num_objects",
+    "median_object_area",
     "relabel_stack",
     "flatten_stack",
     "foreground",
@@ -126,6 +127,33 @@ def object_ids(stack: np.ndarray) -> np.ndarray:
 def num_objects(stack: np.ndarray) -> int:
     """Return the number of objects (distinct non-zero ids) in a label stack."""
     return int(object_ids(stack).size)
+
+
+def median_object_area(stacks: Iterable[np.ndarray]) -> int:
+    """Median area in pixels of the objects of several label stacks (0 if none has objects).
+
+    Parameters
+    ----------
+    stacks : iterable of numpy.ndarray
+        Label stacks ``(L, H, W)``, read one at a time (a generator keeps memory at one
+        stack plus one number per object).
+
+    Returns
+    -------
+    int
+        The median object area, rounded to the nearest pixel.
+    """
+    areas = []
+    for stack in stacks:
+        stack = np.asarray(stack)
+        counts = id_pixel_counts(stack)
+        if counts is None:
+            _, counts = np.unique(stack[stack != 0], return_counts=True)
+        else:
+            counts = counts[1:]
+        areas.append(counts[counts > 0])
+    every = np.concatenate(areas) if areas else np.zeros(0)
+    return int(round(float(np.median(every)))) if every.size else 0
 
 
 def greedy_colouring(adjacent: list[set[int]], order: Sequence[int]) -> list[int]:

@@ -126,6 +126,7 @@ def postprocess(
     overlap_layers: bool = True,
     connectivity: int = 2,
     join_layers: int = 0,
+    join_max_area: float = 0,
 ) -> np.ndarray:
     """Turn foreground and layering probabilities into instances (paper Algorithm 1).
 
@@ -155,6 +156,10 @@ def postprocess(
         joining. Meant for models trained with ``layer_assignment="orientation"``, whose layers
         are sectors of orientation: a curved object crosses from one sector into the next along
         its body.
+    join_max_area : float, optional
+        With ``join_layers``: 0 (default) joins every touching pair; otherwise a join that
+        would make an object of more than this many pixels is not made (see
+        :func:`join_neighbour_layers`), so that two whole objects that touch stay apart.
 
     Returns
     -------
@@ -175,6 +180,8 @@ def postprocess(
         raise PostprocessError(f"min_size must be >= 0, got {min_size}")
     if join_layers < 0:
         raise PostprocessError(f"join_layers must be >= 0 (0 = off), got {join_layers}")
+    if join_max_area < 0:
+        raise PostprocessError(f"join_max_area must be >= 0 (0 = no limit), got {join_max_area}")
     _structure(connectivity, 2)
     height, width, layers = layering.shape
 
@@ -194,16 +201,20 @@ def postprocess(
 
     if join_layers:
         pieces = label_components(layer_masks, 0, connectivity)
-        stack = join_neighbour_layers(pieces, join_layers, min_size, connectivity)
+        stack = join_neighbour_layers(pieces, join_layers, min_size, connectivity,
+                                      max_area=join_max_area)
     else:
         stack = label_components(layer_masks, min_size, connectivity)
     logger.debug("postprocess: %d objects in %d layers", int(stack.max()), layers)
     return stack
 
 
-def _touching_pairs(stack: np.ndarray, apart: int, connectivity: int) -> np.ndarray:
+def _touching_pairs(stack: np.ndarray, apart: int, connectivity: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(P, 2)`` ids of objects in slices at most ``apart`` apart (cyclically, different
-    slices) that share a pixel or are neighbours under ``connectivity``."""
+    slices) that share a pixel or are neighbours under ``connectivity``, each pair once with
+    the smaller id first, and ``(P,)`` their contact: how many (pixel, neighbour offset) pairs
+    join them."""
     layers, height, width = stack.shape
     offsets = np.argwhere(_structure(connectivity, 2)) - 1
     found = [np.zeros((0, 2), stack.dtype)]
@@ -217,12 +228,50 @@ def _touching_pairs(stack: np.ndarray, apart: int, connectivity: int) -> np.ndar
                           max(-dx, 0):width + min(-dx, 0)]
                 both = (a > 0) & (b > 0)
                 if both.any():
-                    found.append(np.unique(np.stack([a[both], b[both]], axis=1), axis=0))
-    return np.unique(np.concatenate(found), axis=0)
+                    found.append(np.stack([a[both], b[both]], axis=1))
+    touching = np.sort(np.concatenate(found), axis=1)
+    pairs, contact = np.unique(touching, axis=0, return_counts=True)
+    return pairs, contact
+
+
+def _capped_groups(stack: np.ndarray, pairs: np.ndarray, contact: np.ndarray,
+                   max_area: float) -> np.ndarray:
+    """Group label of every id ``0..K`` (0 = background) after joining ``pairs`` greedily,
+    largest ``contact`` first (ties: smaller ids first), skipping every join whose joined
+    object would cover more than ``max_area`` pixels (a pixel in several slices counted
+    once)."""
+    count = int(stack.max(initial=0))
+    parent = np.arange(count + 1)
+    slice_index, rows, columns = np.nonzero(stack)
+    ids = stack[slice_index, rows, columns]
+    position = rows.astype(np.int64) * stack.shape[2] + columns
+    order = np.argsort(ids, kind="stable")
+    starts = np.searchsorted(ids[order], np.arange(count + 2))
+    pixels = {index: np.unique(position[order[starts[index]:starts[index + 1]]])
+              for index in range(1, count + 1)}
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = int(parent[index])
+        return index
+
+    for pair in np.lexsort((pairs[:, 1], pairs[:, 0], -contact)):
+        first, second = root(int(pairs[pair, 0])), root(int(pairs[pair, 1]))
+        if first == second:
+            continue
+        joined = np.union1d(pixels[first], pixels[second])
+        if len(joined) > max_area:
+            continue
+        first, second = min(first, second), max(first, second)
+        parent[second] = first
+        pixels[first] = joined
+        del pixels[second]
+    return np.array([root(index) for index in range(count + 1)])
 
 
 def join_neighbour_layers(stack: np.ndarray, apart: int, min_size: int = 0,
-                          connectivity: int = 2) -> np.ndarray:
+                          connectivity: int = 2, max_area: float = 0) -> np.ndarray:
     """Join objects of neighbouring layers that touch into one object (not in the paper).
 
     Parameters
@@ -238,6 +287,12 @@ def join_neighbour_layers(stack: np.ndarray, apart: int, min_size: int = 0,
         Joined objects with fewer pixels (their union, a pixel counted once) are removed.
     connectivity : int, optional
         2 = 8-neighbours, 1 = 4-neighbours.
+    max_area : float, optional
+        0 (default): every touching pair is joined. Otherwise pairs are joined one at a time,
+        the pair with the most contact (touching pixel pairs) first, and a join is skipped
+        when the joined object would cover more than ``max_area`` pixels (its union, a pixel
+        counted once): the pieces of one object cut where its layer changes are joined, two
+        whole objects that touch are not. An object that is already larger stays as it is.
 
     Returns
     -------
@@ -249,17 +304,21 @@ def join_neighbour_layers(stack: np.ndarray, apart: int, min_size: int = 0,
     stack = np.asarray(stack)
     if stack.ndim != 3:
         raise PostprocessError(f"expected an (N, H, W) label stack, got shape {stack.shape}")
-    if apart < 0 or min_size < 0:
-        raise PostprocessError(f"apart and min_size must be >= 0, got {apart} and {min_size}")
+    if apart < 0 or min_size < 0 or max_area < 0:
+        raise PostprocessError(f"apart, min_size and max_area must be >= 0, got {apart}, "
+                               f"{min_size} and {max_area}")
     layers, height, width = stack.shape
     count = int(stack.max(initial=0))
     result = np.zeros((layers, height, width), np.int32)
     if count == 0:
         return result
-    pairs = _touching_pairs(stack, apart, connectivity)
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
-                       shape=(count + 1, count + 1))
-    _, component = connected_components(graph, directed=False)
+    pairs, contact = _touching_pairs(stack, apart, connectivity)
+    if max_area:
+        component = _capped_groups(stack, pairs, contact, max_area)
+    else:
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                           shape=(count + 1, count + 1))
+        _, component = connected_components(graph, directed=False)
     # groups numbered by their smallest id; group 0 = background
     first_id = np.full(component.max() + 1, count + 1)
     np.minimum.at(first_id, component[1:], np.arange(1, count + 1))

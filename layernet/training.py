@@ -30,6 +30,7 @@ from layernet import baselines, runfolder
 from layernet.config import MIN_SIZE_FACTORS, TAU_GRID, Config
 from layernet.assignment import distinct_layers, object_layer_scores
 from layernet.inference import Predictor, instances_from_maps
+from layernet.instances import median_object_area
 from layernet.losses import compute_losses, object_layers
 from layernet.metrics import score_image, summarize
 from layernet.model import build_model, load_model_weights
@@ -544,7 +545,8 @@ def tune_run_thresholds(net: keras.Model, config: Config, run_dir: str,
     runfolder.save_json_atomic(os.path.join(run_dir, runfolder.THRESHOLDS_FILE), {
         "tau": chosen["tau"], "min_size": chosen["min_size"],
         "overlap_layers": config.overlap_layers, "connectivity": config.connectivity,
-        "join_layers": config.join_layers, "tuned": True, "tuned_on": f"validation split ({len(val)} images), best.h5",
+        "join_layers": config.join_layers, "join_max_area": config.join_max_area, "tuned": True,
+        "tuned_on": f"validation split ({len(val)} images), best.h5",
         "val_meanAP": chosen["meanAP"], "val_AJI": chosen["AJI"], "configured": configured,
         "grid": chosen["grid"]})
     logger.info("thresholds chosen on the validation split in %.0f s: tau %.2f, min_size %d "
@@ -620,6 +622,17 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     data = load_training_data(config, load_source, run_dir)
     if not data.streamed:  # the streaming cache holds the UNet-3 targets already
         baselines.attach_semantic_targets(data.train, config)
+    if config.join_max_area_ratio:
+        area = median_object_area(sample.stack for sample in data.train)
+        if not area:
+            raise TrainingError(f"dataset {config.data!r} has no objects in its training split: "
+                                "join_max_area_ratio needs their median area")
+        if area != config.object_area:
+            logger.info("median object area of the training split: %d pixels (join of "
+                        "neighbouring layers up to %.0f pixels)", area,
+                        config.join_max_area_ratio * area)
+            config = config.replace(object_area=area)
+            config.save(os.path.join(run_dir, runfolder.CONFIG_FILE))
 
     steps = config.steps_per_epoch or max(1, math.ceil(len(data.train) / config.batch_size))
     max_steps = config.epochs * steps
@@ -660,7 +673,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
                 f"s{index:05d}": value for index, value in enumerate(layer_of)})
     runfolder.save_json_atomic(os.path.join(run_dir, runfolder.THRESHOLDS_FILE), {
         "tau": config.tau, "min_size": config.min_size, "overlap_layers": config.overlap_layers,
-        "connectivity": config.connectivity, "join_layers": config.join_layers})
+        "connectivity": config.connectivity, "join_layers": config.join_layers,
+        "join_max_area": config.join_max_area})
 
     dataset = make_dataset(data.train, config, training=True, layer_of=layer_of,
                            start=int(optimizer.iterations.numpy()) * config.batch_size)

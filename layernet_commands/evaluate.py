@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                     postprocess={"tau": config.tau, "min_size": config.min_size,
                                  "overlap_layers": config.overlap_layers,
                                  "connectivity": config.connectivity,
-                                 "join_layers": config.join_layers},
+                                 "join_layers": config.join_layers,
+                                 "join_max_area": config.join_max_area},
                     tiling={"tile_size": ("off" if args.tile_size == 0
                                           else args.tile_size or "auto"),
                             "overlap": args.tile_overlap or "auto"},

@@ -250,6 +250,19 @@ def _reference_join(stack: np.ndarray, apart: int, min_size: int, connectivity: 
     return {frozenset(pixels) for pixels in objects.values() if len(pixels) >= max(min_size, 1)}
 
 
+def _random_piece_stacks(rng: np.random.Generator, count: int, density: float,
+                         connectivity: int) -> list[np.ndarray]:
+    """``count`` stacks of 2-5 random layers of 6-15 px sides, each pixel on with probability
+    ``density``, labelled by connected components (ids unique across slices)."""
+    stacks = []
+    for _ in range(count):
+        layers = int(rng.integers(2, 6))
+        height, width = rng.integers(6, 16, 2)
+        stacks.append(label_components(rng.random((layers, height, width)) < density, 0,
+                                       connectivity))
+    return stacks
+
+
 def _objects(stack: np.ndarray) -> set[frozenset]:
     """Every object of a label stack as the set of its ``(row, column)`` pixels."""
     return {frozenset((int(y), int(x)) for y, x in zip(*np.nonzero((stack == label).any(0))))
@@ -294,11 +307,8 @@ def test_join_layers_hand_case():
 @pytest.mark.parametrize("connectivity", [1, 2])
 def test_join_matches_slow_reference_on_random_stacks(connectivity):
     rng = np.random.default_rng(11 + connectivity)
-    for _ in range(8):
-        layers = int(rng.integers(2, 6))
-        height, width = rng.integers(6, 16, 2)
-        masks = rng.random((layers, height, width)) < 0.25
-        stack = label_components(masks, 0, connectivity)
+    for stack in _random_piece_stacks(rng, 8, 0.25, connectivity):
+        layers = stack.shape[0]
         apart, min_size = int(rng.integers(0, 3)), int(rng.integers(0, 6))
         got = join_neighbour_layers(stack, apart, min_size, connectivity)
         validate_stack(got)
@@ -336,3 +346,117 @@ def test_join_layers_checks():
     for bad in (-1, 8, 1.5):
         with pytest.raises(ConfigError, match="join_layers"):
             Config(join_layers=bad).validate()
+
+
+def _reference_capped_join(stack: np.ndarray, apart: int, min_size: int, connectivity: int,
+                           max_area: float) -> set[frozenset]:
+    """Slow join with an area limit: count every (pixel, neighbour) contact between objects
+    of slices at most ``apart`` apart with loops, then join pairs one at a time, most contact
+    first (ties: smaller ids), unless the joined pixel set would exceed ``max_area``."""
+    layers, height, width = stack.shape
+    reach = 1 if connectivity == 1 else 2
+    contact: dict[tuple[int, int], int] = {}
+    pixels: dict[int, set] = {}
+    for k in range(layers):
+        for y in range(height):
+            for x in range(width):
+                if stack[k, y, x]:
+                    pixels.setdefault(int(stack[k, y, x]), set()).add((y, x))
+    for a in range(layers):
+        for b in range(a + 1, layers):
+            gap = b - a
+            if min(gap, layers - gap) > apart:
+                continue
+            for y in range(height):
+                for x in range(width):
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            yy, xx = y + dy, x + dx
+                            if (abs(dy) + abs(dx) > reach or not 0 <= yy < height
+                                    or not 0 <= xx < width):
+                                continue
+                            first, second = int(stack[a, y, x]), int(stack[b, yy, xx])
+                            if first and second:
+                                key = (min(first, second), max(first, second))
+                                contact[key] = contact.get(key, 0) + 1
+    group = {label: label for label in pixels}
+    members = {label: set(found) for label, found in pixels.items()}
+    for (first, second), _ in sorted(contact.items(), key=lambda item: (-item[1], item[0])):
+        left, right = group[first], group[second]
+        if left == right or len(members[left] | members[right]) > max_area:
+            continue
+        for label, owner in group.items():
+            if owner == right:
+                group[label] = left
+        members[left] |= members.pop(right)
+    return {frozenset(found) for found in members.values() if len(found) >= max(min_size, 1)}
+
+
+def test_join_area_limit_hand_case():
+    """Two whole bars of neighbouring layers that touch along their length stay apart under
+    the limit; a bar cut in two where its layer changes is joined."""
+    foreground = np.zeros((20, 30), np.float32)
+    layering = np.zeros((20, 30, 8), np.float32)
+    for rows, cols, layer in ((np.s_[2:4], np.s_[2:22], 0), (np.s_[4:6], np.s_[2:22], 1),
+                              (np.s_[10:12], np.s_[2:12], 3), (np.s_[10:12], np.s_[12:22], 4)):
+        foreground[rows, cols] = 0.9
+        layering[rows, cols, layer] = 0.9
+    unlimited = postprocess(foreground, layering, min_size=0, join_layers=1)
+    assert sorted(len(obj) for obj in _objects(unlimited)) == [40, 80]
+    limited = postprocess(foreground, layering, min_size=0, join_layers=1, join_max_area=60)
+    assert sorted(len(obj) for obj in _objects(limited)) == [40, 40, 40]
+    assert frozenset((y, x) for y in (10, 11) for x in range(2, 22)) in _objects(limited)
+    # the limit is the joined object's area: exactly 80 may be joined, 79 not
+    assert len(_objects(postprocess(foreground, layering, min_size=0, join_layers=1,
+                                    join_max_area=80))) == 2
+    assert len(_objects(postprocess(foreground, layering, min_size=0, join_layers=1,
+                                    join_max_area=79))) == 3
+
+
+def test_join_area_limit_joins_most_contact_first():
+    """A (layer 0) touches B (layer 1) along 10 px, B touches C (layer 2) at one corner: with
+    room for two pieces, A and B are joined, C stays alone."""
+    stack = np.zeros((3, 12, 12), np.int32)
+    stack[0, 0:2, 0:10] = 1      # A, 20 px
+    stack[1, 2:4, 0:10] = 2      # B, 20 px, touches A along 10 columns
+    stack[2, 4:6, 10:12] = 3     # C, 4 px, touches B's corner only
+    joined = join_neighbour_layers(stack, 1, 0, 2, max_area=40)
+    assert sorted(len(obj) for obj in _objects(joined)) == [4, 40]
+    assert sorted(len(obj) for obj in _objects(join_neighbour_layers(stack, 1, 0, 2))) == [44]
+    # a piece larger than the limit by itself is kept as it is
+    assert sorted(len(obj) for obj in _objects(join_neighbour_layers(stack, 1, 0, 2,
+                                                                    max_area=10))) == [4, 20, 20]
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_join_area_limit_matches_slow_reference(connectivity):
+    rng = np.random.default_rng(23 + connectivity)
+    for stack in _random_piece_stacks(rng, 10, 0.3, connectivity):
+        apart, min_size = int(rng.integers(1, 3)), int(rng.integers(0, 6))
+        max_area = float(rng.integers(3, 40))
+        got = join_neighbour_layers(stack, apart, min_size, connectivity, max_area=max_area)
+        validate_stack(got)
+        assert _objects(got) == _reference_capped_join(stack, apart, min_size, connectivity,
+                                                       max_area)
+        # a limit no join can reach is no limit
+        np.testing.assert_array_equal(
+            join_neighbour_layers(stack, apart, min_size, connectivity, max_area=stack.size),
+            join_neighbour_layers(stack, apart, min_size, connectivity))
+
+
+def test_join_area_limit_checks_and_config():
+    with pytest.raises(PostprocessError, match="join_max_area"):
+        postprocess(*_bent_object_maps(), join_layers=1, join_max_area=-1)
+    with pytest.raises(PostprocessError, match="max_area"):
+        join_neighbour_layers(np.zeros((2, 4, 4), np.int32), 1, max_area=-1)
+    config = Config(join_layers=1, join_max_area_ratio=1.5, object_area=1000).validate()
+    assert config.join_max_area == 1500
+    assert Config(join_layers=1).join_max_area == 0
+    with pytest.raises(ConfigError, match="object_area"):
+        Config(join_layers=1, join_max_area_ratio=1.5).validate().join_max_area
+    with pytest.raises(ConfigError, match="needs join_layers"):
+        Config(join_max_area_ratio=1.5).validate()
+    for bad in (dict(join_max_area_ratio=-1.0), dict(object_area=-5),
+                dict(join_max_area_ratio=float("nan"))):
+        with pytest.raises(ConfigError, match="join_max_area_ratio and object_area"):
+            Config(join_layers=1, **bad).validate()

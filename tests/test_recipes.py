@@ -83,6 +83,7 @@ def test_init_keeps_its_architecture_under_a_recipe_and_authors(tmp_path):
     phase1 = build("--recipe", "cpu", "--precision", "float32")
     assert phase1.phase == "layering" and phase1.layer_assignment == "orientation"
     assert phase1.layer_target_weight == 1 and phase1.join_layers == 1
+    assert phase1.join_max_area_ratio == 1.5 and phase2.join_max_area_ratio == 1.5
     assert config.mean_mode == AUTHORS_VARIANTS["mean_mode"]
 
 
@@ -162,3 +163,33 @@ def test_thresholds_are_tuned_on_validation_and_used_by_the_run_models(tmp_path)
         if (row["tau"], row["min_size"]) == (0.3, 60):
             scores = validation_scores(Predictor(net, config.replace(tau=0.3, min_size=60)), val)
             assert row["AJI"] == pytest.approx(scores["AJI"])
+
+
+def test_training_measures_the_object_area_of_the_join_limit(tmp_path):
+    """join_max_area_ratio: train() writes the training split's median object area to
+    config.json and the limit to thresholds.json; the run's models use it."""
+    import numpy as np
+
+    from datasets import load_source
+    from layernet import runfolder
+    from layernet.instances import median_object_area
+    from layernet.training import load_training_data, train
+
+    config = Config(size="S", filters=8, head_filters=8, patch_size=64, batch_size=2,
+                    min_size=30, data_options={"size": 96, "count": 6}, learning_rate=1e-3,
+                    epochs=1, steps_per_epoch=2, join_layers=1,
+                    join_max_area_ratio=1.5).validate()
+    run = tmp_path / "run"
+    train(config, str(run), verbose=0, load_source=load_source)
+    stacks = [sample.stack for sample in load_training_data(config, load_source).train]
+    areas = np.concatenate([np.unique(s[s > 0], return_counts=True)[1] for s in stacks])
+    expected = int(round(float(np.median(areas))))
+    assert expected > 0 and median_object_area(iter(stacks)) == expected
+    saved = Config.load(str(run / runfolder.CONFIG_FILE))
+    assert saved.object_area == expected and saved.join_max_area == 1.5 * expected
+    thresholds = runfolder.load_json(str(run / runfolder.THRESHOLDS_FILE))
+    assert thresholds["join_max_area"] == 1.5 * expected
+    assert runfolder.config_for_model(str(run / runfolder.BEST_FILE)).join_max_area == \
+        1.5 * expected
+    assert median_object_area([]) == 0 and median_object_area([np.zeros((1, 4, 4))]) == 0
+    assert median_object_area([np.array([[[1, 1, 2], [3, 3, 3]]])]) == 2
