@@ -302,7 +302,8 @@ class Config:
             raise ConfigError(
                 f"join_max_area_ratio is {self.join_max_area_ratio} but object_area is 0 (not "
                 "measured: the model was trained without the limit); set object_area to the "
-                "median object area in pixels (--set object_area=N) or join_max_area_ratio=0")
+                "median object area in pixels (in the model's config.json, or train.py --set "
+                "object_area=N), or join_max_area_ratio to 0")
         return self.join_max_area_ratio * self.object_area
 
     def replace(self, **changes: Any) -> "Config":

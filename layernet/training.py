@@ -248,7 +248,8 @@ def validation_scores(predictor: Predictor, samples: Sequence[PreparedSample],
             if key == "meanAP" or key == "AJI" or key.startswith("AP@")}
 
 
-def choose_thresholds(predictor: Predictor, samples: Sequence[PreparedSample]
+def choose_thresholds(predictor: Predictor, samples: Sequence[PreparedSample],
+                      maps: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
                       ) -> dict[str, Any]:
     """Choose Algorithm 1's ``tau`` and ``min_size`` on validation samples.
 
@@ -262,6 +263,10 @@ def choose_thresholds(predictor: Predictor, samples: Sequence[PreparedSample]
         The trained network with the run's configuration.
     samples : sequence of PreparedSample
         The validation split.
+    maps : sequence of (numpy.ndarray, numpy.ndarray), optional
+        The predictor's maps of ``samples`` (:meth:`Predictor.maps_normalized`), computed once
+        by a caller that chooses thresholds for several post-processing settings of the same
+        network; by default the network runs here.
 
     Returns
     -------
@@ -270,7 +275,11 @@ def choose_thresholds(predictor: Predictor, samples: Sequence[PreparedSample]
         (meanAP / AJI with the configured pair) and ``grid`` (every pair's scores).
     """
     config = predictor.config
-    maps = [(sample, predictor.maps_normalized(sample.image)) for sample in samples]
+    if maps is None:
+        maps = [predictor.maps_normalized(sample.image) for sample in samples]
+    if len(maps) != len(samples):
+        raise ValueError(f"got maps of {len(maps)} images for {len(samples)} samples")
+    maps = list(zip(samples, maps))
     grid = []
     sizes = sorted({max(0, int(round(config.min_size * factor))) for factor in MIN_SIZE_FACTORS})
     for tau in TAU_GRID:
