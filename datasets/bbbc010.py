@@ -180,7 +180,6 @@ def source(
     wells: Sequence[str] | None = None,
     limit: int | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
-    **_,
 ) -> SampleSource:
     """List one split of BBBC010 without reading any image.
 

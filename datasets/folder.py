@@ -171,7 +171,6 @@ def source(
     test_fraction: float = 0.2,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     limit: int | None = None,
-    **_,
 ) -> SampleSource:
     """List one split of a folder dataset without reading any image.
 
