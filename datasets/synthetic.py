@@ -653,17 +653,17 @@ def main(argv: list[str] | None = None) -> int:
                        size=args.size, **params)[: args.count]
     except SyntheticOptionError as error:
         parser.error(str(error))
-    import cv2
+    from layernet.io import write_image_atomic, write_label_stack
 
     rows = [np.concatenate(_outline_overlay(sample), axis=1) for sample in samples]
     width = max(row.shape[1] for row in rows)
     rows = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0))) for row in rows]
-    if not cv2.imwrite(args.out, np.concatenate(rows, axis=0)[:, :, ::-1]):
-        print(f"error: could not write {args.out}", file=sys.stderr)
+    try:
+        write_image_atomic(args.out, np.concatenate(rows, axis=0))
+    except (OSError, ValueError) as error:
+        print(f"error: could not write {args.out} ({error})", file=sys.stderr)
         return 1
     if args.write_images:
-        from layernet.io import write_label_stack, write_image_atomic
-
         os.makedirs(args.write_images, exist_ok=True)
         for sample in samples:
             base = os.path.join(args.write_images, sample.name)
