@@ -213,7 +213,7 @@ class _Source:
         """
         from layernet.evaluation import read_instances
         from layernet.io import with_channels
-        from layernet.tiling import submit_prediction
+        from layernet.prediction import submit_prediction
 
         if self.predictor is None:
             return worker.submit(read_instances, self.pred_files[name])
