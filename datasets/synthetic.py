@@ -25,6 +25,11 @@ Splits: the ``trainval`` pool and the ``test`` pool come from independent seed s
 ``trainval`` followed by ``test``. Image ``i`` of a pool does not depend on the size of the pool.
 
 Run ``python -m datasets.synthetic --help`` for a preview tool.
+
+Why this module is longer than 500 lines: the project keeps one module per dataset (the layout
+of ``datasets/``), and this dataset is a generator: two scene models (worms, cells), their
+options and checks, the split into pools and the preview command belong to it and to nothing
+else.
 """
 
 from __future__ import annotations
