@@ -154,7 +154,7 @@ def write_tables(rows: Sequence[dict[str, Any]], columns: Sequence[str], csv_pat
 
     Numbers are written with 4 decimals; missing values as empty CSV cells / ``-``.
     """
-    from layernet.config import write_text_atomic
+    from layernet.files import write_text_atomic
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")

@@ -14,23 +14,86 @@ Sample`` keeps working).
 from __future__ import annotations
 
 import importlib
+import inspect
+from typing import Any, Mapping
 
 from layernet.samples import (DEFAULT_VAL_FRACTION, MIN_VAL_IMAGES, SPLITS, Sample, SampleSource,
                               source_key, split_indices, val_split)
 
 __all__ = ["DATASETS", "DEFAULT_VAL_FRACTION", "MIN_VAL_IMAGES", "SPLITS", "Sample",
-           "SampleSource", "load_dataset", "load_source", "source_key", "split_indices",
-           "val_split"]
+           "SampleSource", "check_options", "dataset_options", "load_dataset", "load_source",
+           "source_key", "split_indices", "val_split"]
 
 DATASETS = ("synthetic", "bbbc010", "occ2014", "ccdb6843", "folder")
 
 
-def _dataset_module(name: str, split: str):
+_COMMON_PARAMETERS = ("data_dir", "split", "seed", "val_fraction")
+"""Parameters of every dataset's ``source``, given by the dispatchers, not dataset options."""
+
+
+GENERATED = ("synthetic",)
+"""Datasets made by a generator, without a data folder."""
+
+
+def _dataset_module(name: str, split: str = "train"):
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return importlib.import_module(f"datasets.{name}")
+
+
+def _checked_module(name: str, split: str, data_dir: str | None, options: Mapping[str, Any]):
+    """The module of dataset ``name`` once the split, the folder and the options are checked."""
+    module = _dataset_module(name, split)
+    if data_dir is None and name not in GENERATED:
+        raise ValueError(f"dataset {name!r} reads files: give its folder (--data-dir)")
+    check_options(name, options)
+    return module
+
+
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The options (``--data-option KEY=VALUE``) that dataset ``name`` takes.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+
+    Returns
+    -------
+    tuple of str
+        The keyword parameters of the dataset's ``source`` besides the common ones, and for a
+        dataset with free options (``synthetic``) the names it lists in ``OPTION_NAMES``.
+    """
+    module = _dataset_module(name)
+    parameters = inspect.signature(module.source).parameters.values()
+    named = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD
+             or p.kind is p.KEYWORD_ONLY]
+    return tuple(name for name in named if name not in _COMMON_PARAMETERS) + tuple(
+        getattr(module, "OPTION_NAMES", ()))
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming every option that dataset ``name`` does not take.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`.
+    options : mapping
+        Dataset options (``Config.data_options``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown dataset, or options it does not take (one line, with the known ones).
+    """
+    known = dataset_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"dataset {name!r}: unknown option(s) {', '.join(unknown)}; its "
+                         f"options are {', '.join(known)}")
 
 
 def load_source(name: str, data_dir: str | None = None, split: str = "train", seed: int = 0,
@@ -44,8 +107,9 @@ def load_source(name: str, data_dir: str | None = None, split: str = "train", se
     -------
     SampleSource
     """
-    return _dataset_module(name, split).source(data_dir=data_dir, split=split, seed=seed,
-                                               val_fraction=val_fraction, **options)
+    module = _checked_module(name, split, data_dir, options)
+    return module.source(data_dir=data_dir, split=split, seed=seed, val_fraction=val_fraction,
+                         **options)
 
 
 def load_dataset(name: str, data_dir: str | None = None, split: str = "train", seed: int = 0,
@@ -65,11 +129,17 @@ def load_dataset(name: str, data_dir: str | None = None, split: str = "train", s
     val_fraction : float
         Share of the training pool held out for validation (see :func:`val_split`).
     **options
-        Dataset-specific keyword options.
+        Dataset-specific keyword options (:func:`dataset_options`); another is an error.
 
     Returns
     -------
     list of Sample
+
+    Raises
+    ------
+    ValueError
+        For an unknown dataset, split or option, or a dataset of files without ``data_dir``.
     """
-    return _dataset_module(name, split).load(data_dir=data_dir, split=split, seed=seed,
-                                             val_fraction=val_fraction, **options)
+    module = _checked_module(name, split, data_dir, options)
+    return module.load(data_dir=data_dir, split=split, seed=seed, val_fraction=val_fraction,
+                       **options)

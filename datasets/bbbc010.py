@@ -24,8 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
 import urllib.request
 import zipfile
 from typing import Sequence
@@ -34,6 +32,7 @@ import numpy as np
 
 from datasets import DEFAULT_VAL_FRACTION, Sample, SampleSource, source_key
 from datasets.common import DatasetError, apply_limit, make_sample, require_folder, select_split
+from layernet.files import TEMPORARY_PREFIX, atomic_output
 from layernet.io import as_channels, read_image, read_mask
 
 logger = logging.getLogger(__name__)
@@ -180,7 +179,6 @@ def source(
     wells: Sequence[str] | None = None,
     limit: int | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
-    **_,
 ) -> SampleSource:
     """List one split of BBBC010 without reading any image.
 
@@ -242,23 +240,20 @@ def load(data_dir: str, split: str = "train", seed: int = 0, **options) -> list[
 
 
 def _fetch(url: str, path: str, progress: bool) -> None:
-    """Download ``url`` to ``path`` (through ``path + '.part'`` and a rename)."""
+    """Download ``url`` to ``path`` (atomically: :func:`layernet.files.atomic_output`)."""
     from tqdm import tqdm
 
-    partial = path + ".part"
     logger.info("downloading %s", url)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+        with (atomic_output(path) as partial, urllib.request.urlopen(url, timeout=60) as response,
+              open(partial, "wb") as out):
             total = response.headers.get("Content-Length")
             with tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
                       desc=os.path.basename(path), disable=not progress) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(partial, path)
     except OSError as exc:
-        if os.path.exists(partial):
-            os.remove(partial)
         raise DatasetError(f"{url}: download failed: {exc}") from None
 
 
@@ -304,21 +299,20 @@ def extract_archive(zip_path: str, dest: str, folder: str) -> str:
                 continue
             members.append(member)
         os.makedirs(dest, exist_ok=True)
-        temporary = tempfile.mkdtemp(prefix=f".{folder}.", dir=dest)
         try:
-            for member in members:
-                archive.extract(member, temporary)
-            entries = os.listdir(temporary)
-            content = temporary
-            if len(entries) == 1 and os.path.isdir(os.path.join(temporary, entries[0])):
-                content = os.path.join(temporary, entries[0])
-            if os.path.isdir(target):
-                os.rmdir(target)  # empty (checked above)
-            os.replace(content, target)
+            with atomic_output(target, folder=True) as temporary:
+                for member in members:
+                    archive.extract(member, temporary)
+                entries = os.listdir(temporary)
+                if len(entries) == 1 and os.path.isdir(os.path.join(temporary, entries[0])):
+                    # the archive's one top folder: its content becomes the target's
+                    inner = os.path.join(temporary, TEMPORARY_PREFIX + "top")
+                    os.replace(os.path.join(temporary, entries[0]), inner)
+                    for name in os.listdir(inner):
+                        os.replace(os.path.join(inner, name), os.path.join(temporary, name))
+                    os.rmdir(inner)
         except zipfile.BadZipFile as exc:
             raise DatasetError(f"{zip_path}: corrupt zip archive ({exc})") from None
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
     return target
 
 
@@ -327,7 +321,7 @@ def download(dest: str, base_url: str = BASE_URL, progress: bool = True,
     """Download the official BBBC010 files and extract them into the official layout.
 
     Idempotent: an archive whose folder already exists (non-empty) is neither downloaded nor
-    extracted again. Each archive is downloaded through a ``.part`` file and extracted atomically
+    extracted again. Each archive is downloaded through a temporary file and extracted atomically
     (:func:`extract_archive`).
 
     Parameters

@@ -129,7 +129,6 @@ def source(
     min_size: int = MIN_SIZE,
     limit: int | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
-    **_,
 ) -> SampleSource:
     """List one split of CCDB6843 without reading any image.
 

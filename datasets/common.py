@@ -1,5 +1,6 @@
 """Helpers shared by the real-data loaders: resizing, sample assembly (and the library's
-:func:`~layernet.samples.select_split`, re-exported)."""
+:func:`~layernet.samples.select_split` and :data:`~layernet.files.IMAGE_EXTENSIONS`,
+re-exported)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Sequence, TypeVar
 import cv2
 import numpy as np
 
+from layernet.files import IMAGE_EXTENSIONS
 from layernet.instances import stack_from_masks
 from layernet.samples import Sample, select_split
 
@@ -19,8 +21,6 @@ __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "apply_limit", "as_size", "make_s
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
-
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 class DatasetError(ValueError):

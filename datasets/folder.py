@@ -31,8 +31,9 @@ import os
 import numpy as np
 
 from datasets import DEFAULT_VAL_FRACTION, Sample, SampleSource, source_key, split_indices
-from datasets.common import (IMAGE_EXTENSIONS, DatasetError, apply_limit, as_size, make_sample,
-                             require_folder, select_split)
+from datasets.common import (DatasetError, apply_limit, as_size, make_sample, require_folder,
+                             select_split)
+from layernet.files import folder_images, visible_entries
 from layernet.instances import LabelStackError, masks_from_stack, validate_stack
 from layernet.io import as_channels, read_image, read_label_image, read_mask
 
@@ -44,13 +45,8 @@ TEST_SEED = 0
 def _image_files(folder: str) -> dict[str, str]:
     """stem -> path of the image files of ``folder``; duplicate stems are an error."""
     files: dict[str, str] = {}
-    for file_name in sorted(os.listdir(folder)):
-        stem, extension = os.path.splitext(file_name)
-        path = os.path.join(folder, file_name)
-        if file_name.startswith(".") or extension.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if not os.path.isfile(path):
-            continue
+    for path in folder_images(folder):
+        stem = os.path.splitext(os.path.basename(path))[0]
         if stem in files:
             raise DatasetError(f"{path}: duplicate stem {stem!r} (also {files[stem]})")
         files[stem] = path
@@ -66,8 +62,8 @@ def find_pairs(root: str) -> list[tuple[str, str, str]]:
     mask_folder = require_folder(os.path.join(root, "masks"), "masks")
     images = _image_files(image_folder)
     mask_files = _image_files(mask_folder)
-    mask_dirs = {name: os.path.join(mask_folder, name) for name in sorted(os.listdir(mask_folder))
-                 if os.path.isdir(os.path.join(mask_folder, name)) and not name.startswith(".")}
+    mask_dirs = {os.path.basename(path): path for path in visible_entries(mask_folder)
+                 if os.path.isdir(path)}
     clashes = sorted(set(mask_files) & set(mask_dirs))
     if clashes:
         stem = clashes[0]
@@ -89,10 +85,7 @@ def find_pairs(root: str) -> list[tuple[str, str, str]]:
 
 def _masks_from_folder(folder: str, shape: tuple[int, int]) -> list[np.ndarray]:
     masks = []
-    files = [f for f in sorted(os.listdir(folder))
-             if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    for file_name in files:
-        path = os.path.join(folder, file_name)
+    for path in folder_images(folder):
         mask = read_mask(path)
         if mask.shape != shape:
             raise DatasetError(f"{path}: mask size {mask.shape} differs from image size {shape}")
@@ -171,7 +164,6 @@ def source(
     test_fraction: float = 0.2,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     limit: int | None = None,
-    **_,
 ) -> SampleSource:
     """List one split of a folder dataset without reading any image.
 

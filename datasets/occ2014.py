@@ -288,7 +288,6 @@ def source(
     size: int | None = DEFAULT_SIZE,
     limit: int | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
-    **_,
 ) -> SampleSource:
     """List one split of OCC2014 (cytoplasm masks, overlapping).
 

@@ -25,6 +25,11 @@ Splits: the ``trainval`` pool and the ``test`` pool come from independent seed s
 ``trainval`` followed by ``test``. Image ``i`` of a pool does not depend on the size of the pool.
 
 Run ``python -m datasets.synthetic --help`` for a preview tool.
+
+Why this module is longer than 500 lines: the project keeps one module per dataset (the layout
+of ``datasets/``), and this dataset is a generator: two scene models (worms, cells), their
+options and checks, the split into pools and the preview command belong to it and to nothing
+else.
 """
 
 from __future__ import annotations
@@ -653,17 +658,17 @@ def main(argv: list[str] | None = None) -> int:
                        size=args.size, **params)[: args.count]
     except SyntheticOptionError as error:
         parser.error(str(error))
-    import cv2
+    from layernet.io import write_image_atomic, write_label_stack
 
     rows = [np.concatenate(_outline_overlay(sample), axis=1) for sample in samples]
     width = max(row.shape[1] for row in rows)
     rows = [np.pad(row, ((0, 4), (0, width - row.shape[1]), (0, 0))) for row in rows]
-    if not cv2.imwrite(args.out, np.concatenate(rows, axis=0)[:, :, ::-1]):
-        print(f"error: could not write {args.out}", file=sys.stderr)
+    try:
+        write_image_atomic(args.out, np.concatenate(rows, axis=0))
+    except (OSError, ValueError) as error:
+        print(f"error: could not write {args.out} ({error})", file=sys.stderr)
         return 1
     if args.write_images:
-        from layernet.io import write_label_stack, write_image_atomic
-
         os.makedirs(args.write_images, exist_ok=True)
         for sample in samples:
             base = os.path.join(args.write_images, sample.name)

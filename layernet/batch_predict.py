@@ -72,7 +72,7 @@ class PredictOptions:
     channel : int or None
         Use only this channel of multi-channel images.
     tile_size, tile_overlap, tile_batch
-        Tiling of large images, as in :func:`layernet.tiling.predict_image`.
+        Tiling of large images, as in :func:`layernet.prediction.predict_image`.
     overlay, masks, rois, coco, flat, prob : bool
         Outputs to write, as in :func:`layernet.export.write_prediction` (``prob``: the maps).
     layer_maps : bool
@@ -201,7 +201,7 @@ def predict_files(predictor: Any, jobs: Iterable[FileJob], options: PredictOptio
     """
     from layernet.io import as_channels, read_image
     from layernet.ordered_worker import OrderedWorker
-    from layernet.tiling import submit_prediction
+    from layernet.prediction import submit_prediction
 
     config = predictor.config
     reports = []

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from layernet.files import write_text_atomic
 
 CONFIG_VERSION = 1
 
@@ -35,14 +36,16 @@ class ConfigError(ValueError):
 class Config:
     """All settings of a run (model, targets, losses, augmentation, training, post-processing).
 
-    Attributes are grouped by topic; see the comment above each group.
+    Attributes are grouped by topic; see the comment above each group. Four of them describe the
+    machine rather than the model (:data:`MACHINE_FIELDS`: ``data_dir``, ``cache_dir``,
+    ``streaming``, ``strategy``). Every field is read by the code that it configures; a run's
+    settings are merged from their sources by :func:`layernet.settings.training_config`.
     """
 
     version: int = CONFIG_VERSION
 
     # --- data -------------------------------------------------------------------------------
     data: str = "synthetic"  # dataset name (datasets.DATASETS)
-    data_dir: str | None = None  # dataset folder (not needed for synthetic)
     data_options: dict[str, Any] = field(default_factory=dict)  # dataset-specific keywords
     channels: int = 1  # image channels the model expects
     normalize_low: float = 1.0  # percentile mapped to 0 (per image and channel)
@@ -51,11 +54,6 @@ class Config:
     # seed of the train/validation split (and of the synthetic data), apart from `seed`, so that
     # the validation images stay the same when the training seed changes
     split_seed: int = 0
-    # datasets larger than memory: "on" prepares every image once into a disk cache and streams
-    # it (the same batches as in memory); "off" loads everything into memory; "auto" streams
-    # when the decoded data would exceed a quarter of the available memory (layernet.streaming)
-    streaming: str = "auto"
-    cache_dir: str | None = None  # folder of the streaming cache (None: <run folder>/cache)
 
     # --- model ------------------------------------------------------------------------------
     # "layering" (paper), "unet2" (object/background) or "unet3" (object/boundary/background)
@@ -147,7 +145,6 @@ class Config:
     # alone fix the split, augmentation and initialisation but multi-threaded reductions may
     # differ in the last digits
     deterministic: bool = False
-    strategy: str = "default"  # default | mirrored | multiworker
     # stop training after this wall time (0 = no limit); a resumed run counts the time its
     # earlier calls spent (state.json "train_seconds")
     time_budget_minutes: float = 0.0
@@ -174,7 +171,14 @@ class Config:
     # predict.py, evaluate.py and --init then use (command-line --tau / --min-size still win)
     tune_thresholds: bool = False
 
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, kept verbatim
+    # --- machine (MACHINE_FIELDS): where and how this machine trains, not what ---------------
+    data_dir: str | None = None  # dataset folder (not needed for synthetic)
+    # datasets larger than memory: "on" prepares every image once into a disk cache and streams
+    # it (the same batches as in memory); "off" loads everything into memory; "auto" streams
+    # when the decoded data would exceed a quarter of the available memory (layernet.streaming)
+    streaming: str = "auto"
+    cache_dir: str | None = None  # folder of the streaming cache (None: <run folder>/cache)
+    strategy: str = "default"  # tf.distribute strategy: default | mirrored | multiworker
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> "Config":
@@ -321,7 +325,8 @@ class Config:
         Configs written before ``split_seed`` existed seeded the train/validation split with
         ``seed``: without ``split_seed``, it is ``seed``, so their validation images stay the
         same. A ``val_fraction`` data option (folder datasets took it so before) becomes the
-        ``val_fraction`` field.
+        ``val_fraction`` field. An empty ``extra`` field (configs written before it was removed)
+        is dropped.
         """
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(values).__name__}")
@@ -341,6 +346,10 @@ class Config:
                 f"{source}: config version {version!r} is newer than this layernet understands "
                 f"({CONFIG_VERSION}); upgrade layernet"
             )
+        extra = values.pop("extra", {})  # a free-form field that nothing read (removed)
+        if extra:
+            raise ConfigError(f"{source}: field 'extra' is no longer kept (nothing read it); "
+                              f"remove it (it holds {sorted(extra)})")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -385,6 +394,15 @@ AUTHORS_VARIANTS: dict[str, Any] = dict(
     overlap_targets="online", covered_objects="zero", dice_smooth=1.0, overlap_per_image=True,
     layering_per_image=True, layer_assignment="argmax")
 """Fields of the authors' code preset (``train.py --authors``): the losses and batch norm."""
+
+MACHINE_FIELDS = ("data_dir", "cache_dir", "streaming", "strategy")
+"""Fields that describe the machine a run trains on, not the model: where the data is, where
+and whether its prepared samples are cached on disk, and the ``tf.distribute`` strategy. The same
+data and seeds give the same batches whatever they are. A resumed run may change them
+(:func:`layernet.settings.resume_config`), and a run started from a model (``--init``) takes
+them from the model only when it trains on the model's dataset
+(:func:`layernet.settings.training_config`). Every other field describes the model, its
+training or its data."""
 
 ARCHITECTURE_FIELDS = ("method", "size", "filters", "head_filters", "layers", "channels")
 """Fields that define the network's weights: a run started from a model (``--init``) keeps
@@ -483,25 +501,3 @@ def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bo
     if authors:
         merged.update(AUTHORS_VARIANTS)
     return merged
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and a rename."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -18,7 +18,6 @@ Nothing in this module imports TensorFlow.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from layernet.config import write_text_atomic
+from layernet.files import collect_inputs, folder_images, is_image_file, write_text_atomic
 from layernet.instances import LabelStackError, validate_stack
 from layernet.io import ImageReadError, read_image, read_label_image, read_mask
 from layernet.metrics import ImageScores, per_image_table
@@ -48,8 +47,6 @@ __all__ = [
 INSTANCE_SUFFIXES = (".layers.tif", ".layers.tiff", ".flat.tif", ".masks", ".tif", ".tiff",
                      ".png")
 """Suffixes stripped from file names to get the image name, in order of preference."""
-
-_MASK_EXTENSIONS = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
 
 
 class EvaluationError(ValueError):
@@ -86,15 +83,10 @@ def index_by_name(spec: str) -> dict[str, str]:
     EvaluationError
         If nothing is found.
     """
-    if os.path.isdir(spec):
-        candidates = [os.path.join(spec, name) for name in sorted(os.listdir(spec))
-                      if not name.startswith(".")]
-    else:
-        candidates = sorted(glob.glob(spec))
+    candidates, _ = collect_inputs([spec], accept=lambda path: os.path.isdir(path)
+                                   or is_image_file(path))
     best: dict[str, tuple[int, str]] = {}
     for path in candidates:
-        if os.path.isfile(path) and not path.lower().endswith(_MASK_EXTENSIONS):
-            continue
         name, rank = _name_of(path)
         if name not in best or rank < best[name][0]:
             best[name] = (rank, path)
@@ -150,8 +142,7 @@ def read_instances(path: str) -> np.ndarray:
         If the file or folder cannot be read or holds no valid instances.
     """
     if os.path.isdir(path):
-        files = [os.path.join(path, name) for name in sorted(os.listdir(path))
-                 if name.lower().endswith(_MASK_EXTENSIONS) and not name.startswith(".")]
+        files = folder_images(path)
         if not files:
             raise EvaluationError(f"{path}: folder holds no mask files")
         try:

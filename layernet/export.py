@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -32,8 +30,8 @@ from scipy import ndimage
 from skimage import measure
 
 from layernet.instances import flatten_stack, validate_stack
-from layernet.io import (_imwrite_imagej_stack, _umask, _write_atomically, write_image_atomic,
-                         write_label_stack)
+from layernet.files import atomic_output, write_atomic, write_text_atomic
+from layernet.io import _imwrite_imagej_stack, write_image_atomic, write_label_stack
 from layernet.viz import display_image, outline_overlay
 
 logger = logging.getLogger(__name__)
@@ -111,10 +109,8 @@ def save_masks(folder: str | os.PathLike, stack: np.ndarray) -> list[str]:
     """
     folder = os.fspath(folder)
     stack = validate_stack(np.asarray(stack), name=folder)
-    parent = os.path.dirname(os.path.abspath(folder))
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=parent)
     names = []
-    try:
+    with atomic_output(folder, folder=True) as temporary:
         height, width = stack.shape[1:]
         for label, _, box, crop in object_crops(stack):
             mask = np.zeros((height, width), dtype=np.uint8)
@@ -122,13 +118,6 @@ def save_masks(folder: str | os.PathLike, stack: np.ndarray) -> list[str]:
             name = f"{label:04d}.png"
             write_image_atomic(os.path.join(temporary, name), mask)
             names.append(name)
-        os.chmod(temporary, 0o777 & ~_umask())
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(temporary, folder)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return [os.path.join(folder, name) for name in names]
 
 
@@ -192,18 +181,8 @@ def save_rois(path: str | os.PathLike, stack: np.ndarray) -> int:
             name = f"{label:04d}-L{layer_index + 1}" + (f"-{part + 1}" if part else "")
             rois.append(roifile.ImagejRoi.frompoints(points, name=name))
 
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".zip",
-                                         dir=folder)
-    os.close(handle)
-    try:
-        roifile.roiwrite(temporary, rois, mode="w")  # a .zip name makes roifile write a zip
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    # the temporary name ends with the destination's: a .zip name makes roifile write a zip
+    write_atomic(path, lambda temporary: roifile.roiwrite(temporary, rois, mode="w"))
     return len(rois)
 
 
@@ -295,13 +274,8 @@ def save_coco(path: str | os.PathLike, stack: np.ndarray, file_name: str) -> int
     stack = validate_stack(np.asarray(stack), name=path)
     data = coco_annotations(stack, file_name)
     text = json.dumps(data, separators=(",", ":")) + "\n"
-    _write_atomically(path, lambda temporary: _write_text(temporary, text))
+    write_text_atomic(path, text)
     return len(data["annotations"])
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
 
 
 def save_flat(path: str | os.PathLike, stack: np.ndarray, rule: str = "smallest") -> None:
@@ -334,7 +308,7 @@ def save_probability_maps(path: str | os.PathLike, foreground: np.ndarray,
     """
     data = np.concatenate([np.asarray(foreground, np.float32)[None],
                            np.moveaxis(np.asarray(layering, np.float32), -1, 0)])
-    _write_atomically(os.fspath(path), lambda temporary: _imwrite_imagej_stack(temporary, data))
+    write_atomic(path, lambda temporary: _imwrite_imagej_stack(temporary, data))
 
 
 def write_prediction(

@@ -42,17 +42,16 @@ savedmodel needs only the core install.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from layernet.cli import quiet_tensorflow, run_main, setup_logging
 from layernet.config import Config
+from layernet.files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -137,42 +136,6 @@ def _check_destination(path: str, is_folder: bool, force: bool) -> None:
     raise ValueError(f"{path}: {what}; pass --force to replace it")
 
 
-def _usual_modes(path: str) -> None:
-    """Give ``path`` and everything in it the modes of newly created files and folders
-    (temporary files and folders are created private)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    entries = [(path, os.path.isdir(path))]
-    for root, folders, files in os.walk(path):
-        entries += [(os.path.join(root, name), True) for name in folders]
-        entries += [(os.path.join(root, name), False) for name in files]
-    for entry, is_folder in entries:
-        os.chmod(entry, (0o777 if is_folder else 0o666) & ~mask)
-
-
-@contextlib.contextmanager
-def _atomic_output(path: str, is_folder: bool) -> Iterator[str]:
-    """Yield a temporary path beside ``path`` to write into; on success rename it to ``path``
-    (replacing what is there), on failure remove it."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    target = tmp if is_folder else os.path.join(tmp, os.path.basename(path))
-    try:
-        yield target
-        _usual_modes(target)
-        if is_folder and os.path.isdir(path):
-            trash = tempfile.mkdtemp(prefix=".tmp-replaced-", dir=parent)
-            os.replace(path, os.path.join(trash, "old"))
-            os.replace(tmp, path)
-            shutil.rmtree(trash)
-        else:
-            os.replace(target, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-
-
 def _require_packages(fmt: str) -> None:
     """Fail early, before loading anything, when a package that ``fmt`` needs is missing."""
     from layernet.backends import require
@@ -243,7 +206,8 @@ def export_model(run: str, fmt: str, out: str | None = None,
     file_name = {"onnx": ONNX_FILE, "bioimageio": BIOIMAGEIO_FILE}.get(fmt)
     written = destination if in_run or file_name is None else os.path.join(destination, file_name)
     net, config = runfolder.load_trained_model(model_path, precision="float32")
-    with _atomic_output(destination, folder_output) as target:
+    os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+    with atomic_output(destination, folder=folder_output) as target:
         if not in_run and fmt != "bioimageio":  # the package holds what it needs
             for name in _RUN_FILES:
                 if os.path.exists(os.path.join(run_dir, name)):

@@ -33,7 +33,7 @@ import numpy as np
 from layernet import baselines
 from layernet.backends import Backend, KerasBackend
 from layernet.config import Config
-from layernet.model import SEMANTIC_CHANNELS
+from layernet.model import SEMANTIC_CHANNELS, pad_to_stride
 from layernet.normalize import percentile_normalize
 from layernet.postprocess import postprocess
 
@@ -181,11 +181,7 @@ class Predictor:
             ``(B, H, W, N)`` float32 layer activations.
         """
         height, width = images.shape[1:3]
-        stride = self.config.stride
-        pad_h = (-height) % stride
-        pad_w = (-width) % stride
-        padded = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="reflect"
-                        if min(height, width) > max(pad_h, pad_w) else "constant")
+        padded, _ = pad_to_stride(images, self.config.stride, mode="reflect", first_axis=1)
         outputs = self._outputs_tta(padded) if self.tta else self._outputs(padded)
         if self.config.method != "layering":
             semantic = outputs["semantic"][:, :height, :width, :]

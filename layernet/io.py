@@ -10,20 +10,20 @@
   uint16 ImageJ hyperstack TIFFs (Fiji opens them as a stack of slices, napari as labels).
 
 Every problem with a file raises :class:`ImageReadError` with a one-line message
-``"<path>: <problem>"``.
+``"<path>: <problem>"``. Files are written atomically by :func:`layernet.files.write_atomic`;
+:data:`IMAGE_EXTENSIONS` is :data:`layernet.files.IMAGE_EXTENSIONS`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from typing import Callable
 
 import cv2
 import numpy as np
 import tifffile
 
+from layernet.files import IMAGE_EXTENSIONS, write_atomic
 from layernet.instances import LabelStackError, validate_stack
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ __all__ = [
     "write_image_atomic",
     "IMAGE_EXTENSIONS",
 ]
-
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".jp2", ".webp")
-"""File name extensions (lower case) of the images ``predict.py`` reads from a folder."""
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -358,42 +355,6 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     return image.astype(np.int32)
 
 
-def _umask() -> int:
-    """The process's file-creation mask (read without changing it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(temporary_path)`` for a temporary file next to ``path``, then rename it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-        )
-    except OSError as error:
-        raise _write_error(path, error) from None
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(temporary, path)
-    except BaseException as error:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        if isinstance(error, OSError):
-            raise _write_error(path, error) from None
-        raise
-
-
-def _write_error(path: str, error: OSError) -> OSError:
-    """One-line error naming the output file, for a failed write (full disk, no permission)."""
-    detail = error.strerror or " ".join(str(error).split()) or type(error).__name__
-    return OSError(f"{path}: cannot write ({detail}); is the disk full or the folder not "
-                   "writable?")
-
-
 def write_label_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
     """Write a label stack as a uint16 ImageJ hyperstack TIFF, atomically.
 
@@ -418,7 +379,7 @@ def write_label_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
     if stack.size and int(stack.max()) > np.iinfo(np.uint16).max:
         raise LabelStackError(f"{path}: label id {int(stack.max())} does not fit into uint16")
     data = stack.astype(np.uint16)
-    _write_atomically(path, lambda temporary: _imwrite_imagej_stack(temporary, data))
+    write_atomic(path, lambda temporary: _imwrite_imagej_stack(temporary, data))
 
 
 def _imwrite_imagej_stack(path: str, data: np.ndarray) -> None:
@@ -488,4 +449,4 @@ def write_image_atomic(path: str | os.PathLike, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(extension, np.ascontiguousarray(image))
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot encode an image with extension {extension!r}")
-    _write_atomically(path, encoded.tofile)
+    write_atomic(path, encoded.tofile)

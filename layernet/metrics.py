@@ -1,5 +1,10 @@
 """Overlap-aware instance segmentation metrics on label stacks: AP_t, meanAP, AJI.
 
+Why this module is longer than 500 lines: it is the one definition of every score the project
+reports (validation, evaluate.py, the benches, the paper tables). Both matchings are computed
+from the same sparse intersection table and pooled the same way, and most of the length is the
+documentation of exactly how (below), which must stay beside the code that it describes.
+
 Ground truth and prediction are label stacks ``(L, H, W)`` (:mod:`layernet.instances`), so
 objects may overlap on either side; a plain 2-D label image is accepted as a one-slice stack.
 Everything is derived from a sparse table of intersections: for every pair of slices the

@@ -42,6 +42,7 @@ __all__ = [
     "ModelWeightsError",
     "build_model",
     "load_model_weights",
+    "PAD_MODES",
     "pad_to_stride",
 ]
 
@@ -274,35 +275,57 @@ def load_model_weights(model: keras.Model, path: str | os.PathLike) -> keras.Mod
     return model
 
 
-def pad_to_stride(image: np.ndarray, stride: int, mode: str = "constant"
+PAD_MODES = ("constant", "reflect")
+"""How :func:`pad_to_stride` fills: ``constant`` with zeros (label stacks and target maps, whose
+ids must not be repeated, and the training images beside them), ``reflect`` with the mirrored
+image (what the network sees at prediction: image content instead of a black band at the
+bottom and right borders)."""
+
+
+def pad_to_stride(image: np.ndarray, stride: int, mode: str = "constant", first_axis: int = 0
                   ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pad the first two axes (H, W) at the bottom/right to multiples of ``stride``.
+    """Pad the height and width axes at the bottom/right to multiples of ``stride``.
+
+    The one padding rule of layernet: training pads images and label stacks with zeros,
+    prediction pads images by reflection (:data:`PAD_MODES`).
 
     Parameters
     ----------
     image : numpy.ndarray
-        Array whose first two axes are height and width, e.g. ``(H, W)`` or ``(H, W, C)``.
+        Array with height and width at axes ``first_axis`` and ``first_axis + 1``, e.g.
+        ``(H, W)``, ``(H, W, C)`` or a batch ``(B, H, W, C)`` with ``first_axis=1``.
     stride : int
         The multiple, ``config.stride`` = ``2**depth``.
-    mode : str, optional
-        :func:`numpy.pad` mode; ``"constant"`` pads with zeros.
+    mode : {"constant", "reflect"}, optional
+        ``"constant"`` pads with zeros; ``"reflect"`` mirrors the image at its border, or pads
+        with zeros when a side of the image is not longer than the largest padding (too small to
+        mirror).
+    first_axis : int, optional
+        Axis of the height (the width follows it).
 
     Returns
     -------
     padded : numpy.ndarray
         Array with ``H + pad_h`` and ``W + pad_w`` rows/columns; undo with
-        ``padded[:H, :W]``.
+        ``padded[:H, :W]`` (at the same axes).
     pads : tuple of int
         ``(pad_h, pad_w)``, both in ``[0, stride)``.
     """
     image = np.asarray(image)
     if not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    if image.ndim < 2:
-        raise ValueError(f"pad_to_stride needs an array with at least 2 axes, got {image.shape}")
-    pad_h = -image.shape[0] % stride
-    pad_w = -image.shape[1] % stride
+    if mode not in PAD_MODES:
+        raise ValueError(f"padding mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
+    if image.ndim < first_axis + 2:
+        raise ValueError(f"pad_to_stride needs an array with at least {first_axis + 2} axes, "
+                         f"got {image.shape}")
+    height, width = image.shape[first_axis:first_axis + 2]
+    pad_h = -height % stride
+    pad_w = -width % stride
     if pad_h == 0 and pad_w == 0:
         return image, (0, 0)
-    widths = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (image.ndim - 2)
+    if mode == "reflect" and min(height, width) <= max(pad_h, pad_w):
+        mode = "constant"
+    widths = ([(0, 0)] * first_axis + [(0, pad_h), (0, pad_w)]
+              + [(0, 0)] * (image.ndim - first_axis - 2))
     return np.pad(image, widths, mode=mode), (int(pad_h), int(pad_w))

@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from layernet.backends import require
-from layernet.config import Config, write_bytes_atomic
+from layernet.config import Config
+from layernet.files import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

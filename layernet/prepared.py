@@ -28,7 +28,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from layernet.baselines import semantic_target
-from layernet.config import Config, write_bytes_atomic
+from layernet.config import Config
+from layernet.files import write_bytes_atomic
 from layernet.instances import relabel_stack, validate_stack
 from layernet.io import ImageReadError, with_channels
 from layernet.normalize import normalize_to_range, percentile_range

@@ -28,13 +28,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
-from layernet.config import Config, ConfigError, write_bytes_atomic, write_text_atomic
+from layernet.config import Config, ConfigError
+from layernet.files import TEMPORARY_PREFIX, write_atomic, write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +46,11 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 THRESHOLDS_FILE = "thresholds.json"
 ASSIGNMENT_FILE = "layer_assignment.npz"
-TEMPORARY_PREFIX = ".tmp-"
 PENDING_PREFIX = ".pending-"
 
 
 class RunFolderError(ValueError):
     """Raised when a run folder or model file is missing or unusable."""
-
-
-def _temporary_path(path: str, suffix: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
-    os.close(handle)
-    return tmp
 
 
 def save_model_atomic(net: Any, path: str) -> None:
@@ -71,15 +63,12 @@ def save_model_atomic(net: Any, path: str) -> None:
     path : str
         Destination, ending in ``.h5``.
     """
-    tmp = _temporary_path(path, ".h5")
-    try:
-        os.remove(tmp)  # Keras refuses to overwrite silently in some versions
-        net.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    def save(temporary: str) -> None:
+        os.remove(temporary)  # Keras refuses to overwrite silently in some versions
+        net.save(temporary)
+
+    write_atomic(path, save)
 
 
 def save_arrays_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from layernet.config import Config
+from layernet.files import TEMPORARY_PREFIX
 from layernet.prepared import CachedSamples, save_prepared
 from layernet.samples import Sample, SampleSource
 
@@ -208,7 +209,7 @@ def prune_cache(cache_dir: str, keep: Iterable[str]) -> int:
     for name in os.listdir(cache_dir):
         path = os.path.abspath(os.path.join(cache_dir, name))
         stale = name.startswith(CACHE_PREFIX) and name.endswith(".npz") and path not in kept
-        if stale or name.startswith(".tmp-"):
+        if stale or name.startswith(TEMPORARY_PREFIX):
             os.remove(path)
             removed += 1
     if removed:

@@ -8,6 +8,15 @@ Training runs under a :mod:`tf.distribute` strategy, with RMSprop and a staircas
 decay of the learning rate, and writes a run folder (:mod:`layernet.runfolder`) after every epoch:
 ``last.h5`` + optimizer state (for ``--resume``), ``best.h5`` (best validation score),
 ``history.csv``, ``state.json`` and TensorBoard logs. All files are written atomically.
+
+Why this module is longer than 500 lines: it is the one place where a run is trained, resumed
+and checkpointed. The trainer's step, the strategy, the epoch callbacks (validation, the
+pending-then-commit checkpoint protocol of :mod:`layernet.runfolder`, the time budget), the
+optimizer state restored on ``--resume`` and :func:`train` share that protocol and the run's
+state; split apart, the order in which an epoch is validated, saved and committed would be spread
+over several files. Its self-contained helpers live elsewhere (schedules, streaming, prepared
+samples, layer targets). Candidates to move out next: the validation scoring and threshold
+tuning (:func:`validation_scores`, :func:`choose_thresholds`, :func:`tune_run_thresholds`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ import os
 import sys
 from typing import NoReturn
 
-from layernet.cli import parse_key_values, quiet_tensorflow, run_command, setup_logging
+from layernet.cli import (add_tile_options, check_tile_options, parse_key_values, quiet_tensorflow,
+                          run_command, setup_logging, threshold_overrides)
 from layernet.config import PRECISIONS
 
 quiet_tensorflow()
@@ -63,10 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "same kinds and naming as --pred")
     truth.add_argument("--images", metavar="DIR|GLOB", help="with --gt: images for the overlays")
     run = parser.add_argument_group("model prediction")
-    run.add_argument("--tile-size", default="auto", metavar="PX",
-                     help="tile side, 'auto' or 0 to never tile (default auto)")
-    run.add_argument("--tile-overlap", type=int, metavar="PX", help="tile overlap (default auto)")
-    run.add_argument("--tile-batch", type=int, default=1, metavar="B", help="tiles per call")
+    add_tile_options(run)
     run.add_argument("--precision", choices=("auto",) + PRECISIONS,
                      help="compute precision of the network (default: the run's; auto = bf16 on "
                      "a GPU or a CPU with bf16 instructions, else float32)")
@@ -99,13 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--gt works with --pred; with --model use --data")
     if args.tta and not args.model:
         parser.error("--tta works with --model (it changes how the network predicts)")
-    if args.tile_size == "auto":
-        args.tile_size = None
-    else:
-        try:
-            args.tile_size = int(args.tile_size)
-        except ValueError:
-            parser.error(f"--tile-size: expected pixels or 'auto', got {args.tile_size!r}")
+    check_tile_options(parser, args)
     if args.worst < 0:
         parser.error("--worst must be >= 0")
     return args
@@ -137,8 +129,7 @@ class _Source:
             from layernet.batch_predict import load_predictor
 
             self.model_path = runfolder.resolve_model_path(args.model)
-            changes = {k: v for k, v in (("tau", args.tau), ("min_size", args.min_size))
-                       if v is not None}
+            changes = threshold_overrides(args.tau, args.min_size)
             from layernet.model import resolve_precision
 
             self.predictor = load_predictor(self.model_path, resolve_precision(args.precision),
@@ -222,7 +213,7 @@ class _Source:
         """
         from layernet.evaluation import read_instances
         from layernet.io import with_channels
-        from layernet.tiling import submit_prediction
+        from layernet.prediction import submit_prediction
 
         if self.predictor is None:
             return worker.submit(read_instances, self.pred_files[name])
@@ -250,10 +241,9 @@ class _Source:
 
 def index_by_name_images(spec: str) -> dict[str, str]:
     """name -> image file of a folder or glob (for the overlays of --gt evaluations)."""
-    import glob
+    from layernet.files import collect_inputs
 
-    paths = ([os.path.join(spec, n) for n in sorted(os.listdir(spec))] if os.path.isdir(spec)
-             else sorted(glob.glob(spec)))
+    paths, _ = collect_inputs([spec], accept_matched=os.path.isfile)
     return {os.path.splitext(os.path.basename(p))[0]: p for p in paths if os.path.isfile(p)}
 
 

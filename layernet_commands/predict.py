@@ -34,14 +34,14 @@ if any input failed, 2 for a usage or model error, 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 import sys
 from typing import NoReturn
 
 from layernet.backends import BACKENDS
-from layernet.cli import quiet_tensorflow, run_command, setup_logging
+from layernet.cli import (add_tile_options, check_tile_options, quiet_tensorflow, run_command,
+                          setup_logging, threshold_overrides)
 from layernet.config import PRECISIONS
 
 quiet_tensorflow()
@@ -70,15 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="test-time augmentation: average the network's maps over the 8 "
                         "flips and rotations of each image (or tile) before post-processing; "
                         "8 network passes instead of 1")
-    tiles = parser.add_argument_group("tiling (large images)")
-    tiles.add_argument("--tile-size", default="auto", metavar="PX",
-                       help="tiles hold at most PX x PX pixels; images of at most that many pixels "
-                       "are predicted whole, larger ones cut into the tiles that cover them with the "
-                       "fewest pixels; 'auto' (768) or 0 to never tile (default auto)")
-    tiles.add_argument("--tile-overlap", type=int, metavar="PX",
-                       help="pixels shared by neighbouring tiles (default: about tile size / 6)")
-    tiles.add_argument("--tile-batch", type=int, default=1, metavar="B",
-                       help="tiles per network call (default 1)")
+    add_tile_options(parser.add_argument_group("tiling (large images)"))
     post = parser.add_argument_group("post-processing (default: the run's values)")
     post.add_argument("--tau", type=float, help="threshold of foreground and layers")
     post.add_argument("--min-size", type=int, help="smallest object in pixels")
@@ -101,20 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only errors")
     parser.add_argument("--verbose", action="store_true", help="more log output")
     args = parser.parse_args(argv)
-    if args.tile_size == "auto":
-        args.tile_size = None
-    else:
-        try:
-            args.tile_size = int(args.tile_size)
-        except ValueError:
-            parser.error("--tile-size: expected a number of pixels or 'auto', "
-                         f"got {args.tile_size!r}")
-        if args.tile_size < 0:
-            parser.error("--tile-size must be >= 0")
-    if args.tile_overlap is not None and args.tile_overlap < 0:
-        parser.error("--tile-overlap must be >= 0")
-    if args.tile_batch < 1:
-        parser.error("--tile-batch must be >= 1")
+    check_tile_options(parser, args)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     if args.backend == "onnx" and args.precision not in (None, "float32"):
@@ -123,14 +102,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _is_output(name: str) -> bool:
+def _is_output(path: str) -> bool:
     from layernet.export import OUTPUT_SUFFIXES
 
+    name = os.path.basename(path)
     return name.startswith(".") or any(name.endswith(suffix) for suffix in OUTPUT_SUFFIXES.values())
 
 
 def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
     """Expand files, folders and globs into image paths (in order, without repeats).
+
+    A folder gives its image files, a pattern the files it matches (:func:`layernet.files.
+    collect_inputs`); outputs of earlier predictions (``*.layers.tif``, ...) are left out.
 
     Returns
     -------
@@ -139,32 +122,12 @@ def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
     problems : list of str
         One message per argument that yielded nothing.
     """
-    from layernet.io import IMAGE_EXTENSIONS
+    from layernet.files import collect_inputs as collect, is_image_file
 
-    files: list[str] = []
-    problems: list[str] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = [os.path.join(pattern, name) for name in sorted(os.listdir(pattern))
-                     if name.lower().endswith(IMAGE_EXTENSIONS) and not _is_output(name)
-                     and os.path.isfile(os.path.join(pattern, name))]
-            if not found:
-                problems.append(f"{pattern}: folder holds no image files")
-        elif os.path.exists(pattern):
-            found = [pattern]
-        elif glob.has_magic(pattern):
-            found = [path for path in sorted(glob.glob(pattern))
-                     if os.path.isfile(path) and not _is_output(os.path.basename(path))]
-            if not found:
-                problems.append(f"{pattern}: pattern matches no image files")
-        else:
-            problems.append(f"{pattern}: file not found")
-            found = []
-        files.extend(found)
-    unique: dict[str, str] = {}
-    for path in files:
-        unique.setdefault(os.path.abspath(path), path)
-    return list(unique.values()), problems
+    return collect(patterns,
+                   accept=lambda path: (is_image_file(path) and not _is_output(path)
+                                        and os.path.isfile(path)),
+                   accept_matched=lambda path: os.path.isfile(path) and not _is_output(path))
 
 
 def output_prefix(path: str, out_dir: str | None) -> str:
@@ -214,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.precision = resolve_precision(args.precision)
 
-    changes = {key: value for key, value in (("tau", args.tau), ("min_size", args.min_size))
-               if value is not None}
+    changes = threshold_overrides(args.tau, args.min_size)
     options = batch_predict.PredictOptions(
         channel=args.channel, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
         tile_batch=args.tile_batch, overlay=not args.no_overlay, masks=args.save_masks,

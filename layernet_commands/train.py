@@ -20,8 +20,9 @@ learning-rate schedule):
     python train.py --resume runs/demo-layering
 
 Settings come, in increasing priority, from the defaults (the paper's), the ``config.json`` of
-``--init`` (phase 2 keeps the architecture of the model it starts from), a ``--config`` file, and
-the command-line options.
+``--init`` (phase 2 keeps the architecture of the model it starts from), the presets --recipe and
+--authors (each sets only its own fields), the fields a ``--config`` file sets, the command-line
+options and --set (layernet.settings.training_config).
 """
 
 from __future__ import annotations
@@ -136,48 +137,30 @@ _STREAMING = {True: "on", False: "off", None: None}
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """Merge defaults, the --init run's config, --config and the command-line options."""
-    from layernet import runfolder
-    from layernet.config import Config, apply_presets
-    from layernet.model import resolve_precision
+    """The run's configuration from the parsed options (:func:`layernet.settings.training_config`
+    merges them with the defaults, the --init model's config, the presets and --config)."""
+    from layernet.settings import training_config
 
-    values = Config().to_dict()
-    if args.init:
-        values.update(runfolder.config_for_model(runfolder.resolve_model_path(args.init)).to_dict())
-    method = args.method or values.get("method", "layering")
-    phase = args.phase or ("overlap" if args.init and method == "layering" else "layering")
-    values = apply_presets(values, recipe=args.recipe, authors=args.authors,
-                           keep_architecture=bool(args.init), phase=phase, method=method)
-    if args.config:
-        values.update(Config.load(args.config).to_dict())
-    overrides = {
+    fields = {
         "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
         "channels": args.channels, "val_fraction": args.val_fraction,
         "split_seed": args.split_seed, "size": args.size,
         "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers,
-        "precision": resolve_precision(
-            args.precision or (None if args.init or args.config else "auto")),
-        "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
-        "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
-        "seed": args.seed, "deterministic": args.deterministic, "time_budget_minutes": args.minutes, "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
+        "precision": args.precision, "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+        "patch_size": args.patch_size, "learning_rate": args.lr, "seed": args.seed,
+        "deterministic": args.deterministic, "time_budget_minutes": args.minutes,
+        "strategy": args.strategy, "min_size": args.min_size, "tau": args.tau,
         "streaming": _STREAMING[args.stream], "cache_dir": args.cache_dir,
         "optimizer": args.optimizer, "weight_decay": args.weight_decay,
         "lr_schedule": args.lr_schedule, "warmup_fraction": args.warmup,
         "final_lr_fraction": args.final_lr, "ema_momentum": args.ema,
         "foreground_dice_weight": args.foreground_dice,
     }
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    values.update(parse_key_values(args.set, flag="--set"))
-    if args.phase is None:
-        values["phase"] = ("overlap" if args.init and values.get("method", "layering") == "layering"
-                           else "layering")
-    if args.data is not None and args.init and args.data != values.get("data"):
-        values["data_options"] = {}
-    options = dict(values.get("data_options") or {})
-    options.update(parse_key_values(args.data_option))
-    values["data_options"] = options
-    values["version"] = Config().version
-    return Config.from_dict(values, source="command line")
+    fields.update(parse_key_values(args.set, flag="--set"))
+    return training_config(init=args.init, config_file=args.config, recipe=args.recipe,
+                           authors=args.authors, fields=fields,
+                           data_options=parse_key_values(args.data_option))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,24 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse_args(argv)
     setup_logging(args.verbose)
-    from datasets import load_source
+    from datasets import check_options, load_source
     from layernet import runfolder
     from layernet.config import Config
+    from layernet.settings import resume_config
     from layernet.training import train
 
     if args.resume is not None:
         run_dir = args.resume or args.out
         if not run_dir:
             raise ValueError("--resume needs the run folder (or --out)")
-        config = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))
         # how the data is read does not change the batches: may differ from the first run
-        if args.stream is not None:
-            config = config.replace(streaming=_STREAMING[args.stream])
-        if args.cache_dir is not None:
-            config = config.replace(cache_dir=args.cache_dir)
+        config = resume_config(Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE)),
+                               streaming=_STREAMING[args.stream], cache_dir=args.cache_dir)
         result = train(config, run_dir, resume=True, load_source=load_source)
     else:
         config = build_config(args)
+        check_options(config.data, config.data_options)  # before the run folder is made
         suffix = config.phase if config.method == "layering" else config.method
         run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{suffix}")
         result = train(config, run_dir, init=args.init, load_source=load_source)

@@ -26,7 +26,8 @@ import numpy as np
 
 from layernet.export import OUTPUT_SUFFIXES
 from layernet.instances import num_objects
-from layernet.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_label_stack
+from layernet.files import IMAGE_EXTENSIONS, visible_entries
+from layernet.io import ImageReadError, read_image, read_label_stack
 from layernet.napari.layers import LayerData, prediction_layer_data
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,8 @@ def prediction_files(folder: PathLike) -> list[str]:
     list of str
         Paths of the prediction files; empty when there are none.
     """
-    folder = os.fspath(folder)
-    return [os.path.join(folder, name) for name in sorted(os.listdir(folder))
-            if not name.startswith(".") and is_prediction_file(name)
-            and os.path.isfile(os.path.join(folder, name))]
+    return [path for path in visible_entries(folder)
+            if is_prediction_file(path) and os.path.isfile(path)]
 
 
 def _stem(path: str) -> str:
@@ -96,7 +95,7 @@ def source_image(path: PathLike) -> str | None:
     Returns
     -------
     str or None
-        Path of the image (extensions of :data:`layernet.io.IMAGE_EXTENSIONS`, in that order,
+        Path of the image (extensions of :data:`layernet.files.IMAGE_EXTENSIONS`, in that order,
         any case), or ``None``.
     """
     path = os.fspath(path)

@@ -7,7 +7,7 @@ libLLVM), so with both in one process either napari's canvas or TensorFlow's imp
 the model loaded for the next ones, and ends with :meth:`ModelRunner.close` (or with napari).
 
 :class:`ModelRunner` predicts one image per :meth:`ModelRunner.run` exactly as ``predict.py``
-does (:func:`layernet.tiling.predict_image`: normalisation, tiling of large images, Algorithm 1),
+does (:func:`layernet.prediction.predict_image`: normalisation, tiling of large images, Algorithm 1),
 with the ``tau`` and ``min_size`` of the job. The process keeps the network's maps of the last
 image predicted whole, so running again on the same image with other thresholds only repeats
 Algorithm 1 (milliseconds instead of the network's seconds).
@@ -168,7 +168,7 @@ def _serve(connection: Any, precision: str | None) -> None:
     quiet_tensorflow()
     from layernet.batch_predict import load_predictor, one_line_message
     from layernet.inference import Predictor, instances_from_maps
-    from layernet.tiling import predict_image
+    from layernet.prediction import predict_image
 
     loaded: tuple[str, Any] | None = None
     maps: tuple[np.ndarray, np.ndarray] | None = None
