@@ -72,7 +72,8 @@ def semantic_losses(outputs: Mapping, batch: Mapping, config: Config,
         ``"semantic"``: ``(B, H, W, 1)`` sigmoid (UNet-2) or ``(B, H, W, 3)`` softmax (UNet-3).
     batch : mapping
         ``"stack"`` ``(B, H, W, L)`` (UNet-2 target: any object) or ``"semantic"``
-        ``(B, H, W)`` class map (UNet-3, :func:`semantic_target`).
+        ``(B, H, W)`` class map (UNet-3,
+        :func:`~layernet.methods.semantic_targets.semantic_target`).
     config : Config
         ``method`` selects the loss.
     phase : str, optional
