@@ -25,8 +25,9 @@ run time with :func:`register_method`; nothing else changes. A subclass must giv
 :meth:`~Method.maps`, :meth:`~Method.map_channels` and :meth:`~Method.instances`; the rest has
 defaults.
 
-Nothing in this package imports TensorFlow: methods import it (or Keras) inside the functions
-that run the network's tensors, so that the configuration can ask a method about itself.
+Nothing in this module imports TensorFlow, and neither do the built-in methods' modules: they
+import it (or Keras) inside the functions that run the network's tensors, so that the
+configuration can ask a method about itself.
 """
 
 from __future__ import annotations
