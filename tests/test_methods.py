@@ -171,6 +171,7 @@ def test_registered_method_trains_predicts_and_evaluates(tmp_path, foreground_me
     from datasets import load_source
     from datasets.synthetic import load
     from layernet import runfolder
+    from layernet.inference import Predictor
     from layernet.io import read_image, write_image_atomic
     from layernet.training import train
     from layernet_commands import evaluate, predict
@@ -187,14 +188,17 @@ def test_registered_method_trains_predicts_and_evaluates(tmp_path, foreground_me
     net, saved = runfolder.load_trained_model(str(run))
     assert saved.method == "test_foreground" and list(net.output) == ["foreground"]
 
-    sample = load(split="test", kind="cells", size=64, count=1)[0]
-    image_path = tmp_path / "images" / "plate.png"
-    image_path.parent.mkdir()
-    write_image_atomic(str(image_path), sample.image[..., 0].astype(np.uint16))
-    assert predict.main([str(image_path), "--model", str(run), "--out", str(tmp_path / "pred"),
-                         "--quiet", "--min-size", "0", "--save-layer-maps"]) == 0
-    stack = read_image(str(tmp_path / "pred" / "plate.layers.tif"))
-    assert stack.shape[-2:] == (64, 64)
+    # predict.py on a folder gives the objects the library's Predictor finds
+    raw = load(split="test", kind="cells", size=64, count=1)[0].image[..., 0].astype(np.uint16)
+    (tmp_path / "images").mkdir()
+    write_image_atomic(str(tmp_path / "images" / "plate.tif"), raw)
+    assert predict.main([str(tmp_path / "images"), "--model", str(run), "--out",
+                         str(tmp_path / "pred"), "--quiet", "--save-layer-maps"]) == 0
+    predictor = Predictor(net, saved)
+    expected = predictor.instances_normalized(predictor.normalize(raw[..., None]))
+    written = read_image(str(tmp_path / "pred" / "plate.layers.tif"))
+    np.testing.assert_array_equal(written.reshape(expected.shape) > 0, expected > 0)
+    assert os.path.isfile(tmp_path / "pred" / "plate.layermaps.png")
 
     out = tmp_path / "eval"
     assert evaluate.main(["--model", str(run), "--split", "test", "--out", str(out),
