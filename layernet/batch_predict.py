@@ -157,10 +157,10 @@ def _failed(index: int, path: str, error: BaseException) -> FileResult:
 def _write_outputs(predictor: Any, job: FileJob, image: Any, prediction: Any,
                    options: PredictOptions) -> FileResult:
     """Wait for the prediction of one file (submitted earlier) and write its outputs."""
-    from layernet.baselines import map_names
     from layernet.export import OUTPUT_SUFFIXES, write_prediction
     from layernet.instances import num_objects
     from layernet.io import write_image_atomic
+    from layernet.methods import get_method
     from layernet.viz import layer_maps_panel
 
     index, path, prefix = job
@@ -171,8 +171,9 @@ def _write_outputs(predictor: Any, job: FileJob, image: Any, prediction: Any,
                          masks=options.masks, rois=options.rois, coco=options.coco,
                          flat=options.flat, maps=maps, file_name=os.path.basename(path))
         if options.layer_maps:
+            method = get_method(predictor.config.method)
             panel = layer_maps_panel(image, result.foreground, result.layering,
-                                     names=map_names(predictor.config))
+                                     names=method.map_names(predictor.config))
             write_image_atomic(prefix + OUTPUT_SUFFIXES["layer_maps"], panel)
     except Exception as error:  # one bad file must not stop the others
         return _failed(index, path, error)

@@ -5,7 +5,8 @@ ONNX file converted from it, :mod:`layernet.model_formats`), the description of 
 outputs with their axes, the preprocessing (the run's percentile normalisation as bioimage.io's
 ``scale_range`` per image and channel), test tensors (an input image and the Keras model's maps
 of it, ``.npy``), a cover picture, and a README that describes the post-processing the consumer
-must apply (Algorithm 1 of the paper, or the baselines' rule), which bioimage.io cannot express.
+must apply (Algorithm 1 of the paper, or the baselines' rule: the run's method,
+:mod:`layernet.methods`), which bioimage.io cannot express.
 Built with ``bioimageio.spec`` 0.5's Python API, validated by it, and tested with
 ``bioimageio.core.test_model`` (every weight format on the test tensors and on other sizes)
 before the zip is written. Both packages are optional (``requirements-export.txt``).
@@ -37,7 +38,7 @@ import numpy as np
 
 from layernet.backends import require
 from layernet.config import Config
-from layernet.model_formats import MERGED_NAME
+from layernet.methods import get_method
 
 logger = logging.getLogger(__name__)
 
@@ -156,54 +157,6 @@ def _test_image(config: Config, sample: str | None) -> np.ndarray:
     return np.ascontiguousarray(image[top:top + sizes[0], left:left + sizes[1]], np.float32)
 
 
-def _postprocessing_text(config: Config) -> str:
-    """The README section on turning the maps into instances, with the run's parameters."""
-    connectivity = "8-connected" if config.connectivity == 2 else "4-connected"
-    if config.method == "unet2":
-        return (f"UNet-2 baseline: objects are the {connectivity} components of "
-                f"`semantic > {config.tau}` with at least {config.min_size} pixels "
-                "(`layernet.baselines.unet2_instances`). Objects cannot overlap.\n")
-    if config.method == "unet3":
-        return ("UNet-3 baseline: `semantic` holds the probabilities of background, object "
-                "interior and boundary; objects are the components of the pixels whose most "
-                "probable class is the interior, grown into the boundary pixels, with at least "
-                f"{config.min_size} pixels (`layernet.baselines.unet3_instances`). Objects "
-                "cannot overlap.\n")
-    overlap = (f"   and also in every layer whose activation is `> tau` (Algorithm 1, lines "
-               f"7-8), so a pixel where objects overlap is on in several layers;\n"
-               if config.overlap_layers else "   (and in no other layer: this run uses the "
-               "argmax-only variant, so objects do not overlap);\n")
-    return (
-        "Algorithm 1 of the paper turns the maps of one image into instances. It is "
-        "**not** part of the network and not expressible as bioimage.io post-processing: the "
-        "consumer must apply it to the outputs, with this run's parameters "
-        f"(`tau` = {config.tau}, `S_min` = {config.min_size} pixels, {connectivity} "
-        "components):\n\n"
-        "1. `F = maps[..., 0] > tau` (the foreground; strictly greater);\n"
-        "2. remove the connected components of `F` with fewer than `S_min` pixels;\n"
-        "3. switch every remaining foreground pixel on in the layer of its largest activation "
-        "`maps[..., 1:]` (argmax; ties to the lowest layer)\n" + overlap +
-        ("4. every connected component of every layer with at least `S_min` pixels is one "
-           "object.\n\n" if not config.join_layers else
-           f"4. (not in the paper) components of layers at most {config.join_layers} apart, "
-           "counted cyclically, that touch or share a pixel are one object"
-           + ("" if not config.join_max_area_ratio else
-              f" (joined pair by pair, most touching pixels first, as long as the joined object "
-              f"covers at most {config.join_max_area:.0f} pixels)")
-           + "; every object with at least `S_min` pixels is kept.\n\n") +
-        f"The result is a label stack `({config.layers}, H, W)`: one slice per layer, objects "
-        "in different slices may overlap (a single label image cannot hold them). In Python:\n\n"
-        "```python\n"
-        "from layernet.postprocess import postprocess\n"
-        f"stack = postprocess(maps[0, ..., 0], maps[0, ..., 1:], tau={config.tau}, "
-        f"min_size={config.min_size},\n"
-        f"                    overlap_layers={config.overlap_layers}, "
-        f"connectivity={config.connectivity}, join_layers={config.join_layers}"
-        + (f",\n                    join_max_area={config.join_max_area:g}"
-           if config.join_max_area_ratio else "") + ")\n"
-        "```\n")
-
-
 def _training_scores(run_dir: str | None) -> str:
     """Best validation meanAP / AJI of the run (``state.json``, ``history.csv``), if known."""
     if not run_dir:
@@ -244,13 +197,7 @@ def package_readme(config: Config, metadata: PackageMetadata, scores: str = "not
     str
         Markdown text with a ``## Validation`` section.
     """
-    outputs = (f"`maps` `(B, H, W, {config.layers + 1})`: channel 0 is the foreground "
-               f"probability, channels 1-{config.layers} the activations of the {config.layers} "
-               "layers (sigmoid). Touching objects are in different layers, so every layer holds "
-               "separated objects only.\n"
-               if config.method == "layering" else
-               f"`semantic` `(B, H, W, {_semantic_channels(config)})`: the baseline's class "
-               "probabilities.\n")
+    method = get_method(config.method)
     return (
         f"# {metadata.name}\n\n"
         "Instance segmentation of dense and overlapping objects by layering: a UNet "
@@ -265,8 +212,9 @@ def package_readme(config: Config, metadata: PackageMetadata, scores: str = "not
         f"channel is mapped so that its {config.normalize_low} and {config.normalize_high} "
         "percentiles become 0 and 1 (`scale_range`), as in training. Pad other sizes (e.g. "
         "reflect) and crop the outputs.\n\n"
-        "## Outputs\n\n" + outputs + "\n"
-        "## Post-processing (the consumer must apply it)\n\n" + _postprocessing_text(config) +
+        "## Outputs\n\n" + method.readme_outputs(config) + "\n"
+        "## Post-processing (the consumer must apply it)\n\n"
+        + method.readme_postprocessing(config) +
         "\nLarge images: predict overlapping tiles and join the objects across tile borders "
         "(layernet's `predict.py` does both).\n\n"
         "## Validation\n\n"
@@ -279,26 +227,16 @@ def package_readme(config: Config, metadata: PackageMetadata, scores: str = "not
         f"Weights: {metadata.license}. Authors: {', '.join(metadata.authors)}.\n")
 
 
-def _semantic_channels(config: Config) -> int:
-    from layernet.model import SEMANTIC_CHANNELS
-
-    return SEMANTIC_CHANNELS[config.method]
-
-
-def _cover(image: np.ndarray, maps: dict[str, np.ndarray], config: Config, path: str) -> None:
-    """Cover picture: the image beside its objects outlined on it (2:1)."""
+def _cover(image: np.ndarray, outputs: dict[str, np.ndarray], config: Config, path: str
+           ) -> None:
+    """Cover picture: the image beside its objects (from the network's ``outputs`` of it)
+    outlined on it (2:1)."""
     from layernet.inference import instances_from_maps
     from layernet.io import write_image_atomic
     from layernet.viz import display_image, outline_overlay
 
-    if config.method == "layering":
-        stack = instances_from_maps(maps[MERGED_NAME][0, ..., 0], maps[MERGED_NAME][0, ..., 1:],
-                                    config)
-    else:
-        from layernet.baselines import maps_from_outputs
-
-        foreground, semantic = maps_from_outputs(maps["semantic"], config.method)
-        stack = instances_from_maps(foreground[0], semantic[0], config)
+    foreground, maps = get_method(config.method).maps(outputs, config)
+    stack = instances_from_maps(foreground[0], maps[0], config)
     shown = display_image(image)
     write_image_atomic(path, np.concatenate([shown, outline_overlay(shown, stack)], axis=1))
 
@@ -334,9 +272,8 @@ def _description(config: Config, metadata: PackageMetadata, work: str, opset: in
         test_tensor=v05.FileDescr(source=os.path.join(work, "test_input.npy")),
         sample_tensor=v05.FileDescr(source=os.path.join(work, "sample_input.tif")),
         data=v05.IntervalOrRatioDataDescr(type="float32"), preprocessing=preprocessing)
-    descriptions = {MERGED_NAME: "channel 0: foreground probability; channels 1-N: layer "
-                    "activations (post-processing in the README)",
-                    "semantic": "class probabilities of the baseline"}
+    method = get_method(config.method)
+    descriptions = method.output_descriptions(config)
     output_descrs = []
     for name, channel_names in channels.items():
         axes = [v05.BatchAxis()] + [
@@ -363,8 +300,7 @@ def _description(config: Config, metadata: PackageMetadata, work: str, opset: in
         "overlap_layers": config.overlap_layers, "connectivity": config.connectivity,
         "join_layers": config.join_layers, "join_max_area": config.join_max_area,
         "layers": config.layers, "stride": config.stride,
-        "postprocessing": "Algorithm 1 (README)" if config.method == "layering" else
-        f"{config.method} baseline (README)"}
+        "postprocessing": method.postprocessing_summary(config)}
     return v05.ModelDescr(
         name=metadata.name,
         description=("Instance segmentation of dense and overlapping objects via layering "
@@ -426,13 +362,10 @@ def write_package(net: Any, config: Config, path: str, metadata: PackageMetadata
 
         image = _test_image(config, sample)
         predictor = Predictor(net, config)
-        maps = predictor.backend(predictor.normalize(image)[None])
-        if config.method == "layering":
-            maps = {MERGED_NAME: np.concatenate([maps["foreground"], maps["layering"]], axis=-1)}
-            channels = {MERGED_NAME: ["foreground"] + [f"layer{index + 1}"
-                                                       for index in range(config.layers)]}
-        else:
-            channels = {"semantic": [f"class{index}" for index in range(maps["semantic"].shape[-1])]}
+        outputs = predictor.backend(predictor.normalize(image)[None])
+        method = get_method(config.method)
+        maps = method.package_maps(outputs, config)
+        channels = method.package_channels(config)
         import tifffile
 
         # test tensors (.npy, with the batch axis) for the model test; sample tensors (TIFF)
@@ -440,7 +373,7 @@ def write_package(net: Any, config: Config, path: str, metadata: PackageMetadata
         for name, value in {"input": image[None], **maps}.items():
             np.save(os.path.join(work, f"test_{name}.npy"), value)
             tifffile.imwrite(os.path.join(work, f"sample_{name}.tif"), value[0])
-        _cover(image, maps, config, os.path.join(work, "cover.png"))
+        _cover(image, outputs, config, os.path.join(work, "cover.png"))
         with open(os.path.join(work, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(package_readme(config, metadata, _training_scores(run_dir)))
 

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layernet.files import write_text_atomic
+from layernet.methods import BUILTIN_METHODS, get_method, method_names
 
 CONFIG_VERSION = 1
 
 MODEL_SIZES = {"S": 3, "M": 4, "L": 5}
 
-METHODS = ("layering", "unet2", "unet3")
-"""``layering`` = the paper's model; ``unet2`` / ``unet3`` = the semantic-segmentation baselines of
-the paper's Sec. 3.3 (:mod:`layernet.baselines`)."""
+METHODS = tuple(BUILTIN_METHODS)
+"""The built-in methods (:mod:`layernet.methods`): ``layering`` = the paper's model; ``unet2`` /
+``unet3`` = the semantic-segmentation baselines of the paper's Sec. 3.3. A method registered
+with :func:`layernet.methods.register_method` is valid too
+(:func:`layernet.methods.method_names`)."""
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 """Compute precisions (Keras dtype policies) of a model; ``--precision auto`` resolves to one
@@ -184,7 +187,7 @@ class Config:
     def validate(self) -> "Config":
         """Check every value; raise :class:`ConfigError` naming the first bad field."""
         choices = {
-            "method": METHODS,
+            "method": method_names(),
             "size": tuple(MODEL_SIZES),
             "mean_mode": ("raw", "normalized"),
             "repulsion_mode": ("object", "pair"),
@@ -256,7 +259,8 @@ class Config:
         if self.layer_target_weight < 0:
             raise ConfigError("layer_target_weight must be >= 0 (0 = the paper's phase 1), got "
                               f"{self.layer_target_weight}")
-        if self.layer_target_weight > 0 and self.method != "layering":
+        method = get_method(self.method)
+        if self.layer_target_weight > 0 and not method.has_layers:
             raise ConfigError(f"layer_target_weight trains the layering head; method "
                               f"{self.method!r} has none (set it to 0)")
         if (self.layer_assignment == "orientation" and self.phase == "overlap"
@@ -270,9 +274,11 @@ class Config:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.optimizer == "adamw" and self.weight_decay == 0:
             raise ConfigError("optimizer 'adamw' needs weight_decay > 0 (else it is 'adam')")
-        if self.method != "layering" and self.phase != "layering":
+        if self.phase not in method.phases:
             raise ConfigError(f"method {self.method!r} has a single training phase; phase must be "
-                              "'layering' (overlap completion belongs to the layering method)")
+                              f"{method.phases[0]!r} (overlap completion belongs to the layering "
+                              "method)" if len(method.phases) == 1 else
+                              f"method {self.method!r} has the phases {', '.join(method.phases)}")
         stride = 2 ** MODEL_SIZES[self.size]
         if self.patch_size % stride:
             raise ConfigError(
@@ -477,8 +483,8 @@ def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bo
     phase : str, optional
         ``"overlap"`` also applies the recipe's :data:`RECIPE_PHASE2` settings.
     method : str or None, optional
-        The run's method (default: ``values["method"]``); ``"layering"`` also applies the
-        recipe's :data:`RECIPE_LAYERING` settings.
+        The run's method (default: ``values["method"]``); a method with layers
+        (``"layering"``) also applies the recipe's :data:`RECIPE_LAYERING` settings.
 
     Returns
     -------
@@ -496,7 +502,8 @@ def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bo
             raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
         merged.update({key: value for key, value in RECIPES[recipe].items()
                        if not (keep_architecture and key in ARCHITECTURE_FIELDS)})
-        if (method or merged.get("method", "layering")) == "layering":
+        name = method or merged.get("method", "layering")
+        if name in method_names() and get_method(name).has_layers:
             merged.update(RECIPE_LAYERING[recipe])
         if phase == "overlap":
             merged.update(RECIPE_PHASE2[recipe])

@@ -228,7 +228,9 @@ def export_model(run: str, fmt: str, out: str | None = None,
 
 def _model_name(run_dir: str, config: Config) -> str:
     """A default bioimage.io name: ``layernet <method> UNet-<size> <run folder>``."""
-    method = "layering" if config.method == "layering" else config.method.upper()
+    from layernet.methods import get_method
+
+    method = get_method(config.method).display_name()
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
     run = "".join(char if char in allowed else "-" for char in os.path.basename(run_dir))
     return f"layernet {method} UNet-{config.size} {run}"[:64].strip()

@@ -5,9 +5,10 @@ padded to a multiple of the network stride, passed through the network in infere
 backend: the Keras model, or its ONNX export run by ONNX Runtime, :mod:`layernet.backends`), and
 cropped back. Instances come from Algorithm 1 (:func:`layernet.postprocess.postprocess`).
 
-For the baselines (``config.method`` ``"unet2"``/``"unet3"``, :mod:`layernet.baselines`) the two
-maps are the foreground probability and the semantic head's class probabilities ``(H, W, C)``
-in place of the layering, and instances come from the baseline's post-processing.
+Which maps and which post-processing is the run's method's (:mod:`layernet.methods`): for the
+baselines (``config.method`` ``"unet2"``/``"unet3"``) the two maps are the foreground probability
+and the semantic head's class probabilities ``(H, W, C)`` in place of the layering, and instances
+come from the baseline's post-processing.
 
 Test-time augmentation (``Predictor(..., tta=True)``): the padded input goes through the network
 in each of its 8 dihedral orientations (:func:`dihedral_transform`), each output map is turned
@@ -18,8 +19,9 @@ average mixes the layers of an object (measured on BBBC010 validation, 200-step 
 0.252 without TTA, 0.197 averaging everything, 0.241 with the 8 layerings aligned by one best
 layer permutation per image, 0.292 averaging the foreground only). With the layering method the
 foreground is averaged over the 8 orientations and the layering comes from the image as it is
-(:data:`TTA_AVERAGED`). The network is fully convolutional, so a quarter turn of
-a padded ``H x W`` input (both multiples of the stride) is simply a ``W x H`` input.
+(:meth:`layernet.methods.Method.averaged_outputs`). The network is fully convolutional, so a
+quarter turn of a padded ``H x W`` input (both multiples of the stride) is simply a ``W x H``
+input.
 """
 
 from __future__ import annotations
@@ -30,20 +32,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from layernet import baselines
 from layernet.backends import Backend, KerasBackend
 from layernet.config import Config
-from layernet.model import SEMANTIC_CHANNELS, pad_to_stride
+from layernet.methods import Method, get_method
+from layernet.model import pad_to_stride
 from layernet.normalize import percentile_normalize
-from layernet.postprocess import postprocess
 
 logger = logging.getLogger(__name__)
 
 DIHEDRAL_COUNT = 8
-
-TTA_AVERAGED = ("foreground", "semantic")
-"""Outputs averaged over the 8 orientations by test-time augmentation. The layering is not: the
-layer an object lands in differs between orientations (see the module docstring)."""
 """Number of elements of the dihedral group D4: 4 rotations, each with and without a flip."""
 
 
@@ -102,15 +99,15 @@ def dihedral_inverse(array: np.ndarray, index: int, axes: tuple[int, int] = (1, 
 
 def instances_from_maps(foreground: np.ndarray, layering: np.ndarray, config: Config,
                         min_size: int | None = None) -> np.ndarray:
-    """Apply Algorithm 1 (or the baseline's post-processing) to one image's maps.
+    """Apply Algorithm 1 (or the method's post-processing) to one image's maps.
 
     Parameters
     ----------
     foreground, layering : numpy.ndarray
         Maps of one image, as returned by :meth:`Predictor.maps_normalized`.
     config : Config
-        ``method``, ``tau``, ``min_size``, ``overlap_layers``, ``connectivity``,
-        ``join_layers`` and :attr:`Config.join_max_area`.
+        ``method`` (:meth:`layernet.methods.Method.instances`), ``tau``, ``min_size``,
+        ``overlap_layers``, ``connectivity``, ``join_layers`` and :attr:`Config.join_max_area`.
     min_size : int or None, optional
         Overrides ``config.min_size``.
 
@@ -120,11 +117,7 @@ def instances_from_maps(foreground: np.ndarray, layering: np.ndarray, config: Co
         Label stack: ``(N, H, W)`` for layering, ``(1, H, W)`` for the baselines.
     """
     size = config.min_size if min_size is None else int(min_size)
-    if config.method != "layering":
-        return baselines.instances_from_semantic(layering, config, min_size=size)
-    return postprocess(foreground, layering, tau=config.tau, min_size=size,
-                       overlap_layers=config.overlap_layers, connectivity=config.connectivity,
-                       join_layers=config.join_layers, join_max_area=config.join_max_area)
+    return get_method(config.method).instances(foreground, layering, config, size)
 
 
 class Predictor:
@@ -149,6 +142,11 @@ class Predictor:
         self.config = config
         self.tta = bool(tta)
         self.backend: Backend = KerasBackend(net) if isinstance(net, keras.Model) else net
+
+    @property
+    def method(self) -> Method:
+        """The method of the run (:func:`layernet.methods.get_method` of ``config.method``)."""
+        return get_method(self.config.method)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """Percentile-normalise a raw ``(H, W, C)`` image with the run's percentiles."""
@@ -183,12 +181,8 @@ class Predictor:
         height, width = images.shape[1:3]
         padded, _ = pad_to_stride(images, self.config.stride, mode="reflect", first_axis=1)
         outputs = self._outputs_tta(padded) if self.tta else self._outputs(padded)
-        if self.config.method != "layering":
-            semantic = outputs["semantic"][:, :height, :width, :]
-            return baselines.maps_from_outputs(semantic, self.config.method)
-        foreground = outputs["foreground"][:, :height, :width, 0]
-        layering = outputs["layering"][:, :height, :width, :]
-        return foreground.astype(np.float32), layering.astype(np.float32)
+        cropped = {name: value[:, :height, :width] for name, value in outputs.items()}
+        return self.method.maps(cropped, self.config)
 
     def _outputs(self, padded: np.ndarray) -> dict[str, np.ndarray]:
         """The network's float32 output maps of a padded batch, by output name."""
@@ -196,12 +190,14 @@ class Predictor:
 
     def _outputs_tta(self, padded: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`_outputs` averaged over the 8 dihedral transforms of ``padded`` (the outputs
-        of :data:`TTA_AVERAGED`; the others are those of the untransformed batch)."""
+        of the method's :meth:`~layernet.methods.Method.averaged_outputs`; the others are those
+        of the untransformed batch)."""
+        averaged = self.method.averaged_outputs(self.config)
         total: dict[str, np.ndarray] = {}
         for index in range(DIHEDRAL_COUNT):
             turned = np.ascontiguousarray(dihedral_transform(padded, index))
             for name, value in self._outputs(turned).items():
-                if name not in TTA_AVERAGED:
+                if name not in averaged:
                     if index == 0:
                         total[name] = value
                     continue
@@ -210,7 +206,7 @@ class Predictor:
                     total[name] += back
                 else:
                     total[name] = back.copy()
-        return {name: value / DIHEDRAL_COUNT if name in TTA_AVERAGED else value
+        return {name: value / DIHEDRAL_COUNT if name in averaged else value
                 for name, value in total.items()}
 
     def maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,13 +216,11 @@ class Predictor:
     @property
     def map_channels(self) -> int:
         """Channels of the second map: ``N`` layers, or the baseline's class count."""
-        if self.config.method != "layering":
-            return SEMANTIC_CHANNELS[self.config.method]
-        return self.config.layers
+        return self.method.map_channels(self.config)
 
     def instances_from_maps(self, foreground: np.ndarray, layering: np.ndarray,
                             min_size: int | None = None) -> np.ndarray:
-        """Apply Algorithm 1 (or the baseline's post-processing) with the run's parameters.
+        """Apply Algorithm 1 (or the method's post-processing) with the run's parameters.
 
         Parameters
         ----------

@@ -9,7 +9,8 @@ Architecture (paper Sec. 2 and the authors' code, see ``shared/reference/authors
   "upConv"), concatenation with the encoder skip, two 3x3 convolutions;
 * two separate heads on the shared last decoder feature map, each two 3x3 convolutions with
   ``head_filters`` channels, then a 1x1 convolution with sigmoid: ``foreground`` (1 channel) and
-  ``layering`` (``layers`` = N channels).
+  ``layering`` (``layers`` = N channels). Other methods put their own heads on the same
+  backbone (:meth:`layernet.methods.Method.heads`).
 
 Block order: every convolution is **conv -> ReLU -> batch norm** (the authors' order; the BN
 normalises the activations that the next convolution sees). Padding is "same", initialisation is
@@ -35,6 +36,8 @@ import keras
 import numpy as np
 
 from layernet.config import Config
+from layernet.methods import get_method
+from layernet.methods.semantic import SEMANTIC_CHANNELS  # noqa: F401  (its old home)
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +50,7 @@ __all__ = [
 ]
 
 OUTPUT_NAMES = ("foreground", "layering")
-
-SEMANTIC_CHANNELS = {"unet2": 1, "unet3": 3}
-"""Channels of the ``"semantic"`` head of the baselines: UNet-2 one sigmoid (object
-probability), UNet-3 a softmax over background / object / boundary."""
+"""Outputs of the layering method's network (other methods: :meth:`Method.output_names`)."""
 
 
 class ModelWeightsError(ValueError):
@@ -145,10 +145,11 @@ def build_model(config: Config) -> keras.Model:
         Input ``"image"`` of shape ``(None, None, config.channels)``; outputs a dict
         ``{"foreground": (B, H, W, 1), "layering": (B, H, W, config.layers)}`` of float32
         sigmoid probabilities. ``H`` and ``W`` must be multiples of ``config.stride``.
-        For the baselines (``config.method`` ``"unet2"`` / ``"unet3"``) the same backbone has a
-        single head (``sem_head_*`` layers) and the output dict is ``{"semantic": (B, H, W, 1)}``
-        (sigmoid object probability) or ``{"semantic": (B, H, W, 3)}`` (softmax over
-        background, object, boundary).
+        Other methods have their own heads on the same backbone
+        (:meth:`layernet.methods.Method.heads` of ``config.method``): the baselines
+        (``"unet2"`` / ``"unet3"``) a single head (``sem_head_*`` layers) and the output dict
+        ``{"semantic": (B, H, W, 1)}`` (sigmoid object probability) or
+        ``{"semantic": (B, H, W, 3)}`` (softmax over background, object, boundary).
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
@@ -186,20 +187,13 @@ def _build(config: Config) -> keras.Model:
         x = keras.layers.Concatenate(axis=-1, name=f"dec{level}_concat")([x, skips[level - 1]])
         x = _double_conv(x, filters, f"dec{level}", momentum, synced)
     features = x
-    if config.method == "layering":
-        specs = (("foreground", "fg_head", 1, "sigmoid"),
-                 ("layering", "layer_head", config.layers, "sigmoid"))
-        name = f"layernet_unet{config.size}"
-    else:  # baselines (layernet.baselines): one semantic head on the same backbone
-        specs = (("semantic", "sem_head", SEMANTIC_CHANNELS[config.method],
-                  "sigmoid" if config.method == "unet2" else "softmax"),)
-        name = f"{config.method}_unet{config.size}"
+    method = get_method(config.method)  # the heads of the method on the shared backbone
     heads = {}
-    for output_name, prefix, channels, activation in specs:
-        h = _double_conv(features, config.head_filters, prefix, momentum, synced)
-        heads[output_name] = keras.layers.Conv2D(channels, 1, activation=activation,
-                                                 dtype="float32", name=output_name)(h)
-    return keras.Model(inputs=inputs, outputs=heads, name=name)
+    for head in method.heads(config):
+        h = _double_conv(features, config.head_filters, head.prefix, momentum, synced)
+        heads[head.output] = keras.layers.Conv2D(head.channels, 1, activation=head.activation,
+                                                 dtype="float32", name=head.output)(h)
+    return keras.Model(inputs=inputs, outputs=heads, name=method.model_name(config))
 
 
 def _saved_layer_count(path: str) -> int | None:

@@ -2,8 +2,9 @@
 
 Both take a batch of already normalised images, float32 ``(B, H, W, C)`` with ``H`` and ``W``
 any multiples of ``config.stride`` (dynamic, as is ``B``), and return the maps of the Keras
-model by name: ``foreground`` ``(B, H, W, 1)`` and ``layering`` ``(B, H, W, N)``, or the
-baselines' ``semantic`` ``(B, H, W, C)``. They compute in float32 whatever the run's training
+model by name (the heads of the run's method, :mod:`layernet.methods`): ``foreground``
+``(B, H, W, 1)`` and ``layering`` ``(B, H, W, N)``, or the baselines' ``semantic``
+``(B, H, W, C)``. They compute in float32 whatever the run's training
 precision (the weights are float32 in every case). Normalisation, padding to the stride and
 post-processing (Algorithm 1) stay with the caller: :class:`layernet.inference.Predictor` does
 them for the ONNX file (:class:`layernet.backends.OnnxBackend`).
@@ -20,7 +21,7 @@ ONNX file is converted from its ``tf.function`` by ``tf2onnx`` (optional package
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -29,6 +30,7 @@ import tensorflow as tf
 from layernet.backends import require
 from layernet.config import Config
 from layernet.files import write_bytes_atomic
+from layernet.methods import MERGED_NAME, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +53,6 @@ DEFAULT_OPSET = 17
 """ONNX opset of the exported file (tf2onnx 1.17 converts up to 18; ONNX Runtime runs 7-23)."""
 
 
-MERGED_NAME = "maps"
-"""Name of the one output of a merged export (:func:`serving_network` with ``merged``)."""
-
-
 def output_names(config: Config, merged: bool = False) -> tuple[str, ...]:
     """Names of the exported network's outputs, in the order of the exported files.
 
@@ -69,11 +67,9 @@ def output_names(config: Config, merged: bool = False) -> tuple[str, ...]:
     -------
     tuple of str
         ``("foreground", "layering")``, ``("maps",)`` when merged, or ``("semantic",)`` for the
-        baselines.
+        baselines (:meth:`layernet.methods.Method.export_outputs`).
     """
-    if config.method != "layering":
-        return ("semantic",)
-    return (MERGED_NAME,) if merged else ("foreground", "layering")
+    return get_method(config.method).export_outputs(config, merged)
 
 
 class DynamicUpSampling(keras.layers.Layer):
@@ -111,18 +107,20 @@ class DynamicUpSampling(keras.layers.Layer):
         return {**super().get_config(), "factor": self.factor}
 
 
-def serving_network(net: keras.Model, merged: bool = False) -> keras.Model:
+def serving_network(net: keras.Model, merged: Sequence[str] = ()) -> keras.Model:
     """A copy of ``net`` that accepts a dynamic height and width (module docstring).
 
     Parameters
     ----------
     net : keras.Model
         Network built by :func:`layernet.model.build_model`.
-    merged : bool, optional
-        Layering networks only: one output ``maps`` ``(B, H, W, 1 + N)``, the foreground in
-        channel 0 and the N layers after it, in place of two. Tools that match a SavedModel's
-        outputs by position (bioimage.io) need this: TensorFlow restores a SavedModel's output
-        dictionary in an order that changes from process to process.
+    merged : sequence of str, optional
+        Outputs concatenated, in this order, into one output ``maps`` (the method's
+        :attr:`~layernet.methods.Method.merged_outputs`; layering: ``maps`` ``(B, H, W, 1 + N)``,
+        the foreground in channel 0 and the N layers after it, in place of two); empty: the
+        outputs as they are. Tools that match a SavedModel's outputs by position (bioimage.io)
+        need this: TensorFlow restores a SavedModel's output dictionary in an order that
+        changes from process to process.
 
     Returns
     -------
@@ -146,11 +144,16 @@ def serving_network(net: keras.Model, merged: bool = False) -> keras.Model:
 
     clone = keras.models.clone_model(net, clone_function=clone_layer)
     clone.set_weights(net.get_weights())
-    if not merged or "foreground" not in clone.output:
+    if not merged:
         return clone
     maps = keras.layers.Concatenate(axis=-1, name=MERGED_NAME, dtype="float32")(
-        [clone.output["foreground"], clone.output["layering"]])
+        [clone.output[name] for name in merged])
     return keras.Model(clone.input, {MERGED_NAME: maps}, name=f"{clone.name}_merged")
+
+
+def _merged_outputs(config: Config, merged: bool) -> tuple[str, ...]:
+    """The outputs :func:`serving_network` merges for a (merged) export of the run's method."""
+    return get_method(config.method).merged_outputs if merged else ()
 
 
 def _input_spec(config: Config) -> tf.TensorSpec:
@@ -175,8 +178,9 @@ def export_savedmodel(net: keras.Model, config: Config, path: str, merged: bool 
     merged : bool, optional
         One output ``maps`` (:func:`serving_network`).
     """
-    serving_network(net, merged).export(path, format="tf_saved_model",
-                                        input_signature=[_input_spec(config)], verbose=False)
+    serving = serving_network(net, _merged_outputs(config, merged))
+    serving.export(path, format="tf_saved_model", input_signature=[_input_spec(config)],
+                   verbose=False)
     logger.debug("wrote SavedModel %s", path)
 
 
@@ -213,7 +217,7 @@ def export_onnx(net: keras.Model, config: Config, path: str, opset: int = DEFAUL
     from tf2onnx import verbose_logging
 
     verbose_logging.set_level(logging.ERROR)
-    serving = serving_network(net, merged)
+    serving = serving_network(net, _merged_outputs(config, merged))
     function = tf.function(lambda image: serving(image, training=False))
     try:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=[_input_spec(config)],

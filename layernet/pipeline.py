@@ -19,8 +19,10 @@ Batch format (every element a dict of tensors; losses and training rely on it)::
     "stack"     (B, P, P, L)     int32 channels-last label stack, ids 1..K, 0 = background
     "adjacency" (B, K+1, K+1)    float32 0/1, row/column 0 (background) and diagonal zero
     "layer_of"  (B, K+1)         int32 object -> layer (phase 2), -1 where unknown
-    "semantic"  (B, P, P)        int32 class map, only when the samples carry one (UNet-3
-                                 baseline, :mod:`layernet.baselines`); augmented with the stack
+    "semantic"  (B, P, P)        int32 map, only when the samples carry one: the method's
+                                 per-sample target (UNet-3's classes,
+                                 :meth:`layernet.methods.Method.sample_target`); augmented
+                                 with the stack
 
 ``L`` is padded to the largest stack of the batch and ``K + 1`` to the largest object count of the
 batch rounded up to a multiple of :data:`OBJECT_PAD` (16), which bounds the number of distinct

@@ -23,15 +23,15 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from layernet.baselines import semantic_target
 from layernet.config import Config
 from layernet.files import write_bytes_atomic
 from layernet.instances import relabel_stack, validate_stack
 from layernet.io import ImageReadError, with_channels
+from layernet.methods.semantic_targets import semantic_target
 from layernet.normalize import normalize_to_range, percentile_range
 from layernet.runfolder import RunFolderError, load_arrays, save_arrays_atomic
 from layernet.samples import Sample
@@ -63,8 +63,9 @@ class PreparedSample:
     name : str
         The sample's name.
     semantic : numpy.ndarray or None
-        Optional ``(H, W)`` integer class map computed from the un-augmented stack (the UNet-3
-        baseline's target, :func:`layernet.baselines.attach_semantic_targets`); it becomes the
+        Optional ``(H, W)`` integer map computed from the un-augmented stack, the method's
+        per-sample target (:meth:`layernet.methods.Method.sample_target`, e.g. the UNet-3
+        baseline's class map; :func:`layernet.methods.attach_sample_targets`); it becomes the
         batch key ``"semantic"`` and is resampled with the stack (nearest neighbour).
     """
 
@@ -171,7 +172,8 @@ def _smallest_lossless(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def save_prepared(path: str, sample: Sample, config: Config, semantic: bool = False) -> int:
+def save_prepared(path: str, sample: Sample, config: Config,
+                  semantic: bool | Callable[[np.ndarray], np.ndarray] = False) -> int:
     """Prepare one raw sample as :func:`prepare_samples` does and write it to ``path``.
 
     The file is a compressed ``.npz`` (zlib level 1) written atomically: the raw image in its smallest lossless
@@ -186,8 +188,11 @@ def save_prepared(path: str, sample: Sample, config: Config, semantic: bool = Fa
         The raw sample.
     config : Config
         As for :func:`prepare_samples`.
-    semantic : bool, optional
-        Also store the UNet-3 class map (:func:`layernet.baselines.semantic_target`).
+    semantic : bool or callable, optional
+        Also store a per-sample target map (:attr:`PreparedSample.semantic`): a callable computes
+        it from the relabelled stack (the method's :meth:`~layernet.methods.Method.sample_target`,
+        as :func:`layernet.streaming.prepare_to_cache` passes it); ``True`` stores the UNet-3
+        class map (:func:`layernet.methods.semantic_targets.semantic_target`).
 
     Returns
     -------
@@ -205,7 +210,8 @@ def save_prepared(path: str, sample: Sample, config: Config, semantic: bool = Fa
               "stack": _smallest_lossless(stack), "adjacency": adjacency,
               "name": np.array(sample.name)}
     if semantic:
-        arrays["semantic"] = semantic_target(stack, "unet3")
+        arrays["semantic"] = (semantic(stack) if callable(semantic)
+                              else semantic_target(stack, "unet3"))
     buffer = io.BytesIO()
     # an .npz (np.load reads it) at zlib level 1: twice as fast as savez_compressed's level 6
     # for about 5 % more bytes
@@ -261,7 +267,7 @@ class CachedSamples(Sequence[PreparedSample]):
     num_objects : sequence of int
         ``K`` of each sample.
     with_semantic : bool, optional
-        Whether the files hold the UNet-3 class map.
+        Whether the files hold a per-sample target map (the UNet-3 class map).
     """
 
     def __init__(self, paths: Sequence[str], names: Sequence[str], num_objects: Sequence[int],

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from layernet import runfolder
 from layernet.config import MACHINE_FIELDS, Config, ConfigError, apply_presets
+from layernet.methods import get_method, method_names
 
 __all__ = ["config_file_fields", "resume_config", "training_config"]
 
@@ -125,8 +126,7 @@ def training_config(
             # another dataset: the model's data options and machine do not apply to it
             values.update({name: defaults[name] for name in MACHINE_FIELDS + ("data_options",)})
     method = given.get("method", values["method"])
-    phase = given.get("phase", "overlap" if init is not None and method == "layering"
-                      else "layering")
+    phase = given.get("phase", _default_phase(method, init is not None))
     values = apply_presets(values, recipe=recipe, authors=authors,
                            keep_architecture=init is not None, phase=phase, method=method)
     if config_file is not None:
@@ -139,11 +139,19 @@ def training_config(
         given["precision"] = resolve_precision("auto")
     values.update(given)
     if "phase" not in given:
-        values["phase"] = ("overlap" if init is not None and values["method"] == "layering"
-                           else "layering")
+        values["phase"] = _default_phase(values["method"], init is not None)
     values["data_options"] = {**(values.get("data_options") or {}), **(data_options or {})}
     values["version"] = defaults["version"]
     return Config.from_dict(values, source="command line")
+
+
+def _default_phase(method: str, from_model: bool) -> str:
+    """The phase of a run that gives none: the method's first, or its last when the run
+    starts from a model (``--init``: the layering method's overlap completion)."""
+    if method not in method_names():  # Config.validate names the method
+        return "layering"
+    phases = get_method(method).phases
+    return phases[-1] if from_model else phases[0]
 
 
 def resume_config(saved: Config, **changes: Any) -> Config:

@@ -39,6 +39,7 @@ import numpy as np
 
 from layernet.config import Config
 from layernet.files import TEMPORARY_PREFIX
+from layernet.methods import get_method
 from layernet.prepared import CachedSamples, save_prepared
 from layernet.samples import Sample, SampleSource
 
@@ -100,7 +101,9 @@ def sample_key(source: SampleSource, index: int, config: Config, semantic: bool 
     config : Config
         Its ``channels``, ``normalize_low``, ``normalize_high`` and ``adjacency_distance`` count.
     semantic : bool, optional
-        Whether the entry holds the UNet-3 class map.
+        Whether the entry holds the per-sample target of ``config.method``
+        (:meth:`layernet.methods.Method.sample_target`; the method's
+        :meth:`~layernet.methods.Method.sample_target_key` joins the key).
 
     Returns
     -------
@@ -112,6 +115,8 @@ def sample_key(source: SampleSource, index: int, config: Config, semantic: bool 
         "files": file_identity(source.files[index]), "channels": config.channels,
         "normalize_low": config.normalize_low, "normalize_high": config.normalize_high,
         "adjacency_distance": config.adjacency_distance, "semantic": bool(semantic)}
+    if semantic:
+        description.update(get_method(config.method).sample_target_key())
     return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
@@ -144,7 +149,10 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
     cache_dir : str
         Cache folder; created if needed. Several runs and splits may share it.
     semantic : bool, optional
-        Also store the UNet-3 class map (``method="unet3"`` training).
+        Also store the per-sample target of ``config.method``
+        (:meth:`layernet.methods.Method.sample_target`, e.g. UNet-3's class map), for the
+        training split of a method with
+        :attr:`~layernet.methods.Method.needs_sample_target`.
     workers : int or None, optional
         Threads preparing samples (default: the number of CPUs, at most 4).
 
@@ -158,6 +166,7 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
     layernet.prepared.PipelineError
         If a sample does not fit the config (as :func:`layernet.prepared.prepare_samples`).
     """
+    target = get_method(config.method).sample_target if semantic else False
     os.makedirs(cache_dir, exist_ok=True)
     start = last_report = time.perf_counter()
     paths = [os.path.join(cache_dir, f"{CACHE_PREFIX}{sample_key(source, index, config, semantic)}"
@@ -167,7 +176,7 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
     missing = [index for index, count in enumerate(counts) if count is None]
 
     def prepare(index: int) -> int:
-        return save_prepared(paths[index], source.load(index), config, semantic=semantic)
+        return save_prepared(paths[index], source.load(index), config, semantic=target)
 
     # decoding, normalising and compressing release the GIL: threads prepare samples in parallel
     pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))

@@ -35,12 +35,14 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from layernet import baselines, runfolder
+from layernet import runfolder
 from layernet.config import MIN_SIZE_FACTORS, TAU_GRID, Config
 from layernet.assignment import distinct_layers, object_layer_scores
 from layernet.inference import Predictor, instances_from_maps
 from layernet.instances import median_object_area
-from layernet.losses import compute_losses, object_layers
+from layernet.losses import object_layers
+from layernet.methods import attach_sample_targets, get_method
+from layernet.methods.layering import LOSS_NAMES  # noqa: F401  (its old home)
 from layernet.metrics import score_image, summarize
 from layernet.model import build_model, load_model_weights
 from layernet.pipeline import PreparedSample, make_dataset, prepare_samples
@@ -52,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_FOLDER = "cache"
 """Streaming cache of a run (``<run>/cache``) when ``Config.cache_dir`` is not set."""
-
-LOSS_NAMES = ("loss", "foreground", "attraction", "repulsion", "sparsity", "layering", "overlap")
 
 
 class TrainingError(RuntimeError):
@@ -134,15 +134,15 @@ def averaged_weights_in(net: keras.Model, optimizer: keras.optimizers.Optimizer
 
 
 class LayeringTrainer(keras.Model):
-    """Keras model that trains ``net`` with the layernet losses of one phase.
+    """Keras model that trains ``net`` with the losses of its method in one phase.
 
     Parameters
     ----------
     net : keras.Model
         The network (:func:`layernet.model.build_model`).
     config : Config
-        Loss options; for ``config.method`` ``"unet2"``/``"unet3"`` the baseline's
-        cross-entropy (:func:`layernet.baselines.semantic_losses`) replaces the layernet losses.
+        Loss options; ``config.method`` gives the losses (:meth:`layernet.methods.Method.losses`:
+        the layernet losses, or a baseline's cross-entropy) and the terms reported.
     phase : str
         ``"layering"`` or ``"overlap"``.
     """
@@ -152,16 +152,9 @@ class LayeringTrainer(keras.Model):
         self.net = net
         self.config = config
         self.phase = phase
-        if config.method == "layering":
-            self.loss_function = compute_losses
-            names = [name for name in LOSS_NAMES if name != "overlap" or phase == "overlap"]
-            if phase == "layering" and config.layer_target_weight > 0:
-                names.append("layer_targets")
-        else:
-            self.loss_function = baselines.semantic_losses
-            names = list(baselines.LOSS_NAMES)
-        if config.foreground_dice_weight > 0:
-            names.append("foreground_dice")
+        method = get_method(config.method)
+        self.loss_function = method.losses
+        names = method.loss_names(config, phase)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
@@ -392,7 +385,7 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
                                 "(--cache-dir) or pass the run folder")
         cache_dir = config.cache_dir or os.path.join(run_dir, CACHE_FOLDER)
         train = prepare_to_cache(sources[0], config, cache_dir,
-                                 semantic=config.method == "unet3")
+                                 semantic=get_method(config.method).needs_sample_target)
         val = prepare_to_cache(sources[1], config, cache_dir)
         if config.cache_dir is None:
             prune_cache(cache_dir, train.paths + val.paths)
@@ -638,8 +631,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = load_training_data(config, load_source, run_dir)
-    if not data.streamed:  # the streaming cache holds the UNet-3 targets already
-        baselines.attach_semantic_targets(data.train, config)
+    if not data.streamed:  # the streaming cache holds the method's sample targets already
+        attach_sample_targets(data.train, config)
     if config.join_max_area_ratio:
         area = median_object_area(sample.stack for sample in data.train)
         if not area:

@@ -33,7 +33,8 @@ import time
 from typing import NoReturn
 
 from layernet.cli import parse_key_values, quiet_tensorflow, run_command, setup_logging
-from layernet.config import PRECISIONS, Config
+from layernet.config import METHODS, PRECISIONS, Config
+from layernet.methods import get_method
 
 quiet_tensorflow()
 
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run = parser.add_argument_group("run")
-    run.add_argument("--method", choices=("layering", "unet2", "unet3"),
+    run.add_argument("--method", choices=METHODS,
                      help="model: layering (the paper's, default), or the baselines unet2 "
                      "(object/background) and unet3 (object/boundary/background)")
     run.add_argument("--phase", choices=("layering", "overlap"),
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = build_config(args)
         check_options(config.data, config.data_options)  # before the run folder is made
-        suffix = config.phase if config.method == "layering" else config.method
+        # a method with several phases names the run by its phase, the others by the method
+        suffix = config.phase if len(get_method(config.method).phases) > 1 else config.method
         run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{suffix}")
         result = train(config, run_dir, init=args.init, load_source=load_source)
     last = result["last"]
@@ -196,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best validation meanAP {result['best_score']:.4f} at epoch {result['best_epoch']}"
           + (f"; last epoch: meanAP {last.get('val_meanAP', float('nan')):.4f}, "
              f"AJI {last.get('val_AJI', float('nan')):.4f}" if last else ""))
-    if config.method == "layering" and config.phase == "layering":
-        print("next: python train.py --phase overlap --init "
+    phases = get_method(config.method).phases
+    if config.phase != phases[-1]:
+        print(f"next: python train.py --phase {phases[phases.index(config.phase) + 1]} --init "
               f"{os.path.join(result['run_dir'], runfolder.BEST_FILE)}")
     return 0
 
