@@ -111,6 +111,30 @@ def test_card_sections_are_filled_from_another_card_and_placeholders_are_found()
     assert model_zoo.merge_card(card, "no sections") == card
 
 
+@pytest.mark.parametrize("data", ["bbbc010", "occ2014", "folder"])
+def test_card_cites_the_known_datasets_and_asks_for_what_the_run_cannot_tell(tmp_path,
+                                                                             data) -> None:
+    from layernet.config import Config
+
+    Config(data=data, data_dir="somewhere").save(str(tmp_path / runfolder.CONFIG_FILE))
+    config = runfolder.config_for_model(str(tmp_path))
+    card = model_zoo.model_card(str(tmp_path), "m", config, 1234, 5_000_000)
+    expected = ["Intended use", "Training", "Validation scores", "Limitations"]
+    if data == "folder":
+        expected.insert(2, "Data")
+        assert "citation of the data's authors" in card.split("## Data")[1].split("##")[0]
+    else:
+        citation = model_zoo.DATA_CITATIONS[data].citation
+        assert card.count(citation) == 2                  # in Data and in Citation
+        assert card.startswith(f"# m: layernet model trained on {data.upper()}\n")
+    assert model_zoo.unfilled_sections(card) == expected
+    assert "1,234 parameters (5.0 MB)" in card and "evaluate.py --model m --split val" in card
+    if data == "bbbc010":
+        assert "Ljosa V" in card and "https://bbbc.broadinstitute.org/BBBC010" in card
+    if data == "occ2014":
+        assert "Lu Z, Carneiro G, Bradley AP" in card
+
+
 # ------------------------------------------------------------------------------------------
 # a tiny model trained, published and used by name
 
@@ -154,7 +178,7 @@ def test_publish_writes_a_small_complete_model_folder(published) -> None:
     assert thresholds["tuned"]
     assert (f"meanAP {thresholds['val_meanAP']:.4f}, AJI {thresholds['val_AJI']:.4f}"
             in card)
-    assert "Generated data: no data citation is needed." in card
+    assert "generated data, no data citation is needed." in card
     assert "UNet-S, 4 base filters, 4-filter heads" in card
     assert "python predict.py --model tiny" in card
     assert model_zoo.unfilled_sections(card) == ["Intended use", "Limitations"]

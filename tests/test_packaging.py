@@ -21,6 +21,7 @@ import zipfile
 
 import pytest
 
+from layernet.config import Config
 from tests.conftest import REPO
 
 COMMANDS = ("train", "evaluate", "predict")
@@ -113,7 +114,8 @@ def test_napari_finds_the_installed_plugin() -> None:
 
 def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
     """``pip install .`` installs the wheel: every module of the four packages, napari.yaml, the
-    entry points, and neither the tests nor the scripts."""
+    entry points, the pretrained models of models/ (as layernet/_models, found by name from the
+    installed package), and neither the tests nor the scripts."""
     setuptools = pytest.importorskip("setuptools")
     pytest.importorskip("wheel")
     if int(setuptools.__version__.split(".")[0]) < 64:
@@ -125,6 +127,12 @@ def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for package in PACKAGES:
         shutil.copytree(os.path.join(REPO, package), source / package, ignore=ignore)
+    shutil.copytree(os.path.join(REPO, "models"), source / "models")
+    demo = source / "models" / "zz-demo"  # a model folder as model_zoo publishes one
+    demo.mkdir()
+    Config(size="S").save(str(demo / "config.json"))
+    for name in ("best.h5", "thresholds.json", "MODEL_CARD.md", "model.onnx"):
+        (demo / name).write_text("{}\n")  # model.onnx: an export, not shipped
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                            "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"),
                            str(source)], capture_output=True, text=True, timeout=300)
@@ -138,6 +146,25 @@ def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
                 for file in files if file.endswith(".py")}
     assert expected and expected <= names, sorted(expected - names)
     assert "layernet/napari/napari.yaml" in names
+    models = {os.path.relpath(os.path.join(folder, file), source / "models").replace(os.sep, "/")
+              for folder, _, files in os.walk(source / "models") for file in files}
+    shipped = {f"layernet/_models/{name}" for name in models if not name.endswith(".onnx")}
+    assert "layernet/_models/README.md" in shipped and len(shipped) == len(models) - 1
+    assert {name for name in names if name.startswith("layernet/_models/")} == shipped
+    # installed (a pure wheel installs by unpacking), names resolve inside the package
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = ("import layernet, layernet.runfolder as r; "
+             "print(layernet.__file__); print(r.shipped_models_folder()); "
+             "print(r.resolve_model_path('zz-demo')); print(r.config_for_model('zz-demo').size)")
+    env = {key: value for key, value in os.environ.items() if key != "LAYERNET_MODELS"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=dict(env, PYTHONPATH=str(site)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    module, folder, model, size = done.stdout.split()
+    assert module == str(site / "layernet" / "__init__.py")
+    assert folder == str(site / "layernet" / "_models")
+    assert model == str(site / "layernet" / "_models" / "zz-demo" / "best.h5") and size == "S"
     assert {name.split("/")[0] for name in names} == set(PACKAGES) | {
         wheel.name.split("-py3")[0] + ".dist-info"}
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
