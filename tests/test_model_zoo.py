@@ -273,6 +273,34 @@ def test_evaluate_by_name_reports_under_runs(published, tmp_path, monkeypatch) -
         runfolder.CARD_FILE])    # nothing written into the model folder
 
 
+def test_export_by_name(published, tmp_path) -> None:
+    from layernet.backends import resolve_onnx_model
+    from layernet.export_model import export_model
+
+    out = tmp_path / "serving"
+    written = export_model("tiny", "savedmodel", str(out))
+    assert os.path.isfile(os.path.join(written, "saved_model.pb"))
+    with open(out / runfolder.CONFIG_FILE, "rb") as copy, \
+            open(os.path.join(published["folder"], runfolder.CONFIG_FILE), "rb") as original:
+        assert copy.read() == original.read()
+    with pytest.raises(RunFolderError, match=r"export_model tiny --format onnx$"):
+        resolve_onnx_model("tiny")
+
+
+def test_napari_widget_model_field_takes_a_name(published) -> None:
+    """What the widget shows when a name is typed into its model field (without napari's
+    window: the runner's reading of the model, which the widget calls)."""
+    from layernet.napari.runner import model_defaults
+
+    thresholds = runfolder.load_json(os.path.join(published["folder"],
+                                                  runfolder.THRESHOLDS_FILE))
+    tau, min_size, description = model_defaults(" tiny ")
+    assert (tau, min_size) == (thresholds["tau"], thresholds["min_size"])
+    assert description == "UNet-S/4, 4 layers (best.h5)"
+    with pytest.raises(RunFolderError, match=r"^snails: .*models available: tiny;"):
+        model_defaults("snails")
+
+
 def rgb_folder_of_odd_sizes(root) -> str:
     """A folder dataset of 8-bit RGB PNGs with three equal channels, 27 x 45 and 41 x 30
     pixels (smaller than the model's 32 px patches in one side, not multiples of its stride)."""
