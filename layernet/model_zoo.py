@@ -234,7 +234,7 @@ def _recorded_command(run_dir: str) -> str | None:
     return "\n".join(lines) or None
 
 
-def _validation_section(run_dir: str, name: str, config: Config) -> str:
+def _validation_section(run_dir: str, name: str, config: Config, source: str) -> str:
     """The card's validation scores: tuned thresholds (``thresholds.json``) and the training's
     best epoch (``state.json``, ``history.csv``)."""
     configured = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))  # before tuning
@@ -258,7 +258,9 @@ def _validation_section(run_dir: str, name: str, config: Config) -> str:
         text = f"- During training: best validation meanAP {best['meanAP']:.4f}"
         if best.get("AJI") is not None:
             text += f", AJI {best['AJI']:.4f}"
-        lines.append(text + f" at epoch {best['epoch']} (the model in this folder).")
+        lines.append(text + f" at epoch {best['epoch']}" + (
+            " (the model in this folder)." if source == runfolder.BEST_FILE else
+            f"; this folder holds the run's {source} instead."))
     if not lines:
         return (f"{FILL_IN}: the model's validation scores (meanAP, AJI), e.g. from "
                 f"`python evaluate.py --model {name} --split val`.\n")
@@ -330,7 +332,7 @@ def _model_section(config: Config, parameters: int, size_bytes: int) -> str:
 
 
 def model_card(run_dir: str, name: str, config: Config, parameters: int,
-               size_bytes: int) -> str:
+               size_bytes: int, source: str = runfolder.BEST_FILE) -> str:
     """The Markdown model card of a run published as ``name``.
 
     Parameters
@@ -346,6 +348,8 @@ def model_card(run_dir: str, name: str, config: Config, parameters: int,
         The network's number of weights.
     size_bytes : int
         The size of the published folder's weights file.
+    source : str, optional
+        The name of the run's model file that is published (``best.h5``, or ``last.h5``).
 
     Returns
     -------
@@ -374,7 +378,7 @@ def model_card(run_dir: str, name: str, config: Config, parameters: int,
         "## Model\n\n" + _model_section(config, parameters, size_bytes) + "\n"
         "## Training\n\n" + _training_section(run_dir, config) + "\n"
         "## Data\n\n" + _data_section(config) + "\n"
-        "## Validation scores\n\n" + _validation_section(run_dir, name, config) + "\n"
+        "## Validation scores\n\n" + _validation_section(run_dir, name, config, source) + "\n"
         "## Limitations\n\n"
         f"{FILL_IN}: what the model gets wrong (measured), and on which images it was not "
         "tested.\n\n"
@@ -496,7 +500,8 @@ def publish(run: str, name: str, models_dir: str | None = None, card_from: str |
             if os.path.exists(os.path.join(run_dir, file)):
                 shutil.copy2(os.path.join(run_dir, file), os.path.join(staging, file))
         weights_bytes = os.path.getsize(os.path.join(staging, runfolder.BEST_FILE))
-        card = model_card(run_dir, name, config, parameters, weights_bytes)
+        card = model_card(run_dir, name, config, parameters, weights_bytes,
+                          os.path.basename(model_path))
         if filled is not None:
             card = merge_card(card, filled)
         with open(os.path.join(staging, runfolder.CARD_FILE), "w", encoding="utf-8") as handle:

@@ -412,7 +412,9 @@ def newest_run(root: str = "runs") -> str:
     """Return the most recently modified run folder under ``root`` that holds a ``best.h5``."""
     candidates = glob.glob(os.path.join(root, "**", BEST_FILE), recursive=True)
     if not candidates:
-        raise RunFolderError(f"{root}: no trained model found (no */{BEST_FILE}); pass --model")
+        names = ", ".join(available_models())
+        raise RunFolderError(f"{root}: no trained model found (no */{BEST_FILE}); pass --model"
+                             + (f" (a run, or a pretrained model: {names})" if names else ""))
     return os.path.dirname(max(candidates, key=os.path.getmtime))
 
 

@@ -71,8 +71,13 @@ def test_a_name_is_looked_up_in_layernet_models_then_the_shipped_folder(tmp_path
     for path in ("runs/x", "best.h5", "x/best.h5"):
         with pytest.raises(RunFolderError, match=r": model file not found$"):
             runfolder.locate_model(path)
+    with pytest.raises(RunFolderError, match=r"pass --model \(a run, or a pretrained model: "
+                                             r"worms, cells"):
+        runfolder.newest_run(str(tmp_path / "runs"))   # predict.py without --model
     monkeypatch.setenv(runfolder.MODELS_ENV, str(tmp_path / "empty"))
     monkeypatch.setattr(runfolder, "shipped_models_folder", lambda: None)
+    with pytest.raises(RunFolderError, match=r"pass --model$"):
+        runfolder.newest_run(str(tmp_path / "runs"))
     assert runfolder.available_models() == {}
     with pytest.raises(RunFolderError, match=r"models available: none;"):
         runfolder.locate_model("worms")
@@ -181,6 +186,7 @@ def test_publish_writes_a_small_complete_model_folder(published) -> None:
     assert "generated data, no data citation is needed." in card
     assert "UNet-S, 4 base filters, 4-filter heads" in card
     assert "python predict.py --model tiny" in card
+    assert "at epoch 1 (the model in this folder)." in card
     assert model_zoo.unfilled_sections(card) == ["Intended use", "Limitations"]
 
 
@@ -206,6 +212,11 @@ def test_publish_refuses_what_it_should_and_writes_nothing(published, tmp_path) 
     card = open(os.path.join(folder, runfolder.CARD_FILE), encoding="utf-8").read()
     assert "Testing only." in card and "Untrained." in card and FILL_IN not in card
     assert sorted(os.listdir(models)) == ["tiny"]
+    last = model_zoo.publish(os.path.join(published["run"], runfolder.LAST_FILE), "tiny-last")
+    card = open(os.path.join(last, runfolder.CARD_FILE), encoding="utf-8").read()
+    assert "at epoch 1; this folder holds the run's last.h5 instead." in card
+    assert model_zoo._same_weights(os.path.join(published["run"], runfolder.LAST_FILE),
+                                   os.path.join(last, runfolder.BEST_FILE))
 
 
 def test_copied_weights_leave_the_optimizer_behind(trained, tmp_path) -> None:
