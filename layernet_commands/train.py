@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="model: layering (the paper's, default), or the baselines unet2 "
                      "(object/background) and unet3 (object/boundary/background)")
     run.add_argument("--phase", choices=("layering", "overlap"),
-                     help="'layering' (phase 1) or 'overlap' (phase 2, needs --init); default layering")
+                     help="'layering' (phase 1) or 'overlap' (phase 2, needs --init); default "
+                     "layering, or overlap with --init of a run, or a published model's own")
     run.add_argument("--init", metavar="MODEL", help="weights to start from: a pretrained "
                      "model's name (see models/README.md) or a published model folder, which "
                      "is fine-tuned in the phase it was trained in; or the best.h5 of a "
