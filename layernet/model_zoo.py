@@ -17,7 +17,8 @@ use (:func:`layernet.runfolder.locate_model` says where names are looked up: the
     MODEL_CARD.md    what the model is, how it was trained (the recorded train.py command),
                      on which data (with its authors' citation), its validation scores
 
-``publish`` fills the card with what the run folder knows: the command of ``command.txt``, the
+``publish`` fills the card with what the run folder knows: the commands of ``command.txt`` (and
+those of the ``--init`` run before them, where its folder is still there), the
 configuration, the validation scores of ``thresholds.json`` and ``history.csv``, and the data's
 citation for the datasets it knows (BBBC010, OCC2014, the synthetic data). What only a person
 can write (intended use, limitations, the citation of other data) is left as a line starting
@@ -40,6 +41,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -225,12 +227,27 @@ def _read_optional_json(path: str) -> dict:
     return runfolder.load_json(path) if os.path.exists(path) else {}
 
 
-def _recorded_command(run_dir: str) -> str | None:
+def _recorded_command(run_dir: str, depth: int = 0) -> str | None:
+    """The train.py commands of ``command.txt``, preceded by those of the run that ``--init``
+    started from (phase 1 of a phase-2 run) where that run folder is still there."""
     path = os.path.join(run_dir, runfolder.COMMAND_FILE)
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as handle:
         lines = [line.strip() for line in handle if line.strip()]
+    try:
+        words = shlex.split(lines[0]) if lines else []
+    except ValueError:  # not a command line shlex can read
+        words = []
+    if "--init" in words[:-1] and depth < 3:
+        try:
+            init = runfolder.resolve_model_path(words[words.index("--init") + 1])
+        except runfolder.RunFolderError:
+            init = None
+        earlier = (_recorded_command(os.path.dirname(os.path.abspath(init)), depth + 1)
+                   if init else None)
+        if earlier:
+            lines = [earlier] + lines
     return "\n".join(lines) or None
 
 

@@ -140,6 +140,23 @@ def test_card_cites_the_known_datasets_and_asks_for_what_the_run_cannot_tell(tmp
         assert "Lu Z, Carneiro G, Bradley AP" in card
 
 
+def test_card_of_a_phase_2_run_gives_the_commands_of_both_phases(tmp_path) -> None:
+    from layernet.config import Config
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run, command in ((first, "python train.py --data bbbc010 --out first"),
+                         (second, f"python train.py --init '{first}/best.h5' --out second\n"
+                                  "python train.py --resume second")):
+        run.mkdir()
+        Config(data="bbbc010").save(str(run / runfolder.CONFIG_FILE))
+        (run / runfolder.BEST_FILE).write_bytes(b"")
+        (run / runfolder.COMMAND_FILE).write_text(command + "\n")
+    card = model_zoo.model_card(str(second), "m", runfolder.config_for_model(str(second)), 1, 1)
+    assert ("```bash\npython train.py --data bbbc010 --out first\npython train.py --init "
+            f"'{first}/best.h5' --out second\npython train.py --resume second\n```") in card
+    assert "Training" not in model_zoo.unfilled_sections(card)
+
+
 # ------------------------------------------------------------------------------------------
 # a tiny model trained, published and used by name
 
