@@ -18,9 +18,10 @@ Three fields are then completed: ``phase``, unless given in ``fields``, is the p
 own phase for a run started from a published model (a name or folder of
 :mod:`layernet.model_zoo`: fine-tuning, unless the run changes the method), ``"overlap"`` for a
 layering run started from a training run's model (phase 2 after phase 1) and ``"layering"``
-otherwise (a file's phase is not taken over); ``data_options`` are those of the sources above updated with ``data_options``
-(``--data-option KEY=VALUE``); ``precision`` ``"auto"`` (the default of a run that neither
-starts from a model nor reads a config file) becomes the precision that pays on this machine.
+otherwise (a file's phase is not taken over); ``data_options`` are those of the sources above
+updated with ``data_options`` (``--data-option KEY=VALUE``); ``precision`` ``"auto"`` (the
+default of a run that neither starts from a model nor reads a config file) becomes the precision
+that pays on this machine.
 
 A resumed run keeps its saved configuration; :func:`resume_config` lets it change only the
 :data:`~layernet.config.MACHINE_FIELDS`, which say where and how this machine trains, not what
