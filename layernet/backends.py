@@ -174,8 +174,9 @@ def resolve_onnx_model(path: str) -> tuple[str, Config]:
     ----------
     path : str
         A run folder or an export folder (``<path>/model.onnx``), a model file of a run folder
-        (``best.h5``: the ``model.onnx`` beside it) or an ``.onnx`` file; in every case a
-        ``config.json`` must be in the same folder.
+        (``best.h5``: the ``model.onnx`` beside it), an ``.onnx`` file, or a model's name
+        (:func:`layernet.runfolder.locate_model`); in every case a ``config.json`` must be in
+        the same folder.
 
     Returns
     -------
@@ -189,10 +190,9 @@ def resolve_onnx_model(path: str) -> tuple[str, Config]:
     layernet.runfolder.RunFolderError
         If there is no such file (the message gives the export command) or no ``config.json``.
     """
-    from layernet.runfolder import RunFolderError, config_for_model
+    from layernet.runfolder import RunFolderError, config_for_model, locate_model
 
-    if not os.path.exists(path):
-        raise RunFolderError(f"{path}: model not found")
+    name, path = path, locate_model(path)
     if path.endswith(".onnx"):
         onnx_path = path
     else:
@@ -201,5 +201,5 @@ def resolve_onnx_model(path: str) -> tuple[str, Config]:
         if not os.path.isfile(onnx_path):
             raise RunFolderError(
                 f"{path}: no {ONNX_FILE} for the ONNX backend; export it first with: "
-                f"python -m layernet.export_model {path} --format onnx")
+                f"python -m layernet.export_model {name} --format onnx")
     return onnx_path, config_for_model(onnx_path)

@@ -25,7 +25,6 @@ Tensors (``B`` batch, ``H`` and ``W`` multiples of the stride, ``C`` the run's c
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from layernet import PAPER, PAPER_URL
 from layernet.backends import require
 from layernet.config import Config
 from layernet.methods import get_method
@@ -45,9 +45,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["PackageMetadata", "PAPER", "check_metadata", "package_readme", "sample_image",
            "write_package"]
 
-PAPER = ("L. Chen, Y. Wu, D. Merhof. Instance Segmentation of Dense and Overlapping Objects "
-         "via Layering. British Machine Vision Conference (BMVC) 2022.")
-PAPER_URL = "https://arxiv.org/abs/2210.03551"
 SAMPLE_SIDE = 128
 """Side of the synthetic test image (and the largest side kept of a ``--sample`` image is
 :data:`MAX_SAMPLE_SIDE`)."""
@@ -161,22 +158,15 @@ def _training_scores(run_dir: str | None) -> str:
     """Best validation meanAP / AJI of the run (``state.json``, ``history.csv``), if known."""
     if not run_dir:
         return "not recorded"
-    from layernet.runfolder import HISTORY_FILE, STATE_FILE, read_history
+    from layernet.runfolder import best_validation_scores
 
-    try:
-        with open(os.path.join(run_dir, STATE_FILE), encoding="utf-8") as handle:
-            state = json.load(handle)
-        epoch = int(state["best_epoch"])
-        score = float(state["best_score"])
-    except (OSError, ValueError, KeyError, TypeError):
+    best = best_validation_scores(run_dir)
+    if best is None:
         return "not recorded"
-    rows = [row for row in read_history(os.path.join(run_dir, HISTORY_FILE))
-            if row.get("epoch") == epoch]
-    aji = rows[0].get("val_AJI") if rows else None
-    text = f"meanAP {score:.4f}"
-    if isinstance(aji, float):
-        text += f", AJI {aji:.4f}"
-    return f"{text} (epoch {epoch}, on the run's validation split)"
+    text = f"meanAP {best['meanAP']:.4f}"
+    if best["AJI"] is not None:
+        text += f", AJI {best['AJI']:.4f}"
+    return f"{text} (epoch {best['epoch']}, on the run's validation split)"
 
 
 def package_readme(config: Config, metadata: PackageMetadata, scores: str = "not recorded"

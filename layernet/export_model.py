@@ -4,7 +4,8 @@
     python -m layernet.export_model RUN --format savedmodel --out serving/layernet/1
     python -m layernet.export_model RUN --format bioimageio --author "Ada Lovelace" --out pkg
 
-RUN is a run folder or a model file (``best.h5``), as for ``predict.py --model``. Every format
+RUN is a run folder, a model file (``best.h5``) or a pretrained model's name (``worms``), as
+for ``predict.py --model``. Every format
 holds the network alone, computing in float32: it takes images already normalised as in
 training (the run's percentiles), float32 ``(B, H, W, C)`` with H and W multiples of the
 network's stride (8 for UNet-S, 16 for M, 32 for L), and returns the probability maps. The
@@ -154,7 +155,7 @@ def export_model(run: str, fmt: str, out: str | None = None,
     Parameters
     ----------
     run : str
-        Run folder or model file (``best.h5``).
+        Run folder, model file (``best.h5``) or a pretrained model's name.
     fmt : str
         ``"savedmodel"``, ``"onnx"`` or ``"bioimageio"``.
     out : str or None, optional
@@ -274,7 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m layernet.export_model", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", metavar="RUN", help="run folder or model file (best.h5)")
+    parser.add_argument("run", metavar="RUN", help="run folder, model file (best.h5) or a "
+                        "pretrained model's name (see models/README.md)")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
                         help="savedmodel, onnx or bioimageio")
     parser.add_argument("--out", metavar="DIR",

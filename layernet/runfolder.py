@@ -10,6 +10,7 @@ Layout of a run folder::
     history.csv          one row per completed epoch (losses, validation scores, learning rate)
     thresholds.json      post-processing parameters used for validation (tau, min_size, ...)
     layer_assignment.npz frozen phase-2 object -> layer assignment (phase "overlap" only)
+    command.txt          the train.py command line(s) that made the run, one per call
     logs/                TensorBoard logs
 
 Every file is written to a temporary name (``.tmp-*``) in the same folder and renamed, so a crash
@@ -18,6 +19,17 @@ never leaves a half-written file behind. The resume checkpoint of an epoch (``la
 committed by writing ``state.json`` and only then renamed (:func:`commit_pending`); after a crash,
 :func:`recover` finishes or discards that last step, so the checkpoint files always belong to the
 epoch ``state.json`` names.
+
+Models by name: wherever a model is given (``predict.py --model``, ``evaluate.py --model``,
+``train.py --init``, the napari widget, ``python -m layernet.export_model``), a value that is not
+an existing path and is a bare name (``worms``) names a model folder ``<models>/<name>/``
+(:func:`locate_model`, the one rule all of them use). The folders searched, in order: those of the
+environment variable ``LAYERNET_MODELS`` (separated by ``os.pathsep``), then the models shipped
+with layernet (:func:`shipped_models_folder`: ``models/`` of the repository, or its copy inside an
+installed wheel). A model folder is a published run folder (``python -m layernet.model_zoo
+publish``): ``config.json``, ``best.h5``, ``thresholds.json`` and ``MODEL_CARD.md``.
+
+Nothing in this module imports TensorFlow (:func:`load_trained_model` does, when called).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import io
 import json
 import logging
 import os
+import re
 import zipfile
 from typing import Any
 
@@ -46,6 +59,16 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 THRESHOLDS_FILE = "thresholds.json"
 ASSIGNMENT_FILE = "layer_assignment.npz"
+COMMAND_FILE = "command.txt"
+CARD_FILE = "MODEL_CARD.md"
+MODELS_ENV = "LAYERNET_MODELS"
+"""Environment variable: folders (``os.pathsep``-separated) searched for models by name before
+the shipped ones."""
+INSTALLED_MODELS = "_models"
+"""Where a wheel install holds the shipped ``models/`` folder: ``layernet/_models``
+(``pyproject.toml`` maps the repository's ``models/`` there)."""
+MODEL_FILE_SUFFIXES = (".h5", ".hdf5", ".keras", ".onnx")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 PENDING_PREFIX = ".pending-"
 
 
@@ -187,8 +210,54 @@ def read_history(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+def best_validation_scores(run_dir: str) -> dict[str, Any] | None:
+    """The validation scores of a run's best epoch (``state.json``, ``history.csv``).
+
+    Parameters
+    ----------
+    run_dir : str
+        A run folder.
+
+    Returns
+    -------
+    dict or None
+        ``{"epoch": int, "meanAP": float, "AJI": float or None}``, or None when the run
+        records no best epoch.
+    """
+    try:
+        with open(os.path.join(run_dir, STATE_FILE), encoding="utf-8") as handle:
+            state = json.load(handle)
+        epoch = int(state["best_epoch"])
+        score = float(state["best_score"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if epoch < 1:
+        return None
+    rows = [row for row in read_history(os.path.join(run_dir, HISTORY_FILE))
+            if row.get("epoch") == epoch]
+    aji = rows[0].get("val_AJI") if rows else None
+    return {"epoch": epoch, "meanAP": score, "AJI": aji if isinstance(aji, float) else None}
+
+
 def config_for_model(model_path: str) -> Config:
-    """Return the Config stored beside a model file (``config.json`` in the same folder)."""
+    """Return the Config stored beside a model file (``config.json`` in the same folder).
+
+    Parameters
+    ----------
+    model_path : str
+        A model file, a run or model folder, or a model's name (:func:`locate_model`).
+
+    Returns
+    -------
+    Config
+        The run's configuration, with its tuned thresholds (:func:`with_tuned_thresholds`).
+
+    Raises
+    ------
+    RunFolderError
+        If there is no such model or its ``config.json`` is missing or invalid.
+    """
+    model_path = locate_model(model_path)
     folder = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
     config_path = os.path.join(folder, CONFIG_FILE)
     if not os.path.exists(config_path):
@@ -217,16 +286,125 @@ def with_tuned_thresholds(config: Config, folder: str) -> Config:
         raise RunFolderError(f"{path}: invalid tuned thresholds ({error})") from None
 
 
+def shipped_models_folder() -> str | None:
+    """The folder of the models shipped with layernet, or None when there is none.
+
+    Returns
+    -------
+    str or None
+        ``layernet/_models`` where a wheel installed it (:data:`INSTALLED_MODELS`), else
+        ``models/`` of the repository that this ``layernet`` package sits in (running from a
+        checkout or an editable install).
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(package, INSTALLED_MODELS)
+    if os.path.isdir(installed):
+        return installed
+    root = os.path.dirname(package)
+    checkout = os.path.join(root, "models")
+    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(checkout):
+        return checkout
+    return None
+
+
+def model_folders() -> list[str]:
+    """The folders searched for models by name, in order: those of ``$LAYERNET_MODELS``
+    (:data:`MODELS_ENV`, separated by ``os.pathsep``), then :func:`shipped_models_folder`."""
+    folders = [folder for folder in os.environ.get(MODELS_ENV, "").split(os.pathsep) if folder]
+    shipped = shipped_models_folder()
+    if shipped is not None:
+        folders.append(shipped)
+    return folders
+
+
+def available_models() -> dict[str, str]:
+    """Name -> folder of every model that can be given by name (a subfolder of one of
+    :func:`model_folders` that holds a ``config.json``; the first folder wins a name)."""
+    found: dict[str, str] = {}
+    for folder in model_folders():
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if (name not in found and is_model_name(name)
+                    and os.path.isfile(os.path.join(path, CONFIG_FILE))):
+                found[name] = path
+    return found
+
+
+def is_model_name(text: str) -> bool:
+    """Whether ``text`` can name a model: letters, digits, ``_ . -``, no path separator, not a
+    model file's name (``best.h5``)."""
+    return bool(_MODEL_NAME.match(text)) and not text.lower().endswith(MODEL_FILE_SUFFIXES)
+
+
+def locate_model(path: str) -> str:
+    """The one rule that turns what a user gives as a model into a path.
+
+    Parameters
+    ----------
+    path : str
+        An existing file or folder (returned as it is), or the name of a model folder in
+        :func:`model_folders` (``worms`` -> ``<models>/worms``).
+
+    Returns
+    -------
+    str
+        The existing path.
+
+    Raises
+    ------
+    RunFolderError
+        One line: for a name that no folder holds, the names that are available.
+    """
+    if os.path.exists(path):
+        return path
+    if is_model_name(path):
+        models = available_models()
+        if path in models:
+            return models[path]
+        names = ", ".join(models) if models else "none"
+        raise RunFolderError(
+            f"{path}: no such file or folder, and no model of that name (models available: "
+            f"{names}; set {MODELS_ENV} to add folders of models)")
+    raise RunFolderError(f"{path}: model file not found")
+
+
+def is_published_model(path: str) -> bool:
+    """Whether ``path`` (a model name, folder or file) is a published model folder (one with
+    a ``MODEL_CARD.md``, :mod:`layernet.model_zoo`) rather than a training run."""
+    path = locate_model(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return os.path.isfile(os.path.join(folder, CARD_FILE))
+
+
+def record_command(run_dir: str, command: str) -> None:
+    """Add the command line that trains in ``run_dir`` to its ``command.txt`` (one per call:
+    the first training, then every ``--resume``)."""
+    path = os.path.join(run_dir, COMMAND_FILE)
+    earlier = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            earlier = handle.read()
+    write_text_atomic(path, earlier + command.strip() + "\n")
+
+
 def resolve_model_path(path: str) -> str:
-    """Accept a run folder or a model file and return the model file (``best.h5`` for a folder)."""
+    """Return the model file of a run or model folder (``best.h5``, else ``last.h5``), a model
+    file, or a model's name (:func:`locate_model`).
+
+    Raises
+    ------
+    RunFolderError
+        If there is no such model, or the folder holds no model file.
+    """
+    path = locate_model(path)
     if os.path.isdir(path):
         for name in (BEST_FILE, LAST_FILE):
             candidate = os.path.join(path, name)
             if os.path.exists(candidate):
                 return candidate
         raise RunFolderError(f"{path}: run folder holds neither {BEST_FILE} nor {LAST_FILE}")
-    if not os.path.exists(path):
-        raise RunFolderError(f"{path}: model file not found")
     return path
 
 
@@ -234,7 +412,9 @@ def newest_run(root: str = "runs") -> str:
     """Return the most recently modified run folder under ``root`` that holds a ``best.h5``."""
     candidates = glob.glob(os.path.join(root, "**", BEST_FILE), recursive=True)
     if not candidates:
-        raise RunFolderError(f"{root}: no trained model found (no */{BEST_FILE}); pass --model")
+        names = ", ".join(available_models())
+        raise RunFolderError(f"{root}: no trained model found (no */{BEST_FILE}); pass --model"
+                             + (f" (a run, or a pretrained model: {names})" if names else ""))
     return os.path.dirname(max(candidates, key=os.path.getmtime))
 
 
@@ -244,7 +424,7 @@ def load_trained_model(path: str, precision: str | None = None) -> tuple[Any, Co
     Parameters
     ----------
     path : str
-        A model file (``best.h5``/``last.h5``) or a run folder.
+        A model file (``best.h5``/``last.h5``), a run folder or a model's name.
     precision : str or None, optional
         Compute precision of the built network (``float32``, ``mixed_bfloat16``,
         ``mixed_float16``) in place of the run's; the weights are float32 in every case.

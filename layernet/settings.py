@@ -14,11 +14,14 @@
 4. a config file (``config_file``, ``--config``): the fields the file sets;
 5. single fields (``fields``): the command-line options, then ``--set FIELD=VALUE``.
 
-Three fields are then completed: ``phase``, unless given in ``fields``, is ``"overlap"`` for a
-layering run started from a model and ``"layering"`` otherwise (a model's or a file's phase is
-not taken over); ``data_options`` are those of the sources above updated with ``data_options``
-(``--data-option KEY=VALUE``); ``precision`` ``"auto"`` (the default of a run that neither
-starts from a model nor reads a config file) becomes the precision that pays on this machine.
+Three fields are then completed: ``phase``, unless given in ``fields``, is the published model's
+own phase for a run started from a published model (a name or folder of
+:mod:`layernet.model_zoo`: fine-tuning, unless the run changes the method), ``"overlap"`` for a
+layering run started from a training run's model (phase 2 after phase 1) and ``"layering"``
+otherwise (a file's phase is not taken over); ``data_options`` are those of the sources above
+updated with ``data_options`` (``--data-option KEY=VALUE``); ``precision`` ``"auto"`` (the
+default of a run that neither starts from a model nor reads a config file) becomes the precision
+that pays on this machine.
 
 A resumed run keeps its saved configuration; :func:`resume_config` lets it change only the
 :data:`~layernet.config.MACHINE_FIELDS`, which say where and how this machine trains, not what
@@ -89,8 +92,10 @@ def training_config(
     Parameters
     ----------
     init : str, Config or None, optional
-        The model the run starts from: a model file or run folder (its ``config.json`` and tuned
-        thresholds are read, :func:`layernet.runfolder.config_for_model`) or its Config.
+        The model the run starts from: a model file, a run or model folder or a model's name
+        (its ``config.json`` and tuned thresholds are read,
+        :func:`layernet.runfolder.config_for_model`; a published model is fine-tuned in its own
+        phase) or its Config (treated as a training run's).
     config_file : str, os.PathLike or None, optional
         A config file whose fields override the defaults, the model's and the presets'.
     recipe : str or None, optional
@@ -118,15 +123,24 @@ def training_config(
     given = {name: value for name, value in (fields or {}).items() if value is not None}
     defaults = Config().to_dict()
     values = dict(defaults)
+    published = False
     if init is not None:
         if not isinstance(init, Config):
-            init = runfolder.config_for_model(runfolder.resolve_model_path(os.fspath(init)))
+            model_path = runfolder.resolve_model_path(os.fspath(init))
+            published = runfolder.is_published_model(model_path)
+            init = runfolder.config_for_model(model_path)
         values.update(init.to_dict())
         if given.get("data", init.data) != init.data:
             # another dataset: the model's data options and machine do not apply to it
             values.update({name: defaults[name] for name in MACHINE_FIELDS + ("data_options",)})
+
+    def default_phase(method: str) -> str:
+        if published and method == init.method:
+            return init.phase  # fine-tuning a published model: in the phase it was trained in
+        return _default_phase(method, init is not None)
+
     method = given.get("method", values["method"])
-    phase = given.get("phase", _default_phase(method, init is not None))
+    phase = given.get("phase", default_phase(method))
     values = apply_presets(values, recipe=recipe, authors=authors,
                            keep_architecture=init is not None, phase=phase, method=method)
     if config_file is not None:
@@ -139,7 +153,7 @@ def training_config(
         given["precision"] = resolve_precision("auto")
     values.update(given)
     if "phase" not in given:
-        values["phase"] = _default_phase(values["method"], init is not None)
+        values["phase"] = default_phase(values["method"])
     values["data_options"] = {**(values.get("data_options") or {}), **(data_options or {})}
     values["version"] = defaults["version"]
     return Config.from_dict(values, source="command line")

@@ -585,7 +585,8 @@ def _restore_optimizer(optimizer: keras.optimizers.Optimizer, net: keras.Model,
 
 
 def train(config: Config, run_dir: str, init: str | None = None, resume: bool = False,
-          verbose: int | None = None, *, load_source: SourceLoader) -> dict[str, Any]:
+          verbose: int | None = None, *, load_source: SourceLoader,
+          command: str | None = None) -> dict[str, Any]:
     """Train one phase and write the run folder.
 
     Parameters
@@ -595,7 +596,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     run_dir : str
         Output folder; created if needed. With ``resume`` it must hold a previous run.
     init : str, optional
-        Weights to start from (phase 2: the phase-1 ``best.h5``).
+        Weights to start from (phase 2: the phase-1 ``best.h5``; fine-tuning: a pretrained
+        model's name or folder, :func:`layernet.runfolder.resolve_model_path`).
     resume : bool
         Continue an interrupted run from ``last.h5`` and its optimizer state.
     verbose : int, optional
@@ -604,6 +606,10 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     load_source : SourceLoader
         Lists the images of ``config.data`` (``datasets.load_source``; see
         :func:`load_training_data`).
+    command : str, optional
+        The command line that trains, added to the run's ``command.txt``
+        (:func:`layernet.runfolder.record_command`; the model card of a published model
+        quotes it).
 
     Returns
     -------
@@ -627,6 +633,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
             raise TrainingError(f"{run_dir} already holds a run; use --resume or another --out")
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1}
         config.save(os.path.join(run_dir, runfolder.CONFIG_FILE))
+    if command is not None:
+        runfolder.record_command(run_dir, command)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()

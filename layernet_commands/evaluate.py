@@ -3,6 +3,7 @@
 Evaluate a trained model on a dataset split:
 
     python evaluate.py --model runs/demo-overlap/best.h5 --data bbbc010 --data-dir data/bbbc010
+    python evaluate.py --model cells --data occ2014 --data-dir data/occ2014 --split val
 
 With --model the network runs on the next image while the last one is post-processed and
 scored (--sequential turns this off; the scores are the same). --tta averages the network's maps
@@ -19,7 +20,8 @@ or against ground truth files of the same kinds:
 Both matchings are reported: "reference" (the authors' evaluator, used for the paper's Table 1:
 each ground-truth object takes the prediction with the largest intersection) and "hungarian"
 (one-to-one, as StarDist/Cellpose). Counts are pooled over the images. The output folder
-(--out; default <run>/eval-<data>-<split>/ for a model) receives metrics.json (pooled numbers),
+(--out; default <run>/eval-<data>-<split>/ for a model, runs/eval-<name>-<data>-<split>/ for a
+pretrained one) receives metrics.json (pooled numbers),
 metrics.csv (one row per image and matching) and worst/ (ground truth | prediction panels of the
 worst images: green = found, yellow = missed, red = false prediction).
 """
@@ -45,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("what to score (--model or --pred)")
-    source.add_argument("--model", metavar="RUN", help="run folder or model file to evaluate")
+    source.add_argument("--model", metavar="RUN", help="run folder, model file or pretrained "
+                        "model's name (see models/README.md) to evaluate")
     source.add_argument("--pred", metavar="DIR|GLOB", help="predictions on disk, matched to the "
                         "images by name (<name>.layers.tif, <name>.tif/.png, <name>/ masks)")
     truth = parser.add_argument_group("ground truth (--data or --gt)")
@@ -232,9 +235,14 @@ class _Source:
 
     def default_out(self) -> str:
         if self.args.model:
+            from layernet.runfolder import is_published_model
+
             tta = "-tta" if self.args.tta else ""
-            return os.path.join(os.path.dirname(os.path.abspath(self.model_path)),
-                                f"eval-{self.data}-{self.split}{tta}")
+            folder = os.path.dirname(os.path.abspath(self.model_path))
+            if is_published_model(folder):  # not into a shipped model's folder
+                return os.path.join("runs", f"eval-{os.path.basename(folder)}-{self.data}-"
+                                    f"{self.split}{tta}")
+            return os.path.join(folder, f"eval-{self.data}-{self.split}{tta}")
         suffix = "eval" if self.args.gt else f"eval-{self.data}-{self.split}"
         return os.path.join(_spec_folder(self.args.pred), suffix)
 

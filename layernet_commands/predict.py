@@ -1,6 +1,7 @@
 """Segment images with a trained layernet model; overlapping objects come out in separate layers.
 
     python predict.py image.tif
+    python predict.py --model worms image.tif              (a pretrained model, by name)
     python predict.py --model runs/demo-overlap plates/*.png --out results --save-rois
     python predict.py --model runs/demo-overlap --backend onnx plates/   (after exporting it)
 
@@ -53,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders of images, or glob patterns")
-    parser.add_argument("--model", metavar="RUN", help="run folder or model file (best.h5); "
+    parser.add_argument("--model", metavar="RUN", help="run folder, model file (best.h5) or a "
+                        "pretrained model's name (worms, cells: see models/README.md); "
                         "default: the newest run folder under runs/")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: beside each input)")
     parser.add_argument("--channel", type=int, metavar="C",

@@ -19,6 +19,11 @@ learning-rate schedule):
 
     python train.py --resume runs/demo-layering
 
+A pretrained model (by name, see models/README.md) is fine-tuned on your own images and masks in
+the phase it was trained in, with its architecture, channels and tuned settings:
+
+    python train.py --init worms --data folder --data-dir mine --minutes 10 --out runs/mine
+
 Settings come, in increasing priority, from the defaults (the paper's), the ``config.json`` of
 ``--init`` (phase 2 keeps the architecture of the model it starts from), the presets --recipe and
 --authors (each sets only its own fields), the fields a ``--config`` file sets, the command-line
@@ -29,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 import time
 from typing import NoReturn
 
@@ -47,9 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="model: layering (the paper's, default), or the baselines unet2 "
                      "(object/background) and unet3 (object/boundary/background)")
     run.add_argument("--phase", choices=("layering", "overlap"),
-                     help="'layering' (phase 1) or 'overlap' (phase 2, needs --init); default layering")
-    run.add_argument("--init", metavar="MODEL", help="weights to start from: the best.h5 of a phase-1 "
-                     "run (or its folder); its config.json provides the architecture")
+                     help="'layering' (phase 1) or 'overlap' (phase 2, needs --init); default "
+                     "layering, or overlap with --init of a run, or a published model's own")
+    run.add_argument("--init", metavar="MODEL", help="weights to start from: a pretrained "
+                     "model's name (see models/README.md) or a published model folder, which "
+                     "is fine-tuned in the phase it was trained in; or the best.h5 of a "
+                     "phase-1 run (or its folder), which starts phase 2. Its config.json "
+                     "provides the architecture")
     run.add_argument("--resume", metavar="RUN", nargs="?", const="", default=None,
                      help="continue the interrupted run in RUN (default: --out) from last.h5")
     run.add_argument("--out", metavar="DIR", help="run folder to create (default runs/<time>-<phase>)")
@@ -170,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     Returns the exit code, 0, after printing the run folder and its best validation score.
     Bad options, files or data raise ``ValueError``, ``OSError`` or ``RuntimeError``.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     setup_logging(args.verbose)
+    command = "python train.py " + shlex.join(argv)  # recorded in the run folder
     from datasets import check_options, load_source
     from layernet import runfolder
     from layernet.config import Config
@@ -185,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         # how the data is read does not change the batches: may differ from the first run
         config = resume_config(Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE)),
                                streaming=_STREAMING[args.stream], cache_dir=args.cache_dir)
-        result = train(config, run_dir, resume=True, load_source=load_source)
+        result = train(config, run_dir, resume=True, load_source=load_source,
+                       command=command)
     else:
         config = build_config(args)
         check_options(config.data, config.data_options)  # before the run folder is made
         # a method with several phases names the run by its phase, the others by the method
         suffix = config.phase if len(get_method(config.method).phases) > 1 else config.method
         run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{suffix}")
-        result = train(config, run_dir, init=args.init, load_source=load_source)
+        result = train(config, run_dir, init=args.init, load_source=load_source, command=command)
     last = result["last"]
     print(f"run folder: {result['run_dir']}")
     print(f"best validation meanAP {result['best_score']:.4f} at epoch {result['best_epoch']}"

@@ -121,7 +121,9 @@ def test_no_module_outside_the_methods_branches_on_the_method():
                     with open(path, encoding="utf-8") as handle:
                         found += [f"{os.path.relpath(path, REPO)}:{number}: {line.strip()}"
                                   for number, line in enumerate(handle, 1)
-                                  if branch.search(line) and "Config.method ==" not in line]
+                                  if branch.search(line) and "Config.method ==" not in line
+                                  # two runs' methods compared: not a branch on one method
+                                  and "method == init.method" not in line]
     assert not found, "\n".join(found)
 
 

@@ -327,3 +327,29 @@ def test_widget_reports_bad_input_as_notifications(tiny_run, viewer, qtbot, tmp_
     assert len(shown) == 1 and shown[0][0] == "error" and "colour" in shown[0][1], shown
     assert [layer.name for layer in viewer.layers] == ["cells", "colour"]  # nothing added
     assert widget.runner.process is None  # both checked before TensorFlow was started
+
+
+def test_widget_takes_a_model_by_name_and_defaults_to_one(tiny_run, viewer, tmp_path,
+                                                          monkeypatch, request) -> None:
+    """Without runs/ the widget starts with the first model available by name; a name typed
+    into the model field sets the model's thresholds, an unknown one lists the names."""
+    import shutil
+
+    from layernet import runfolder
+    from layernet.napari.widget import PredictWidget
+
+    models = tmp_path / "models"
+    folder = models / "zz-tiny"
+    folder.mkdir(parents=True)
+    for name in (runfolder.CONFIG_FILE, runfolder.BEST_FILE, runfolder.THRESHOLDS_FILE):
+        shutil.copy(os.path.join(tiny_run, name), folder / name)
+    monkeypatch.setenv(runfolder.MODELS_ENV, str(models))
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    widget = PredictWidget(viewer)
+    request.addfinalizer(widget.runner.close)
+    assert widget.model_text() == "zz-tiny"
+    config = runfolder.config_for_model(tiny_run)
+    assert (widget.tau.value, widget.min_size.value) == (config.tau, config.min_size)
+    assert widget.status.value.startswith(f"UNet-S/8, {config.layers} layers (best.h5)")
+    widget.model.line_edit.value = "snails"
+    assert widget.status.value.startswith("snails: ") and "zz-tiny" in widget.status.value

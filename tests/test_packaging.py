@@ -21,6 +21,7 @@ import zipfile
 
 import pytest
 
+from layernet.config import Config
 from tests.conftest import REPO
 
 COMMANDS = ("train", "evaluate", "predict")
@@ -111,9 +112,10 @@ def test_napari_finds_the_installed_plugin() -> None:
         reader.command for reader in manager.iter_compatible_readers(["a.png"])]
 
 
-def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
-    """``pip install .`` installs the wheel: every module of the four packages, napari.yaml, the
-    entry points, and neither the tests nor the scripts."""
+def source_copy(tmp_path) -> str:
+    """A copy of what ``pip install`` builds from (pyproject.toml, README, the four packages,
+    models/) with a model folder ``zz-demo`` in models/ as model_zoo publishes one, and an
+    export beside it (``model.onnx``) that must not ship."""
     setuptools = pytest.importorskip("setuptools")
     pytest.importorskip("wheel")
     if int(setuptools.__version__.split(".")[0]) < 64:
@@ -125,9 +127,49 @@ def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for package in PACKAGES:
         shutil.copytree(os.path.join(REPO, package), source / package, ignore=ignore)
+    shutil.copytree(os.path.join(REPO, "models"), source / "models")
+    demo = source / "models" / "zz-demo"
+    demo.mkdir()
+    Config(size="S").save(str(demo / "config.json"))
+    for name in ("best.h5", "thresholds.json", "MODEL_CARD.md", "model.onnx"):
+        (demo / name).write_text("{}\n")
+    return str(source)
+
+
+PROBE = """
+import sys
+if len(sys.argv) > 1:  # an editable install's finder, loaded by path (the machine may have
+    import importlib.util  # another checkout's finder of the same module name installed)
+    spec = importlib.util.spec_from_file_location("layernet_editable_finder", sys.argv[1])
+    finder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finder)
+    sys.meta_path.insert(0, finder._EditableFinder)
+import layernet, layernet.runfolder as r
+print(layernet.__file__, r.shipped_models_folder(), r.resolve_model_path("zz-demo"),
+      r.config_for_model("zz-demo").size)
+"""
+"""Prints where layernet is imported from, its shipped models folder, the model file of the
+name ``zz-demo`` and that model's UNet size."""
+
+
+def probe_install(tmp_path, pythonpath: str, *args: str) -> list[str]:
+    """Run :data:`PROBE` in a fresh interpreter outside the repository; its four words."""
+    env = {key: value for key, value in os.environ.items() if key != "LAYERNET_MODELS"}
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(env, PYTHONPATH=pythonpath))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
+def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
+    """``pip install .`` installs the wheel: every module of the four packages, napari.yaml, the
+    entry points, the pretrained models of models/ (as layernet/_models, found by name from the
+    installed package), and neither the tests nor the scripts."""
+    source = source_copy(tmp_path)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                            "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"),
-                           str(source)], capture_output=True, text=True, timeout=300)
+                           source], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = (tmp_path / "wheel").glob("layernet-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -140,8 +182,41 @@ def test_wheel_holds_every_module_and_the_napari_manifest(tmp_path) -> None:
     assert "layernet/napari/napari.yaml" in names
     assert {name.split("/")[0] for name in names} == set(PACKAGES) | {
         wheel.name.split("-py3")[0] + ".dist-info"}
+    models = os.path.join(source, "models")
+    files = {os.path.relpath(os.path.join(folder, file), models).replace(os.sep, "/")
+             for folder, _, found in os.walk(models) for file in found}
+    shipped = {f"layernet/_models/{name}" for name in files if not name.endswith(".onnx")}
+    assert "layernet/_models/README.md" in shipped and len(shipped) == len(files) - 1
+    assert {name for name in names if name.startswith("layernet/_models/")} == shipped
+    # installed (a pure wheel installs by unpacking), names resolve inside the package
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    module, folder, model, size = probe_install(tmp_path, str(site))
+    assert module == str(site / "layernet" / "__init__.py")
+    assert folder == str(site / "layernet" / "_models")
+    assert model == str(site / "layernet" / "_models" / "zz-demo" / "best.h5") and size == "S"
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for name in COMMANDS:
         assert f"layernet-{name} = layernet_commands.{name}:run" in text
     assert "layernet = layernet.napari:napari.yaml" in text
+
+
+def test_editable_install_finds_the_models_of_the_checkout(tmp_path) -> None:
+    """``pip install -e .``: setuptools' editable wheel of the sources maps layernet to the
+    checkout, and names resolve in the checkout's models/."""
+    source = source_copy(tmp_path)
+    wheels = tmp_path / "editable"
+    wheels.mkdir()
+    build = ("import sys; from setuptools import build_meta; "
+             "print(build_meta.build_editable(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", build, str(wheels)], cwd=source,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheels / done.stdout.split()[-1]).extractall(site)
+    (finder,) = site.glob("__editable___layernet_*_finder.py")
+    module, folder, model, size = probe_install(tmp_path, "", str(finder))
+    assert module == os.path.join(source, "layernet", "__init__.py")
+    assert folder == os.path.join(source, "models")
+    assert model == os.path.join(source, "models", "zz-demo", "best.h5") and size == "S"

@@ -99,6 +99,30 @@ def test_a_model_keeps_its_machine_fields_only_for_its_own_dataset(tmp_path):
         assert getattr(other, name) == getattr(same, name), name
 
 
+def test_a_published_model_by_name_is_fine_tuned_in_its_own_phase(tmp_path, monkeypatch):
+    """--init NAME (layernet.runfolder.locate_model) of a published model (MODEL_CARD.md):
+    its phase, unless the method changes; on another dataset the one rule above applies."""
+    from layernet import runfolder
+
+    models = tmp_path / "models"
+    folder = models / "tiny"
+    folder.mkdir(parents=True)
+    Config(phase="layering", data="bbbc010", data_dir="/data/b", data_options={"crop": False},
+           size="S").save(str(folder / "config.json"))
+    (folder / "best.h5").write_bytes(b"")
+    (folder / runfolder.CARD_FILE).write_text("# tiny\n")
+    monkeypatch.setenv(runfolder.MODELS_ENV, str(models))
+    mine = training_config(init="tiny", fields={"data": "folder", "data_dir": "/mine"})
+    assert (mine.phase, mine.size, mine.data_dir, mine.data_options) == (
+        "layering", "S", "/mine", {})
+    assert training_config(init="tiny", fields={"method": "unet2"}).phase == "layering"
+    assert training_config(init="tiny", fields={"phase": "overlap"}).phase == "overlap"
+    (folder / runfolder.CARD_FILE).unlink()  # a training run's model: phase 2 follows
+    assert training_config(init=str(folder)).phase == "overlap"
+    with pytest.raises(runfolder.RunFolderError, match="models available: tiny"):
+        training_config(init="tinny")
+
+
 def test_machine_fields_are_fields_and_a_resumed_run_may_change_only_them():
     names = {f.name for f in dataclasses.fields(Config)}
     assert set(MACHINE_FIELDS) <= names and not set(MACHINE_FIELDS) & set(ARCHITECTURE_FIELDS)

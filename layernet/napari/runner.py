@@ -57,7 +57,7 @@ class PredictionJob:
     Attributes
     ----------
     model : str
-        Run folder or model file (as ``predict.py --model``).
+        Run folder, model file or a pretrained model's name (as ``predict.py --model``).
     image : array-like
         Raw ``(H, W)`` or ``(H, W, C)`` image (read with :func:`numpy.asarray` in the run, so a
         lazy array is loaded there, outside napari's GUI thread).
@@ -110,7 +110,7 @@ def model_config(model: str) -> Any:
     Parameters
     ----------
     model : str
-        Run folder or model file.
+        Run folder, model file or a pretrained model's name.
 
     Returns
     -------
@@ -133,7 +133,7 @@ def model_defaults(model: str) -> tuple[float, int, str]:
     Parameters
     ----------
     model : str
-        Run folder or model file.
+        Run folder, model file or a pretrained model's name.
 
     Returns
     -------

@@ -1,7 +1,8 @@
 """Dock widget: segment the selected image layer with a layernet model, in a worker thread.
 
-Controls: the image layer, the model (a run folder or model file; the field accepts any string
-that :func:`layernet.batch_predict.load_predictor` accepts), Algorithm 1's ``tau`` and
+Controls: the image layer, the model (a run folder, a model file or a pretrained model's name
+such as ``worms``; the field accepts any string that
+:func:`layernet.batch_predict.load_predictor` accepts), Algorithm 1's ``tau`` and
 ``min_size`` (set to the model's values, tuned ``thresholds.json`` included, whenever the model
 changes), test-time augmentation, Run and Cancel. The model is loaded once and kept; running
 again on the same image with other thresholds reuses the network's maps.
@@ -88,7 +89,8 @@ class PredictWidget(Container):
         The viewer whose image layers it segments (napari passes it); its model
         (:class:`napari.components.ViewerModel`) works too.
     model : str, optional
-        Initial model (default: the newest run under ``./runs``, as ``predict.py``, if any).
+        Initial model (default: the newest run under ``./runs``, as ``predict.py``, else the
+        first pretrained model by name, if any).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, model: str | None = None) -> None:
@@ -105,7 +107,8 @@ class PredictWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_choices,
                               tooltip="the image layer to segment")
         self.model = FileEdit(mode="d", label="model", tooltip=(
-            "run folder (choose it), or type a model file such as runs/x/best.h5"))
+            "run folder (choose it), or type a model file such as runs/x/best.h5 or a "
+            "pretrained model's name such as worms"))
         self.tau = FloatSpinBox(label="tau", value=DEFAULT_TAU, min=0.01, max=0.99, step=0.05,
                                 tooltip="Algorithm 1: threshold of the foreground and layers")
         self.min_size = SpinBox(label="min size", value=DEFAULT_MIN_SIZE, min=0,
@@ -133,7 +136,7 @@ class PredictWidget(Container):
         if isinstance(active, napari.layers.Image):
             self.image.value = active
         if model is None:
-            model = _newest_run()
+            model = _default_model()
         if model:
             self.model.line_edit.value = model
 
@@ -263,11 +266,14 @@ class PredictWidget(Container):
                              f"{outcome.seconds:.1f} s)")
 
 
-def _newest_run() -> str:
-    """The newest run folder under ``./runs`` (``predict.py``'s default), or ``""``."""
+def _default_model() -> str:
+    """The newest run folder under ``./runs`` (``predict.py``'s default), else the name of the
+    first model available by name (:func:`layernet.runfolder.available_models`), else ``""``."""
     from layernet import runfolder
 
     try:
-        return runfolder.newest_run("runs") if os.path.isdir("runs") else ""
+        if os.path.isdir("runs"):
+            return runfolder.newest_run("runs")
     except runfolder.RunFolderError:
-        return ""
+        pass
+    return next(iter(runfolder.available_models()), "")
