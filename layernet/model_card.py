@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from layernet import PAPER, PAPER_URL
 from layernet import runfolder
 from layernet.config import Config
+from layernet.methods import get_method
 
 __all__ = ["DATA_CITATIONS", "FILL_IN", "DataCitation", "merge_card", "model_card",
            "unfilled_sections"]
@@ -184,8 +185,8 @@ def _data_section(config: Config) -> str:
 
 def _model_section(config: Config, parameters: int, size_bytes: int) -> str:
     what = ("foreground and N layer maps; the connected components of each layer are objects, "
-            "and objects of different layers may overlap" if config.method == "layering" else
-            "the semantic classes of the paper's baseline")
+            "and objects of different layers may overlap" if get_method(config.method).has_layers
+            else "the semantic classes of the paper's baseline")
     rows = [
         ("method", f"`{config.method}` ({what})"),
         ("network", f"UNet-{config.size}, {config.filters} base filters, "
