@@ -41,10 +41,15 @@ __all__ = [
     "object_crops",
     "save_masks",
     "object_polygons",
+    "object_rois",
     "save_rois",
+    "write_rois",
     "rle_encode",
+    "coco_annotation",
     "coco_annotations",
+    "coco_document",
     "save_coco",
+    "write_coco",
     "save_flat",
     "save_probability_maps",
     "write_prediction",
@@ -174,16 +179,42 @@ def save_rois(path: str | os.PathLike, stack: np.ndarray) -> int:
     """
     path = os.fspath(path)
     stack = validate_stack(np.asarray(stack), name=path)
-    rois = []
-    for label, layer_index, box, crop in object_crops(stack):
-        offset = (box[0].start, box[1].start)
-        for part, points in enumerate(object_polygons(crop, offset)):
-            name = f"{label:04d}-L{layer_index + 1}" + (f"-{part + 1}" if part else "")
-            rois.append(roifile.ImagejRoi.frompoints(points, name=name))
-
-    # the temporary name ends with the destination's: a .zip name makes roifile write a zip
-    write_atomic(path, lambda temporary: roifile.roiwrite(temporary, rois, mode="w"))
+    rois = [roi for label, layer_index, box, crop in object_crops(stack)
+            for roi in object_rois(label, layer_index, box, crop)]
+    write_rois(path, rois)
     return len(rois)
+
+
+def object_rois(label: int, layer_index: int, box: tuple[slice, slice], crop: np.ndarray
+                ) -> list[Any]:
+    """The ImageJ polygon ROIs of one object (one per connected part), named as in
+    :func:`save_rois`.
+
+    Parameters
+    ----------
+    label : int
+        The object's id.
+    layer_index : int
+        Its slice (0-based).
+    box : tuple of slice
+        Its bounding box in the image.
+    crop : numpy.ndarray
+        Its boolean mask inside ``box``.
+
+    Returns
+    -------
+    list of roifile.ImagejRoi
+    """
+    offset = (box[0].start, box[1].start)
+    return [roifile.ImagejRoi.frompoints(
+                points, name=f"{label:04d}-L{layer_index + 1}" + (f"-{part + 1}" if part else ""))
+            for part, points in enumerate(object_polygons(crop, offset))]
+
+
+def write_rois(path: str | os.PathLike, rois: list[Any]) -> None:
+    """Write ImageJ ROIs as a Fiji ROI Manager zip, atomically."""
+    # the temporary name ends with the destination's: a .zip name makes roifile write a zip
+    write_atomic(os.fspath(path), lambda temporary: roifile.roiwrite(temporary, rois, mode="w"))
 
 
 def rle_encode(crop: np.ndarray, box: tuple[slice, slice], shape: tuple[int, int]
@@ -247,20 +278,55 @@ def coco_annotations(stack: np.ndarray, file_name: str, image_id: int = 1,
     """
     stack = np.asarray(stack)
     height, width = stack.shape[1:]
-    annotations = []
-    for label, layer_index, box, crop in object_crops(stack):
-        annotations.append({
-            "id": len(annotations) + 1,
-            "image_id": image_id,
-            "category_id": 1,
-            "segmentation": rle_encode(crop, box, (height, width)),
-            "area": int(crop.sum()),
-            "bbox": [box[1].start, box[0].start, box[1].stop - box[1].start,
-                     box[0].stop - box[0].start],
-            "iscrowd": 0,
-            "layernet_id": int(label),
-            "layernet_slice": int(layer_index),
-        })
+    annotations = [coco_annotation(number, label, layer_index, box, crop, (height, width),
+                                   image_id)
+                   for number, (label, layer_index, box, crop)
+                   in enumerate(object_crops(stack), start=1)]
+    return coco_document(annotations, file_name, (height, width), image_id, category)
+
+
+def coco_annotation(number: int, label: int, layer_index: int, box: tuple[slice, slice],
+                    crop: np.ndarray, shape: tuple[int, int], image_id: int = 1
+                    ) -> dict[str, Any]:
+    """The COCO annotation of one object (see :func:`coco_annotations`).
+
+    Parameters
+    ----------
+    number : int
+        The annotation id.
+    label, layer_index : int
+        The object's id and slice (0-based).
+    box : tuple of slice
+        Its bounding box in the image.
+    crop : numpy.ndarray
+        Its boolean mask inside ``box``.
+    shape : tuple of int
+        ``(H, W)`` of the image.
+    image_id : int, optional
+        COCO image id.
+
+    Returns
+    -------
+    dict
+    """
+    return {
+        "id": int(number),
+        "image_id": image_id,
+        "category_id": 1,
+        "segmentation": rle_encode(crop, box, shape),
+        "area": int(crop.sum()),
+        "bbox": [box[1].start, box[0].start, box[1].stop - box[1].start,
+                 box[0].stop - box[0].start],
+        "iscrowd": 0,
+        "layernet_id": int(label),
+        "layernet_slice": int(layer_index),
+    }
+
+
+def coco_document(annotations: list[dict[str, Any]], file_name: str, shape: tuple[int, int],
+                  image_id: int = 1, category: str = "object") -> dict[str, Any]:
+    """The COCO dict of one image (``images``, ``annotations``, ``categories``)."""
+    height, width = shape
     return {
         "images": [{"id": image_id, "file_name": file_name, "height": height, "width": width}],
         "annotations": annotations,
@@ -268,13 +334,17 @@ def coco_annotations(stack: np.ndarray, file_name: str, image_id: int = 1,
     }
 
 
+def write_coco(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write a COCO dict as compact JSON, atomically."""
+    write_text_atomic(os.fspath(path), json.dumps(data, separators=(",", ":")) + "\n")
+
+
 def save_coco(path: str | os.PathLike, stack: np.ndarray, file_name: str) -> int:
     """Write :func:`coco_annotations` of a stack as JSON; return the number of annotations."""
     path = os.fspath(path)
     stack = validate_stack(np.asarray(stack), name=path)
     data = coco_annotations(stack, file_name)
-    text = json.dumps(data, separators=(",", ":")) + "\n"
-    write_text_atomic(path, text)
+    write_coco(path, data)
     return len(data["annotations"])
 
 

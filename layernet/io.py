@@ -400,7 +400,9 @@ def read_label_stack(path: str | os.PathLike) -> np.ndarray:
     Parameters
     ----------
     path : str or os.PathLike
-        TIFF with ``(L, H, W)`` ids, or any 2-D label image (returned with ``L = 1``).
+        TIFF with ``(L, H, W)`` ids (also a tiled BigTIFF), an OME-Zarr label stack folder
+        (``*.layers.zarr``, :func:`layernet.label_store.read_label_store`), or any 2-D label
+        image (returned with ``L = 1``).
 
     Returns
     -------
@@ -413,7 +415,12 @@ def read_label_stack(path: str | os.PathLike) -> np.ndarray:
         If the file cannot be read, is not integer, or is not a valid label stack (negative ids,
         an id in two slices).
     """
-    image = read_image(path)
+    if os.path.isdir(path) and os.fspath(path).rstrip("/").endswith(".zarr"):
+        from layernet.label_store import read_label_store
+
+        image = read_label_store(path)
+    else:
+        image = read_image(path)
     if image.ndim == 2:
         return read_label_image(path)[None]
     if np.issubdtype(image.dtype, np.floating):

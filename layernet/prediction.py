@@ -36,7 +36,8 @@ from layernet.tiles import (Tile, TilingError, auto_tile_size, default_overlap, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MapsFunction", "Prediction", "predict_image", "predict_tiled", "submit_prediction"]
+__all__ = ["MapsFunction", "Prediction", "image_tiles", "predict_image", "predict_tiled",
+           "submit_prediction"]
 
 MapsFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``maps(tiles (B, h, w, C) float32) -> (foreground (B, h, w), layering (B, h, w, N))``."""
@@ -203,6 +204,44 @@ class Prediction:
     tiles: int = 1
 
 
+def image_tiles(shape: tuple[int, int], stride: int, tile_size: int | None = None,
+                overlap: int | None = None) -> tuple[list[Tile] | None, int]:
+    """The tiles :func:`predict_image` cuts an image of ``shape`` into (``None``: whole).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)``.
+    stride : int
+        The network's stride.
+    tile_size, overlap : int or None, optional
+        As in :func:`predict_image`.
+
+    Returns
+    -------
+    tiles : list of Tile or None
+        The tiles, or ``None`` to predict the image whole.
+    overlap : int
+        The overlap used.
+
+    Raises
+    ------
+    TilingError
+        For a tile size smaller than twice the network stride.
+    """
+    if tile_size is None:
+        tile_size = auto_tile_size(stride)
+    elif tile_size:
+        if tile_size < 2 * stride:
+            raise TilingError(f"tile size {tile_size} is too small; use at least {2 * stride} "
+                              f"(the network stride is {stride})")
+        tile_size = tile_size // stride * stride
+    if overlap is None and tile_size:
+        overlap = default_overlap(tile_size, stride)
+    overlap = overlap or 0
+    return plan_tiles(shape, tile_size, overlap, stride), overlap
+
+
 def submit_prediction(
     predictor: Any,
     image: np.ndarray,
@@ -241,13 +280,7 @@ def submit_prediction(
     normalized = predictor.normalize(image)
     spent["normalize"] += time.perf_counter() - clock
     height, width = normalized.shape[:2]
-    if tile_size is None:
-        tile_size = auto_tile_size(stride)
-    elif tile_size:
-        if tile_size < 2 * stride:
-            raise TilingError(f"tile size {tile_size} is too small; use at least {2 * stride} "
-                              f"(the network stride is {stride})")
-        tile_size = tile_size // stride * stride
+    tiles, overlap = image_tiles((height, width), stride, tile_size, overlap)
 
     def finish(result: Prediction) -> Prediction:
         if timings is not None:
@@ -255,9 +288,6 @@ def submit_prediction(
                 timings[key] = timings.get(key, 0.0) + value
         return result
 
-    if overlap is None and tile_size:
-        overlap = default_overlap(tile_size, stride)
-    tiles = plan_tiles((height, width), tile_size, overlap or 0, stride)
     if tiles is None:
         clock = time.perf_counter()
         foreground, layering = predictor.maps_batch_normalized(normalized[None])

@@ -253,6 +253,27 @@ class TileStitcher:
         first = first[contained]
         return list(zip(ids[first].tolist(), others[first].tolist()))
 
+    def _assemble(self, parts: list[_Part]
+                  ) -> tuple[tuple[int, int], int, tuple[int, int], np.ndarray] | None:
+        """One stitched object from its parts: ``(first pixel, layer, top-left, mask)``, or
+        ``None`` when it has fewer than ``min_size`` pixels. ``layer`` is the layer it held in
+        the tile that owns most of it."""
+        area = sum(part.area for part in parts)
+        if area < max(self.min_size, 1):
+            return None
+        top = min(part.top_left[0] for part in parts)
+        left = min(part.top_left[1] for part in parts)
+        bottom = max(part.top_left[0] + part.mask.shape[0] for part in parts)
+        right = max(part.top_left[1] + part.mask.shape[1] for part in parts)
+        mask = np.zeros((bottom - top, right - left), dtype=bool)
+        for part in parts:
+            py, px = part.top_left[0] - top, part.top_left[1] - left
+            mask[py:py + part.mask.shape[0], px:px + part.mask.shape[1]] |= part.mask
+        first_row = int(np.argmax(mask.any(axis=1)))
+        first_col = int(np.argmax(mask[first_row]))
+        layer = max(parts, key=lambda part: (part.area, -part.fragment)).layer
+        return (top + first_row, left + first_col), layer, (top, left), mask
+
     def finish(self, dtype: type | None = None) -> np.ndarray:
         """Stitch the added tiles into one label stack.
 
@@ -273,23 +294,7 @@ class TileStitcher:
         groups: dict[int, list[_Part]] = {}
         for part in self._parts:
             groups.setdefault(self._union.find(part.fragment), []).append(part)
-        objects = []
-        for parts in groups.values():
-            area = sum(part.area for part in parts)
-            if area < max(self.min_size, 1):
-                continue
-            top = min(part.top_left[0] for part in parts)
-            left = min(part.top_left[1] for part in parts)
-            bottom = max(part.top_left[0] + part.mask.shape[0] for part in parts)
-            right = max(part.top_left[1] + part.mask.shape[1] for part in parts)
-            mask = np.zeros((bottom - top, right - left), dtype=bool)
-            for part in parts:
-                py, px = part.top_left[0] - top, part.top_left[1] - left
-                mask[py:py + part.mask.shape[0], px:px + part.mask.shape[1]] |= part.mask
-            first_row = int(np.argmax(mask.any(axis=1)))
-            first_col = int(np.argmax(mask[first_row]))
-            layer = max(parts, key=lambda part: (part.area, -part.fragment)).layer
-            objects.append(((top + first_row, left + first_col), layer, (top, left), mask))
+        objects = [item for item in map(self._assemble, groups.values()) if item is not None]
         objects.sort(key=lambda item: item[0])
         if dtype is None:
             dtype = np.uint16 if len(objects) <= np.iinfo(np.uint16).max else np.uint32

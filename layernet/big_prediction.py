@@ -1,0 +1,297 @@
+"""Prediction of images too large for memory: read in strips, stitched and written as it goes.
+
+:func:`predict_big_image` predicts one image (a TIFF/BigTIFF, a zarr array or OME-Zarr image, or
+an array) with memory bounded by a strip of tiles, not by the image:
+
+1. the image is opened lazily (:func:`layernet.lazy_image.open_lazy_image`) and the
+   normalisation percentiles are taken in one pass over its strips
+   (:func:`layernet.lazy_image.streamed_percentile_range`: bit for bit those of the whole image
+   for 8/16-bit images);
+2. the tiles are those :func:`layernet.prediction.predict_image` uses (same tile grid, same
+   overlap); each tile row (a *strip*) is read, normalised, run through the network in batches
+   and post-processed tile by tile (Algorithm 1, as today);
+3. the tiles' instances are stitched by :class:`layernet.stream_stitching.StreamingStitcher`
+   (the matching of :class:`layernet.stitching.TileStitcher`, so objects spanning many tiles come
+   out whole) and every object is placed as soon as no later tile can change it;
+4. finished rows go to a chunked, compressed OME-Zarr store (``.partial`` until complete); at the
+   end it becomes the ``.layers.zarr`` or a tiled ``.layers.tif`` BigTIFF
+   (:mod:`layernet.label_store`). COCO annotations and ImageJ ROIs are made per object as it is
+   placed (exact); the overlay is drawn at a reduced size (longest side at most
+   :data:`OVERLAY_SIDE`).
+
+The objects are the same as those of whole-image tiled prediction (:func:`predict_image` with the
+same tiles); ids and slices differ (ids follow the order in which objects become final, slices are
+packed first fit). :func:`predict_strips` is the core for any network function.
+
+Nothing in this module imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from layernet.lazy_image import LazyImage, describe, open_lazy_image, streamed_percentile_range
+from layernet.normalize import normalize_to_range
+from layernet.prediction import MapsFunction, image_tiles
+from layernet.stream_stitching import RowAssembler, StreamingStitcher
+from layernet.tiles import Tile, tile_grid
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OVERLAY_SIDE", "BigPrediction", "LAYERS_SUFFIXES", "predict_big_image",
+           "predict_strips", "tile_rows"]
+
+OVERLAY_SIDE = 4096
+"""Longest side of the overlay PNG of a large image (it is drawn at a reduced size)."""
+
+LAYERS_SUFFIXES = {"bigtiff": ".layers.tif", "zarr": ".layers.zarr"}
+"""File name suffix of the label stack of each large-image output format."""
+
+
+@dataclass
+class BigPrediction:
+    """Result of :func:`predict_big_image`: the written paths and a few counts."""
+
+    paths: list[str] = field(default_factory=list)
+    objects: int = 0
+    slices: int = 1
+    tiles: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def tile_rows(tiles: list[Tile]) -> list[list[Tile]]:
+    """The tiles of a grid (:func:`layernet.tiles.tile_grid`) grouped by row, top to bottom."""
+    rows: dict[int, list[Tile]] = {}
+    for tile in tiles:
+        rows.setdefault(tile.rect[0], []).append(tile)
+    return [rows[top] for top in sorted(rows)]
+
+
+def predict_strips(
+    image: LazyImage,
+    normalize: Callable[[np.ndarray], np.ndarray],
+    maps: MapsFunction,
+    instances: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tiles: list[Tile],
+    assembler: RowAssembler,
+    min_size: int = 0,
+    batch_size: int = 1,
+    match_iou: float = 0.5,
+    on_tiles: Callable[[int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
+) -> int:
+    """Predict a lazily read image strip by strip into ``assembler``; return the object count.
+
+    Parameters
+    ----------
+    image : LazyImage
+        The image (channels chosen).
+    normalize : callable
+        Maps a raw float32 strip ``(h, W, C)`` to what the network sees.
+    maps : MapsFunction
+        The network on a batch of tiles.
+    instances : callable
+        ``instances(foreground, layering)`` of one tile, without size screening.
+    tiles : list of Tile
+        The tile grid (raster order).
+    assembler : RowAssembler
+        Receives every final object; its rows are flushed as they become final.
+    min_size : int, optional
+        Stitched objects with fewer pixels are dropped.
+    batch_size : int, optional
+        Tiles per network call (within a strip).
+    match_iou : float, optional
+        See :class:`layernet.stitching.TileStitcher`.
+    on_tiles : callable, optional
+        ``on_tiles(done, total)`` after every network call.
+    timings : dict, optional
+        Seconds of ``"read"`` (reading and normalising), ``"network"`` and ``"postprocess"``
+        (post-processing, stitching and writing) are added to it.
+    """
+    spent = {"read": 0.0, "network": 0.0, "postprocess": 0.0}
+    stitcher = StreamingStitcher((image.height, image.width), tiles, min_size=min_size,
+                                 match_iou=match_iou)
+    done = 0
+    for row in tile_rows(tiles):
+        clock = time.perf_counter()
+        y0, y1 = row[0].rect[0], row[0].rect[2]
+        strip = normalize(image.strip(y0, y1))
+        spent["read"] += time.perf_counter() - clock
+        for start in range(0, len(row), batch_size):
+            batch_tiles = row[start:start + batch_size]
+            batch = np.stack([strip[:, tile.rect[1]:tile.rect[3]] for tile in batch_tiles])
+            clock = time.perf_counter()
+            foregrounds, layerings = maps(batch)
+            spent["network"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings):
+                stitcher.add(tile.index, instances(foreground, layering))
+            spent["postprocess"] += time.perf_counter() - clock
+            done += len(batch_tiles)
+            if on_tiles is not None:
+                on_tiles(done, len(tiles))
+        del strip
+        clock = time.perf_counter()
+        for _, _, top_left, mask in stitcher.pop_final():
+            assembler.place(top_left, mask)
+        assembler.flush(stitcher.open_top())
+        spent["postprocess"] += time.perf_counter() - clock
+        logger.debug("strip %d-%d: %d objects so far, band of %d rows", y0, y1,
+                     assembler.objects, assembler.rows)
+    assembler.flush(image.height)
+    if timings is not None:
+        for key, value in spent.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return assembler.objects
+
+
+def _reduced_overlay(image: LazyImage, stack: Any, side: int) -> tuple[np.ndarray, int]:
+    """The outline overlay of an image and its label stack (zarr or NumPy ``(L, H, W)``) with
+    the longest side at most ``side`` (every ``step``-th pixel); returns it and ``step``."""
+    from layernet.viz import display_image, outline_overlay
+
+    step = max(1, -(-max(image.height, image.width) // side))
+    rows = []
+    labels = []
+    band = 1024 * step
+    for y0 in range(0, image.height, band):
+        y1 = min(y0 + band, image.height)
+        rows.append(image.strip(y0, y1, step=step))
+        labels.append(np.asarray(stack[:, y0:y1:step, ::step]))
+    small = np.concatenate(rows)
+    return outline_overlay(display_image(small), np.concatenate(labels, axis=1)), step
+
+
+class _ObjectOutputs:
+    """COCO annotations and ImageJ ROIs made per object as it is placed (exact)."""
+
+    def __init__(self, shape: tuple[int, int], coco: bool, rois: bool) -> None:
+        self.shape = shape
+        self.coco = coco
+        self.rois = rois
+        self.annotations: list[dict[str, Any]] = []
+        self.roi_list: list[Any] = []
+
+    def __call__(self, number: int, layer: int, box: tuple[slice, slice], mask: np.ndarray
+                 ) -> None:
+        from layernet.export import coco_annotation, object_rois
+
+        if self.coco:
+            self.annotations.append(coco_annotation(number, number, layer, box, mask,
+                                                    self.shape))
+        if self.rois:
+            self.roi_list.extend(object_rois(number, layer, box, mask))
+
+
+def predict_big_image(
+    predictor: Any,
+    source: Any,
+    prefix: str,
+    output_format: str = "bigtiff",
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 1,
+    channel: int | None = None,
+    overlay: bool = True,
+    rois: bool = False,
+    coco: bool = False,
+    file_name: str | None = None,
+    overlay_side: int = OVERLAY_SIDE,
+    on_tiles: Callable[[int, int], None] | None = None,
+) -> BigPrediction:
+    """Predict one large image with memory bounded by a strip of tiles; write its outputs.
+
+    Parameters
+    ----------
+    predictor : layernet.inference.Predictor
+        The model (``config``, ``maps_batch_normalized`` and ``instances_from_maps`` are used).
+    source : str, os.PathLike, numpy.ndarray or zarr array
+        The image: a TIFF/BigTIFF file, a zarr array or OME-Zarr folder, or an array.
+    prefix : str
+        Output path without suffix (``out/slide`` -> ``out/slide.layers.tif``, ...).
+    output_format : {"bigtiff", "zarr"}, optional
+        The label stack as a tiled BigTIFF or an OME-Zarr folder (:mod:`layernet.label_store`).
+    tile_size, overlap, batch_size
+        Tiling, as in :func:`layernet.prediction.predict_image` (same tiles).
+    channel : int or None, optional
+        Use only this channel.
+    overlay : bool, optional
+        Write ``<prefix>.overlay.png`` at a reduced size (longest side ``overlay_side``).
+    rois, coco : bool, optional
+        Also write the Fiji ROI zip / COCO JSON (exact, made object by object).
+    file_name : str, optional
+        Image name recorded in the COCO file (default: the prefix's base name).
+    overlay_side : int, optional
+        Longest side of the overlay.
+    on_tiles : callable, optional
+        Progress: ``on_tiles(done, total)`` after every network call.
+
+    Returns
+    -------
+    BigPrediction
+    """
+    from layernet.export import OUTPUT_SUFFIXES, coco_document, write_coco, write_rois
+    from layernet.io import write_image_atomic
+    from layernet.label_store import ZarrLabelWriter
+
+    if output_format not in LAYERS_SUFFIXES:
+        raise ValueError(f"output format {output_format!r} is not one for large images; "
+                         f"choose {' or '.join(LAYERS_SUFFIXES)}")
+    config = predictor.config
+    image = open_lazy_image(source)
+    image.select_channels(channel, config.channels)
+    shape = (image.height, image.width)
+    logger.info("%s: predicted in strips, label stack as %s", describe(image), output_format)
+    result = BigPrediction()
+    clock = time.perf_counter()
+    p_low, p_high = streamed_percentile_range(image, config.normalize_low, config.normalize_high)
+    result.timings["normalize"] = time.perf_counter() - clock
+    tiles, _ = image_tiles(shape, config.stride, tile_size, overlap)
+    if tiles is None:
+        tiles = tile_grid(shape, shape, 0)
+    result.tiles = len(tiles)
+    layers_path = prefix + LAYERS_SUFFIXES[output_format]
+    writer = ZarrLabelWriter(prefix + LAYERS_SUFFIXES["zarr"], shape)
+    outputs = _ObjectOutputs(shape, coco, rois)
+    assembler = RowAssembler(shape, writer, flush_rows=writer.chunk,
+                             on_object=outputs if (coco or rois) else None)
+    try:
+        result.objects = predict_strips(
+            image, lambda strip: normalize_to_range(strip, p_low, p_high),
+            predictor.maps_batch_normalized,
+            lambda foreground, layering: predictor.instances_from_maps(foreground, layering,
+                                                                       min_size=0),
+            tiles, assembler, min_size=config.min_size, batch_size=batch_size,
+            on_tiles=on_tiles, timings=result.timings)
+        result.slices = assembler.slices
+        if overlay:
+            picture, step = _reduced_overlay(image, writer.array, overlay_side)
+            path = prefix + OUTPUT_SUFFIXES["overlay"]
+            write_image_atomic(path, picture)
+            if step > 1:
+                logger.info("%s: overlay drawn at 1/%d size (%d x %d px)", path, step,
+                            picture.shape[1], picture.shape[0])
+            result.paths.append(path)
+        result.paths.insert(0, writer.finish(result.slices, output_format, layers_path))
+    except BaseException:
+        writer.abandon()
+        raise
+    if rois:
+        path = prefix + OUTPUT_SUFFIXES["rois"]
+        write_rois(path, outputs.roi_list)
+        result.paths.append(path)
+    if coco:
+        path = prefix + OUTPUT_SUFFIXES["coco"]
+        write_coco(path, coco_document(outputs.annotations,
+                                       file_name or os.path.basename(prefix), shape))
+        result.paths.append(path)
+    logger.info("%s: %d objects in %d slices, %d tiles", layers_path, result.objects,
+                result.slices, result.tiles)
+    return result
+

@@ -1,0 +1,186 @@
+"""Tests of large-image prediction: lazy reading, streamed percentiles, strip-by-strip
+stitching, chunked outputs (OME-Zarr, tiled BigTIFF) and what a killed run leaves behind.
+
+The strip-by-strip path is compared with today's whole-image tiled prediction: with the fake
+network of ``test_tiling`` (the image holds the ground-truth ids, objects land in layers that
+differ from tile to tile) on an image whose long objects cross many tile borders, and with the
+tiny trained model of ``conftest.tiny_run`` on a TIFF read lazily. "The same instances" means the
+same set of object masks (ids and slices may differ: objects are numbered as they become final
+and packed first fit into few slices).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("zarr")
+
+from layernet.instances import masks_from_stack, stack_from_masks, validate_stack  # noqa: E402
+from layernet.io import as_channels, read_label_stack  # noqa: E402
+from layernet.label_store import (ZarrLabelWriter, read_label_store,  # noqa: E402
+                                  write_label_stack_as, zarr_to_bigtiff)
+from layernet.lazy_image import open_lazy_image, streamed_percentile_range  # noqa: E402
+from layernet.normalize import percentile_range  # noqa: E402
+from layernet.postprocess import postprocess  # noqa: E402
+from layernet.big_prediction import predict_strips  # noqa: E402
+from layernet.stream_stitching import RowAssembler  # noqa: E402
+from layernet.tiles import tile_grid  # noqa: E402
+from layernet.tiling import predict_tiled  # noqa: E402
+from tests.test_tiling import FakeNetwork, _ellipse  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mask_set(stack):
+    masks, _ = masks_from_stack(np.asarray(stack))
+    return sorted(tuple(np.flatnonzero(mask)) for mask in masks)
+
+
+def _objects(shape, seed):
+    """Ellipses, some long and thin (crossing several 96 px tiles), many overlapping."""
+    rng = np.random.default_rng(seed)
+    masks = []
+    for index in range(34):
+        centre = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        radii = (rng.uniform(5, 10), rng.uniform(120, 200)) if index < 6 else (
+            rng.uniform(6, 22), rng.uniform(6, 40))
+        masks.append(_ellipse(shape, centre, radii, rng.uniform(0, np.pi)))
+    return masks
+
+
+def _strip_prediction(image, network, tiles, folder, min_size, batch=2):
+    lazy = open_lazy_image(image)
+    writer = ZarrLabelWriter(os.path.join(folder, "out.layers.zarr"), image.shape[:2], chunk=64)
+    assembler = RowAssembler(image.shape[:2], writer, flush_rows=writer.chunk)
+    count = predict_strips(
+        lazy, lambda strip: strip, network,
+        lambda foreground, layering: postprocess(foreground, layering, min_size=0),
+        tiles, assembler, min_size=min_size, batch_size=batch)
+    path = writer.finish(assembler.slices, "zarr")
+    return count, read_label_store(path), assembler
+
+
+def test_strips_give_the_objects_of_whole_image_tiled_prediction(tmp_path):
+    shape = (420, 380)
+    objects = _objects(shape, 4)
+    image = np.moveaxis(stack_from_masks(objects), 0, -1).astype(np.float32)
+    tiles = tile_grid(shape, 96, 24)
+    network = FakeNetwork()
+    reference = predict_tiled(image, network, 96, 24, min_size=30, batch_size=2)
+    network.layers_seen.clear()
+    count, streamed, assembler = _strip_prediction(image, network, tiles, str(tmp_path), 30)
+    validate_stack(streamed)
+    expected = _mask_set(reference)
+    assert len(expected) >= 25 and count == len(expected)
+    crossing = [mask for mask in masks_from_stack(reference)[0]
+                if sum(mask[tile.slices].any() for tile in tiles) >= 4]
+    assert len(crossing) >= 4, "the test needs objects spanning many tiles"
+    assert any(len(layers) > 1 for layers in network.layers_seen.values())
+    assert _mask_set(streamed) == expected
+    # first-fit packing: as few slices as the overlaps need, not the network's 8
+    assert streamed.shape[0] < reference.shape[0] and all(layer.any() for layer in streamed)
+    assert assembler.rows < shape[0]  # the band never held the whole image
+
+
+def test_streamed_percentiles_are_those_of_the_whole_image():
+    rng = np.random.default_rng(1)
+    for dtype, shape in ((np.uint8, (37, 29)), (np.uint16, (50, 41, 2)), (np.int16, (23, 64))):
+        info = np.iinfo(dtype)
+        image = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        image[:3] //= 5  # not uniform
+        for low, high in ((1.0, 99.8), (0.0, 100.0), (0.3, 55.5)):
+            lazy = open_lazy_image(image)
+            streamed = streamed_percentile_range(lazy, low, high, strip_rows=7)
+            whole = percentile_range(as_channels(image), low, high)
+            assert np.array_equal(streamed[0], whole[0]) and np.array_equal(streamed[1], whole[1])
+    floats = rng.random((40, 30)).astype(np.float32)  # sampled only above SAMPLE_PIXELS
+    assert np.array_equal(streamed_percentile_range(open_lazy_image(floats), 1, 99.8)[1],
+                          percentile_range(as_channels(floats), 1, 99.8)[1])
+
+
+def test_tiff_and_ome_zarr_inputs_read_lazily(tmp_path):
+    import tifffile
+    import zarr
+
+    image = np.random.default_rng(2).integers(0, 4000, (130, 150, 3)).astype(np.uint16)
+    path = str(tmp_path / "tiled.tif")
+    tifffile.imwrite(path, image, tile=(64, 64), bigtiff=True, photometric="rgb")
+    lazy = open_lazy_image(path)
+    assert lazy.shape == (130, 150, 3)
+    np.testing.assert_array_equal(lazy.strip(20, 90), image[20:90].astype(np.float32))
+    group = zarr.open_group(str(tmp_path / "in.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", data=np.moveaxis(image, -1, 0)[None], chunks=(1, 1, 64, 64))
+    group.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}], "axes": [
+        {"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]}]
+    lazy = open_lazy_image(str(tmp_path / "in.zarr"))
+    lazy.select_channels(1, 1)
+    np.testing.assert_array_equal(lazy.strip(5, 17), image[5:17, :, 1:2].astype(np.float32))
+    with pytest.raises(ValueError, match="plain.png: not a TIFF"):
+        (tmp_path / "plain.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 20)
+        open_lazy_image(str(tmp_path / "plain.png"))
+
+
+def test_bigtiff_and_zarr_outputs_round_trip(tmp_path):
+    import tifffile
+
+    stack = stack_from_masks(_objects((150, 170), 7), dtype=np.uint32)
+    tiff = str(tmp_path / "a.layers.tif")
+    write_label_stack_as(tiff, stack, "bigtiff")
+    with tifffile.TiffFile(tiff) as handle:
+        assert handle.is_bigtiff and handle.pages[0].is_tiled
+        assert handle.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+    np.testing.assert_array_equal(read_label_stack(tiff), stack)
+    folder = str(tmp_path / "a.layers.zarr")
+    write_label_stack_as(folder, stack, "zarr")
+    np.testing.assert_array_equal(read_label_store(folder), stack)
+    np.testing.assert_array_equal(read_label_stack(folder), stack)
+    import zarr
+
+    group = zarr.open_group(folder, mode="r")
+    assert group.attrs["multiscales"][0]["version"] == "0.4" and "image-label" in group.attrs
+    assert group["0"].metadata.zarr_format == 2
+    assert not os.path.exists(folder + ".partial")
+
+
+def test_a_killed_run_leaves_no_complete_looking_output(tmp_path):
+    # A child process writes rows into a zarr store and is killed (SIGKILL) midway.
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        sys.path.insert(0, {REPO!r})
+        from layernet.label_store import ZarrLabelWriter
+        writer = ZarrLabelWriter({str(tmp_path / "x.layers.zarr")!r}, (4096, 512), chunk=64)
+        for top in range(0, 4096, 64):
+            writer.write_rows(top, [np.full((64, 512), top + 1, np.uint32)])
+            if top == 1024:
+                print("half", flush=True)
+                sys.stdin.readline()
+        writer.finish(1, "zarr")
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "half"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert sorted(os.listdir(tmp_path)) == ["x.layers.zarr.partial"]
+    with pytest.raises(ValueError, match="unfinished"):
+        read_label_store(str(tmp_path / "x.layers.zarr.partial"))
+    # A BigTIFF is written under a temporary name: an error midway leaves nothing named .tif.
+    class Broken:
+        shape, dtype = (2, 600, 600), np.dtype(np.uint32)
+
+        def __getitem__(self, index):
+            if index[0] == 1:
+                raise OSError("disk gone")
+            return np.zeros((512, 600), np.uint32)[: len(range(600)[index[1]])]
+
+    with pytest.raises(OSError, match="disk gone"):
+        zarr_to_bigtiff(Broken(), str(tmp_path / "y.layers.tif"))
+    assert sorted(os.listdir(tmp_path)) == ["x.layers.zarr.partial"]
