@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as coco_mask
 import roifile
-from scipy import ndimage
 from skimage import measure
 
-from layernet.instances import flatten_stack, validate_stack
+from layernet.instances import flatten_stack, object_crops, pack_stack, validate_stack
 from layernet.files import atomic_output, write_atomic, write_text_atomic
 from layernet.io import _imwrite_imagej_stack, write_image_atomic, write_label_stack
 from layernet.viz import display_image, outline_overlay
@@ -66,32 +65,6 @@ OUTPUT_SUFFIXES = {
     "layer_maps": ".layermaps.png",  # written by predict.py --save-layer-maps (layernet.viz)
 }
 """File name suffix of each output of :func:`write_prediction` (``masks`` is a folder)."""
-
-
-def object_crops(stack: np.ndarray) -> list[tuple[int, int, tuple[slice, slice], np.ndarray]]:
-    """Every object of a label stack as ``(id, slice index, bounding box, boolean crop)``.
-
-    Parameters
-    ----------
-    stack : numpy.ndarray
-        Label stack ``(L, H, W)``.
-
-    Returns
-    -------
-    list of tuple
-        Sorted by id; the bounding box indexes the image, the crop is the mask inside it.
-    """
-    stack = np.asarray(stack)
-    objects = []
-    for layer_index, layer in enumerate(stack):
-        if not layer.any():
-            continue
-        labels = layer.astype(np.int64, copy=False)
-        for label, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is not None:
-                objects.append((label, layer_index, box, layer[box] == label))
-    objects.sort(key=lambda item: item[0])
-    return objects
 
 
 def save_masks(folder: str | os.PathLike, stack: np.ndarray) -> list[str]:
@@ -400,7 +373,9 @@ def write_prediction(
     prefix : str
         Output path without suffix, e.g. ``out/img`` for ``out/img.layers.tif``.
     stack : numpy.ndarray
-        Predicted label stack ``(L, H, W)``; always written (``.layers.tif``).
+        Predicted label stack ``(L, H, W)``; always written (``.layers.tif``). Its objects are
+        first packed into as few slices as they need (:func:`layernet.instances.pack_stack`;
+        ids unchanged), and every output names those slices.
     image : numpy.ndarray, optional
         Raw ``(H, W, C)`` image, needed for the overlay.
     overlay, masks, rois, coco, flat : bool, optional
@@ -416,6 +391,7 @@ def write_prediction(
         The written paths.
     """
     written = []
+    stack = pack_stack(stack)
     path = prefix + OUTPUT_SUFFIXES["layers"]
     write_label_stack(path, stack)
     written.append(path)

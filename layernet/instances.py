@@ -31,6 +31,9 @@ __all__ = [
     "validate_stack",
     "stack_from_masks",
     "greedy_colouring",
+    "first_free_slice",
+    "object_crops",
+    "pack_stack",
     "stack_from_label_image",
     "masks_from_stack",
     "object_ids",
@@ -429,3 +432,70 @@ def pad_stack(stack: np.ndarray, layers: int) -> np.ndarray:
     pad = np.zeros((layers - stack.shape[0],) + stack.shape[1:], dtype=stack.dtype)
     return np.concatenate([stack, pad], axis=0)
 
+
+def object_crops(stack: np.ndarray) -> list[tuple[int, int, tuple[slice, slice], np.ndarray]]:
+    """Every object of a label stack as ``(id, slice index, bounding box, boolean crop)``.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``.
+
+    Returns
+    -------
+    list of tuple
+        Sorted by id; the bounding box indexes the image, the crop is the mask inside it.
+    """
+    from scipy import ndimage
+
+    stack = np.asarray(stack)
+    objects = []
+    for layer_index, layer in enumerate(stack):
+        if not layer.any():
+            continue
+        labels = layer.astype(np.int64, copy=False)
+        for label, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is not None:
+                objects.append((label, layer_index, box, layer[box] == label))
+    objects.sort(key=lambda item: item[0])
+    return objects
+
+
+def first_free_slice(layers: Sequence[np.ndarray], window: tuple[slice, slice],
+                     mask: np.ndarray) -> int | None:
+    """Index of the first of ``layers`` where the object ``mask`` (at ``window``) overlaps no
+    object, or ``None`` when every slice is taken there."""
+    for index, layer in enumerate(layers):
+        if not layer[window][mask].any():
+            return index
+    return None
+
+
+def pack_stack(stack: np.ndarray) -> np.ndarray:
+    """Move every object, in increasing id order, to the first slice where it overlaps nothing.
+
+    Ids and masks stay; the result has as few slices as this greedy (first-fit) colouring
+    gives, at least one, and no empty slice. A prediction whose objects sit in 2 of the
+    network's 8 layers is written with 2 slices (or 1 when nothing overlaps).
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        Label stack ``(L, H, W)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Label stack ``(L', H, W)`` of the same dtype, ``1 <= L' <= L``.
+    """
+    stack = np.asarray(stack)
+    packed: list[np.ndarray] = []
+    for label, _, box, mask in object_crops(stack):
+        index = first_free_slice(packed, box, mask)
+        if index is None:
+            packed.append(np.zeros(stack.shape[1:], stack.dtype))
+            index = len(packed) - 1
+        packed[index][box][mask] = label
+    if not packed:
+        return np.zeros((1,) + stack.shape[1:], stack.dtype)
+    return np.stack(packed)

@@ -356,7 +356,7 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_label_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
-    """Write a label stack as a uint16 ImageJ hyperstack TIFF, atomically.
+    """Write a label stack as a zlib-compressed uint16 ImageJ hyperstack TIFF, atomically.
 
     The file is written under a temporary name in the same folder and renamed, so readers never
     see a partial file. Axes are ``ZYX`` (one slice per layer): Fiji opens a stack of ``L``
@@ -383,7 +383,8 @@ def write_label_stack(path: str | os.PathLike, stack: np.ndarray) -> None:
 
 
 def _imwrite_imagej_stack(path: str, data: np.ndarray) -> None:
-    """Write a ``(Z, Y, X)`` array as an ImageJ hyperstack of ``Z`` slices.
+    """Write a ``(Z, Y, X)`` array as an ImageJ hyperstack of ``Z`` slices, zlib-compressed
+    (ImageJ, Fiji, napari and tifffile read it).
 
     The array is passed with ImageJ's full axes ``TZCYXS``: given as ``ZYX``, tifffile takes a
     width of 1 for one sample per pixel and writes a single ``(Z, Y)`` page instead of ``Z``
@@ -391,7 +392,7 @@ def _imwrite_imagej_stack(path: str, data: np.ndarray) -> None:
     """
     depth, height, width = data.shape
     tifffile.imwrite(path, data.reshape(1, depth, 1, height, width, 1), imagej=True,
-                     metadata={"axes": "TZCYXS"})
+                     metadata={"axes": "TZCYXS"}, compression="zlib")
 
 
 def read_label_stack(path: str | os.PathLike) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from layernet.instances import first_free_slice
 from layernet.stitching import TileStitcher
 from layernet.tiles import Tile
 
@@ -147,10 +148,8 @@ class RowAssembler:
         self._grow(top - self.top + mask.shape[0])
         window = (slice(top - self.top, top - self.top + mask.shape[0]),
                   slice(left, left + mask.shape[1]))
-        for index, layer in enumerate(self.band):
-            if not layer[window][mask].any():
-                break
-        else:
+        index = first_free_slice(self.band, window, mask)
+        if index is None:
             self.band.append(np.zeros((self.rows, self.width), self.dtype))
             index = len(self.band) - 1
         self.objects += 1

@@ -184,3 +184,20 @@ def test_a_killed_run_leaves_no_complete_looking_output(tmp_path):
     with pytest.raises(OSError, match="disk gone"):
         zarr_to_bigtiff(Broken(), str(tmp_path / "y.layers.tif"))
     assert sorted(os.listdir(tmp_path)) == ["x.layers.zarr.partial"]
+
+
+def test_written_stacks_hold_only_the_slices_they_need(tmp_path):
+    from layernet.export import write_prediction
+    from layernet.instances import pack_stack
+
+    stack = np.zeros((8, 40, 50), np.uint16)
+    stack[2, 5:20, 5:20] = 1
+    stack[6, 10:30, 10:30] = 2  # overlaps 1
+    stack[7, 30:38, 30:45] = 3  # overlaps nothing
+    packed = pack_stack(stack)
+    assert packed.shape[0] == 2 and packed.dtype == stack.dtype
+    assert _mask_set(packed) == _mask_set(stack)
+    assert set(np.unique(packed[0])) == {0, 1, 3} and set(np.unique(packed[1])) == {0, 2}
+    assert pack_stack(np.zeros((8, 4, 4), np.uint16)).shape == (1, 4, 4)
+    write_prediction(str(tmp_path / "p"), stack, overlay=False)
+    np.testing.assert_array_equal(read_label_stack(str(tmp_path / "p.layers.tif")), packed)

@@ -19,6 +19,8 @@ import pytest
 import tifffile
 
 from layernet.export_model import ExportOptions, export_model
+from layernet.instances import pack_stack
+from layernet.io import read_label_stack
 from tests.conftest import REPO, run_cli
 
 TINY = dict(size="S", filters=4, head_filters=4, precision="float32", min_size=10)
@@ -138,8 +140,9 @@ def test_onnx_backend_gives_the_keras_instances(run_folder, image, tmp_path):
                      str(tmp_path / "out"), "--tile-size", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "onnx backend" in result.stderr
-    written = tifffile.imread(str(tmp_path / "out" / "cells.layers.tif"))
-    np.testing.assert_array_equal(written, predict_image(keras, image, tile_size=0).stack)
+    written = read_label_stack(str(tmp_path / "out" / "cells.layers.tif"))
+    np.testing.assert_array_equal(written, pack_stack(predict_image(keras, image,
+                                                                    tile_size=0).stack))
 
 
 def test_bioimageio_package_is_valid_and_passes_the_model_test(run_folder, tmp_path, caplog):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from layernet.config import METHODS, Config, ConfigError
+from layernet.instances import pack_stack
 from layernet.methods import (BUILTIN_METHODS, MERGED_NAME, Head, Method, UnknownMethodError,
                               get_method, method_names, register_method, unregister_method)
 from layernet.postprocess import label_components
@@ -199,7 +200,8 @@ def test_registered_method_trains_predicts_and_evaluates(tmp_path, foreground_me
     predictor = Predictor(net, saved)
     expected = predictor.instances_normalized(predictor.normalize(raw[..., None]))
     written = read_image(str(tmp_path / "pred" / "plate.layers.tif"))
-    np.testing.assert_array_equal(written.reshape(expected.shape) > 0, expected > 0)
+    np.testing.assert_array_equal(written.reshape((-1,) + expected.shape[1:]),
+                                  pack_stack(expected))
     assert os.path.isfile(tmp_path / "pred" / "plate.layermaps.png")
 
     out = tmp_path / "eval"
