@@ -47,13 +47,18 @@ __all__ = [
     "FileJob",
     "FileResult",
     "PredictOptions",
+    "STRIPS_PIXELS",
     "WorkerError",
     "load_predictor",
     "one_line_message",
     "predict_files",
     "predict_files_in_processes",
+    "predicted_in_strips",
     "threads_per_worker",
 ]
+
+STRIPS_PIXELS = 25_000_000
+"""TIFF and zarr inputs of more pixels (5000 x 5000) are predicted in strips by default."""
 
 FileJob = tuple[int, str, str]
 """``(index, input path, output prefix)`` of one file to predict."""
@@ -79,6 +84,13 @@ class PredictOptions:
         Also write the panel of the image, the foreground and every layer map.
     overlapped : bool
         Post-process and write in a background thread while the network runs on the next file.
+    layers_format : {"auto", "tif", "bigtiff", "zarr"}
+        Format of the label stack (:mod:`layernet.label_store`); ``auto``: ``tif`` for images
+        predicted in memory, ``bigtiff`` for images predicted in strips.
+    strips : {"auto", "always", "never"}
+        Which TIFF and zarr inputs are predicted strip by strip with memory bounded by a strip
+        of tiles (:func:`layernet.big_prediction.predict_big_image`): ``auto`` those of more
+        than :data:`STRIPS_PIXELS` pixels. Other formats are always read whole.
     """
 
     channel: int | None = None
@@ -93,6 +105,8 @@ class PredictOptions:
     prob: bool = False
     layer_maps: bool = False
     overlapped: bool = True
+    layers_format: str = "auto"
+    strips: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,68 @@ def _failed(index: int, path: str, error: BaseException) -> FileResult:
     return FileResult(index, path, error=one_line_message(path, error))
 
 
+def predicted_in_strips(path: str, options: PredictOptions) -> bool:
+    """Whether ``path`` is predicted strip by strip (see :attr:`PredictOptions.strips`).
+
+    Raises
+    ------
+    ImportError
+        For ``strips="always"`` on a TIFF or zarr input without the ``big`` extra installed.
+    """
+    from layernet.io import _TIFF_MAGIC
+    from layernet.lazy_image import is_zarr_path, open_lazy_image
+
+    if options.strips == "never":
+        return False
+    if not is_zarr_path(path):
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(4) not in _TIFF_MAGIC:
+                    return False
+        except OSError:
+            return False  # reported by the reader
+    if options.strips == "always":
+        return True
+    try:
+        image = open_lazy_image(path)
+    except ImportError:
+        logger.debug("%s: zarr is not installed; read whole", path)
+        return False
+    except ValueError:
+        return False  # the whole-image reader reports it
+    return image.height * image.width > STRIPS_PIXELS
+
+
+_NOT_IN_STRIPS = {"masks": "--save-masks", "flat": "--save-flat", "prob": "--save-prob",
+                  "layer_maps": "--save-layer-maps"}
+
+
+def _predict_in_strips(predictor: Any, job: FileJob, options: PredictOptions,
+                       on_tiles: Callable[[int, int], None] | None) -> FileResult:
+    """Predict one file strip by strip and write its outputs."""
+    from layernet.big_prediction import predict_big_image
+
+    index, path, prefix = job
+    try:
+        for name, flag in _NOT_IN_STRIPS.items():
+            if getattr(options, name):
+                raise ValueError(f"{path}: {flag} is not available for an image predicted in "
+                                 "strips (--save-rois and --save-coco are; or --strips never)")
+        if options.layers_format == "tif":
+            raise ValueError(f"{path}: an image predicted in strips is written as bigtiff or "
+                             "zarr, not as an ImageJ tif")
+        result = predict_big_image(
+            predictor, path, prefix,
+            output_format="bigtiff" if options.layers_format == "auto" else options.layers_format,
+            tile_size=options.tile_size, overlap=options.tile_overlap,
+            batch_size=options.tile_batch, channel=options.channel, overlay=options.overlay,
+            rois=options.rois, coco=options.coco, file_name=os.path.basename(path),
+            on_tiles=on_tiles)
+    except Exception as error:  # one bad file must not stop the others
+        return _failed(index, path, error)
+    return FileResult(index, path, objects=result.objects, tiles=result.tiles)
+
+
 def _write_outputs(predictor: Any, job: FileJob, image: Any, prediction: Any,
                    options: PredictOptions) -> FileResult:
     """Wait for the prediction of one file (submitted earlier) and write its outputs."""
@@ -169,7 +245,9 @@ def _write_outputs(predictor: Any, job: FileJob, image: Any, prediction: Any,
         maps = (result.foreground, result.layering) if options.prob else None
         write_prediction(prefix, result.stack, image, overlay=options.overlay,
                          masks=options.masks, rois=options.rois, coco=options.coco,
-                         flat=options.flat, maps=maps, file_name=os.path.basename(path))
+                         flat=options.flat, maps=maps, file_name=os.path.basename(path),
+                         layers_format="tif" if options.layers_format == "auto"
+                         else options.layers_format)
         if options.layer_maps:
             method = get_method(predictor.config.method)
             panel = layer_maps_panel(image, result.foreground, result.layering,
@@ -209,15 +287,26 @@ def predict_files(predictor: Any, jobs: Iterable[FileJob], options: PredictOptio
     with OrderedWorker(depth=1, threaded=options.overlapped) as worker:
         for job in jobs:
             index, path, _ = job
+            progress = None if on_tiles is None else (
+                lambda done, total, path=path: on_tiles(path, done, total))
+            try:
+                strips = predicted_in_strips(path, options)
+            except Exception as error:
+                strips, failure = False, error
+            else:
+                failure = None
+            if strips or failure is not None:
+                result = (_failed(index, path, failure) if failure is not None
+                          else _predict_in_strips(predictor, job, options, progress))
+                reports.append(worker.submit(lambda done: report(done), result))
+                continue
             try:
                 image = as_channels(read_image(path), channel=options.channel,
                                     expected_channels=config.channels, name=path)
                 prediction = submit_prediction(
                     predictor, image, worker, tile_size=options.tile_size,
                     overlap=options.tile_overlap, batch_size=options.tile_batch,
-                    keep_maps=options.prob or options.layer_maps,
-                    on_tiles=None if on_tiles is None else
-                    (lambda done, total, path=path: on_tiles(path, done, total)))
+                    keep_maps=options.prob or options.layer_maps, on_tiles=progress)
             except Exception as error:  # reported in order, after the files before it
                 reports.append(worker.submit(lambda failure: report(failure),
                                              _failed(index, path, error)))

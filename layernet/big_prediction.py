@@ -50,7 +50,7 @@ __all__ = ["OVERLAY_SIDE", "BigPrediction", "LAYERS_SUFFIXES", "predict_big_imag
 OVERLAY_SIDE = 4096
 """Longest side of the overlay PNG of a large image (it is drawn at a reduced size)."""
 
-LAYERS_SUFFIXES = {"bigtiff": ".layers.tif", "zarr": ".layers.zarr"}
+LAYERS_SUFFIXES = {"bigtiff": ".layers.tif", "zarr": ".layers.zarr"}  # as export.OUTPUT_SUFFIXES
 """File name suffix of the label stack of each large-image output format."""
 
 

@@ -56,6 +56,7 @@ __all__ = [
 
 OUTPUT_SUFFIXES = {
     "layers": ".layers.tif",
+    "layers_zarr": ".layers.zarr",  # the label stack as OME-Zarr (--output-format zarr)
     "overlay": ".overlay.png",
     "masks": ".masks",
     "rois": ".rois.zip",
@@ -365,6 +366,7 @@ def write_prediction(
     flat: bool = False,
     maps: tuple[np.ndarray, np.ndarray] | None = None,
     file_name: str | None = None,
+    layers_format: str = "tif",
 ) -> list[str]:
     """Write the outputs of one predicted image as ``<prefix><suffix>`` (:data:`OUTPUT_SUFFIXES`).
 
@@ -384,6 +386,9 @@ def write_prediction(
         ``(foreground, layering)`` to write as ``.prob.tif``.
     file_name : str, optional
         Image file name recorded in the COCO file (default: the prefix's base name).
+    layers_format : {"tif", "bigtiff", "zarr"}, optional
+        The label stack as an ImageJ TIFF, a tiled BigTIFF (both ``.layers.tif``) or an OME-Zarr
+        folder (``.layers.zarr``), see :mod:`layernet.label_store`.
 
     Returns
     -------
@@ -392,8 +397,14 @@ def write_prediction(
     """
     written = []
     stack = pack_stack(stack)
-    path = prefix + OUTPUT_SUFFIXES["layers"]
-    write_label_stack(path, stack)
+    if layers_format == "tif":
+        path = prefix + OUTPUT_SUFFIXES["layers"]
+        write_label_stack(path, stack)
+    else:
+        from layernet.label_store import write_label_stack_as
+
+        path = prefix + OUTPUT_SUFFIXES["layers_zarr" if layers_format == "zarr" else "layers"]
+        write_label_stack_as(path, stack, layers_format)
     written.append(path)
     if overlay:
         if image is None:

@@ -193,6 +193,8 @@ def write_label_stack_as(path: str, stack: np.ndarray, output_format: str) -> st
     """Write an in-memory label stack as ``bigtiff`` (``path``) or ``zarr`` (``path`` is the
     ``.zarr`` folder), atomically; return the path."""
     stack = np.asarray(stack)
+    if output_format not in ("bigtiff", "zarr"):
+        raise ValueError(f"{path}: unknown label stack format {output_format!r}")
     if output_format == "bigtiff":
         zarr_to_bigtiff(stack.astype(np.uint32), path)
         return path

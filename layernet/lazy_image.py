@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from layernet.io import ImageReadError, _is_grayscale_copy
+from layernet.io import _TIFF_MAGIC, ImageReadError, _is_grayscale_copy
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def _open_tiff(path: str, name: str) -> LazyImage:
     zarr = require_big_extra("zarr")
     try:
         with open(path, "rb") as handle:
-            if handle.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            if handle.read(4) not in _TIFF_MAGIC:
                 raise ImageReadError(f"{name}: not a TIFF file; very large images are read "
                                      "from TIFF/BigTIFF or zarr")
         tif = tifffile.TiffFile(path)

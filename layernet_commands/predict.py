@@ -12,8 +12,10 @@ tile by tile with overlap and stitched, so objects crossing tile borders stay wh
 
 Outputs per image, beside the input or in --out:
 
-    <name>.layers.tif    uint16 label stack N x H x W (every object in one slice, overlapping
-                         objects in different slices); Fiji opens it as a stack, napari as labels
+    <name>.layers.tif    label stack L x H x W (every object in one slice, overlapping objects
+                         in different slices, as few slices as the overlaps need), compressed;
+                         Fiji opens it as a stack, napari as labels. --output-format bigtiff:
+                         a tiled BigTIFF; zarr: <name>.layers.zarr, an OME-Zarr (NGFF 0.4)
     <name>.overlay.png   the image with every object tinted and outlined in its own colour
     <name>.masks/        --save-masks: one 0/255 PNG per object (0001.png, ...)
     <name>.rois.zip      --save-rois: Fiji ROI Manager zip, one polygon per object
@@ -22,6 +24,12 @@ Outputs per image, beside the input or in --out:
     <name>.prob.tif      --save-prob: float32 maps, slice 1 foreground, then the N layers
     <name>.layermaps.png --save-layer-maps: the image, the foreground and each of the N layer
                          activation maps side by side (as the paper's Figures 3 and 5)
+
+Very large images (TIFF/BigTIFF or zarr/OME-Zarr inputs of more than 25 megapixels, or all of
+them with --strips always) are read and predicted strip by strip, with memory bounded by a strip
+of tiles: objects are stitched across tiles as they become final and written as they go, the
+label stack as a tiled BigTIFF (or --output-format zarr), the overlay at a reduced size (longest
+side 4096); --save-rois and --save-coco stay exact. See "Very large images" in the README.
 
 The network runs on the next image (or batch of tiles) while the last one is post-processed and
 written (--sequential turns this off; the files are the same). --workers N spreads the files over
@@ -72,7 +80,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="test-time augmentation: average the network's maps over the 8 "
                         "flips and rotations of each image (or tile) before post-processing; "
                         "8 network passes instead of 1")
-    add_tile_options(parser.add_argument_group("tiling (large images)"))
+    tiling = parser.add_argument_group("tiling (large images)")
+    add_tile_options(tiling)
+    tiling.add_argument("--strips", choices=("auto", "always", "never"), default="auto",
+                        help="predict TIFF and zarr inputs strip by strip, memory bounded by a "
+                        "strip of tiles: auto = those of more than 25 megapixels (default), "
+                        "always = all of them, never = read every image whole")
+    tiling.add_argument("--output-format", choices=("auto", "tif", "bigtiff", "zarr"),
+                        default="auto",
+                        help="label stack format: tif (ImageJ hyperstack), bigtiff (tiled "
+                        "BigTIFF, .layers.tif) or zarr (OME-Zarr, .layers.zarr); auto = tif, "
+                        "or bigtiff for images predicted in strips (default auto)")
     post = parser.add_argument_group("post-processing (default: the run's values)")
     post.add_argument("--tau", type=float, help="threshold of foreground and layers")
     post.add_argument("--min-size", type=int, help="smallest object in pixels")
@@ -114,8 +132,9 @@ def _is_output(path: str) -> bool:
 def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
     """Expand files, folders and globs into image paths (in order, without repeats).
 
-    A folder gives its image files, a pattern the files it matches (:func:`layernet.files.
-    collect_inputs`); outputs of earlier predictions (``*.layers.tif``, ...) are left out.
+    A folder gives its image files (and zarr images), a pattern the files it matches
+    (:func:`layernet.files.collect_inputs`), a zarr folder itself; outputs of earlier
+    predictions (``*.layers.tif``, ``*.layers.zarr``, ...) are left out.
 
     Returns
     -------
@@ -125,16 +144,28 @@ def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
         One message per argument that yielded nothing.
     """
     from layernet.files import collect_inputs as collect, is_image_file
+    from layernet.lazy_image import is_zarr_path
 
-    return collect(patterns,
-                   accept=lambda path: (is_image_file(path) and not _is_output(path)
-                                        and os.path.isfile(path)),
-                   accept_matched=lambda path: os.path.isfile(path) and not _is_output(path))
+    def accept(path: str) -> bool:
+        return not _is_output(path) and (is_zarr_path(path) or (is_image_file(path)
+                                                                and os.path.isfile(path)))
+
+    files: list[str] = []
+    problems: list[str] = []
+    for pattern in patterns:  # a zarr image is a folder, but one input
+        found, trouble = (([pattern], []) if is_zarr_path(pattern) else
+                          collect([pattern], accept=accept,
+                                  accept_matched=lambda path: (
+                                      not _is_output(path)
+                                      and (os.path.isfile(path) or is_zarr_path(path)))))
+        files.extend(path for path in found if path not in files)
+        problems.extend(trouble)
+    return files, problems
 
 
 def output_prefix(path: str, out_dir: str | None) -> str:
     """``<out or input folder>/<input name without extension>``."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
     return os.path.join(out_dir if out_dir else os.path.dirname(os.path.abspath(path)), stem)
 
 
@@ -184,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         channel=args.channel, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
         tile_batch=args.tile_batch, overlay=not args.no_overlay, masks=args.save_masks,
         rois=args.save_rois, coco=args.save_coco, flat=args.save_flat, prob=args.save_prob,
-        layer_maps=args.save_layer_maps, overlapped=not args.sequential)
+        layer_maps=args.save_layer_maps, overlapped=not args.sequential,
+        layers_format=args.output_format, strips=args.strips)
     if changes:
         config = config.replace(**changes)
     jobs = [(index, path, prefix) for index, (path, prefix) in enumerate(zip(files, prefixes))]

@@ -201,3 +201,33 @@ def test_written_stacks_hold_only_the_slices_they_need(tmp_path):
     assert pack_stack(np.zeros((8, 4, 4), np.uint16)).shape == (1, 4, 4)
     write_prediction(str(tmp_path / "p"), stack, overlay=False)
     np.testing.assert_array_equal(read_label_stack(str(tmp_path / "p.layers.tif")), packed)
+
+
+def test_predict_py_in_strips_gives_the_objects_of_whole_image_prediction(tiny_run, tmp_path):
+    import json
+
+    import roifile
+    import tifffile
+
+    from bench.predict import synthetic_mosaic
+    from layernet_commands import predict
+
+    raw, _ = synthetic_mosaic(384, block_size=128, seed=3)
+    path = str(tmp_path / "plate.tif")
+    tifffile.imwrite(path, (raw[..., 0] * 150).astype(np.uint16), tile=(64, 64), bigtiff=True)
+    common = [path, "--model", tiny_run, "--quiet", "--tile-size", "96", "--min-size", "20",
+              "--save-coco", "--save-rois", "--no-overlay"]
+    assert predict.main(common + ["--out", str(tmp_path / "whole"), "--strips", "never"]) == 0
+    assert predict.main(common + ["--out", str(tmp_path / "strips"), "--strips", "always",
+                                  "--output-format", "zarr"]) == 0
+    whole = read_label_stack(str(tmp_path / "whole" / "plate.layers.tif"))
+    strips = read_label_stack(str(tmp_path / "strips" / "plate.layers.zarr"))
+    assert len(_mask_set(whole)) >= 5, "the tiny model must find objects for this test"
+    assert _mask_set(strips) == _mask_set(whole)
+    for name in ("whole", "strips"):
+        coco = json.loads((tmp_path / name / "plate.coco.json").read_text())
+        assert len(coco["annotations"]) == len(_mask_set(whole))
+        assert coco["images"][0]["height"] == 384
+    rois = [roifile.roiread(str(tmp_path / name / "plate.rois.zip")) for name in ("whole",
+                                                                                 "strips")]
+    assert len(rois[0]) == len(rois[1])
