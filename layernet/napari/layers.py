@@ -168,7 +168,8 @@ def prediction_layer_data(stack: np.ndarray, name: str, image: np.ndarray | None
         Whether the layers are shown.
     all_slices : bool, optional
         One Labels layer for every slice, empty ones included. By default empty slices are left
-        out (``predict.py`` writes N = 8 slices, of which a model usually fills two to four); a
+        out (``predict.py`` now writes only the slices the objects need; older predictions hold
+        N = 8 slices, of which a model usually fills two to four); a
         stack without any object still gives the Labels layer of slice 1.
     spatial : dict, optional
         ``scale`` / ``translate`` of the two spatial axes, given to every layer (so the layers

@@ -1,6 +1,6 @@
 """napari reader of layernet predictions: ``*.layers.tif`` files and folders of them.
 
-``predict.py`` writes ``<name>.layers.tif`` (a uint16 label stack ``N x H x W``) beside each input
+``predict.py`` writes ``<name>.layers.tif`` (a uint16 label stack ``L x H x W``) beside each input
 image or into ``--out``. Reading one gives the layers of
 :func:`layernet.napari.layers.prediction_layer_data`: one Labels layer per slice holding objects
 (``<name> slice <k>``) and one Shapes layer with every object's outline (``<name> outlines``),
