@@ -34,31 +34,40 @@ TILED_PEAK_LIMIT_MB = 1800
 TINY_MODEL = dict(size="S", filters=4, head_filters=4, layers=4, min_size=30, patch_size=32)
 
 
-def make_inputs(folder: str, side: int, seed: int = 0) -> tuple[str, str]:
-    """Write ``image.tif`` (``side`` x ``side`` uint16) and a tiny run folder; return both paths."""
+def write_untrained_run(run: str, seed: int = 0, **config_options: object) -> str:
+    """Write a run folder with an untrained model of ``Config(**config_options)``; return it."""
     import keras
-    import numpy as np
-    import tifffile
 
     from layernet import runfolder
     from layernet.config import Config
     from layernet.model import build_model
 
-    image_path = os.path.join(folder, "image.tif")
-    image = np.random.default_rng(seed).random((side, side)) * 4000
-    tifffile.imwrite(image_path, image.astype(np.uint16))
-    run = os.path.join(folder, "run")
     os.makedirs(run, exist_ok=True)
-    config = Config(**TINY_MODEL).validate()
+    config = Config(**config_options).validate()
     keras.utils.set_random_seed(seed)
     config.save(os.path.join(run, runfolder.CONFIG_FILE))
     runfolder.save_model_atomic(build_model(config), os.path.join(run, runfolder.BEST_FILE))
+    return run
+
+
+def make_inputs(folder: str, side: int, seed: int = 0) -> tuple[str, str]:
+    """Write ``image.tif`` (``side`` x ``side`` uint16) and a tiny run folder; return both paths."""
+    import numpy as np
+    import tifffile
+
+    image_path = os.path.join(folder, "image.tif")
+    image = np.random.default_rng(seed).random((side, side)) * 4000
+    tifffile.imwrite(image_path, image.astype(np.uint16))
+    run = write_untrained_run(os.path.join(folder, "run"), seed, **TINY_MODEL)
     return image_path, run
 
 
-def measure_predict(image_path: str, run: str, out: str, tile_size: str = "auto"
-                    ) -> tuple[float, float]:
-    """Run ``predict.py`` in a child process; return ``(seconds, peak resident MB)``.
+def measure_predict(image_path: str, run: str, out: str, tile_size: str = "auto",
+                    extra_args: tuple[str, ...] = ("--no-overlay",)
+                    ) -> tuple[float, float, str]:
+    """Run ``predict.py`` in a child process; return ``(seconds, peak resident MB, stderr)``.
+
+    ``extra_args`` are further options of ``predict.py`` (default: no overlay).
 
     Each measurement must run in a process whose earlier children were smaller, because
     ``RUSAGE_CHILDREN`` reports the largest child so far: call it once per fresh process, or
@@ -66,14 +75,14 @@ def measure_predict(image_path: str, run: str, out: str, tile_size: str = "auto"
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, os.path.join(REPO, "predict.py"), "--model", run, "--out", out,
-               "--quiet", "--no-overlay", "--tile-size", str(tile_size), image_path]
+               "--quiet", "--tile-size", str(tile_size), *extra_args, image_path]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"predict.py failed: {done.stderr.strip().splitlines()[-1:]}")
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, peak_kb / 1024.0
+    return seconds, peak_kb / 1024.0, done.stderr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         image_path, run, tile = args.measure
         with tempfile.TemporaryDirectory() as out:
-            seconds, peak = measure_predict(image_path, run, out, tile)
+            seconds, peak, _ = measure_predict(image_path, run, out, tile)
             stem = os.path.splitext(os.path.basename(image_path))[0]
             with tifffile.TiffFile(os.path.join(out, f"{stem}.layers.tif")) as result:
                 shape = "x".join(str(side) for side in result.series[0].shape)
