@@ -93,7 +93,8 @@ def predict_strips(
     image : LazyImage
         The image (channels chosen).
     normalize : callable
-        Maps a raw float32 strip ``(h, W, C)`` to what the network sees.
+        Maps a batch of raw float32 tiles ``(B, h, w, C)`` to what the network sees (pixel by
+        pixel).
     maps : MapsFunction
         The network on a batch of tiles.
     instances : callable
@@ -121,11 +122,14 @@ def predict_strips(
     for row in tile_rows(tiles):
         clock = time.perf_counter()
         y0, y1 = row[0].rect[0], row[0].rect[2]
-        strip = normalize(image.strip(y0, y1))
+        strip = image.strip(y0, y1)
         spent["read"] += time.perf_counter() - clock
         for start in range(0, len(row), batch_size):
             batch_tiles = row[start:start + batch_size]
-            batch = np.stack([strip[:, tile.rect[1]:tile.rect[3]] for tile in batch_tiles])
+            clock = time.perf_counter()
+            batch = normalize(np.stack([strip[:, tile.rect[1]:tile.rect[3]]
+                                        for tile in batch_tiles]))
+            spent["read"] += time.perf_counter() - clock
             clock = time.perf_counter()
             foregrounds, layerings = maps(batch)
             spent["network"] += time.perf_counter() - clock
@@ -263,7 +267,7 @@ def predict_big_image(
                              on_object=outputs if (coco or rois) else None)
     try:
         result.objects = predict_strips(
-            image, lambda strip: normalize_to_range(strip, p_low, p_high),
+            image, lambda tiles: normalize_to_range(tiles, p_low, p_high),
             predictor.maps_batch_normalized,
             lambda foreground, layering: predictor.instances_from_maps(foreground, layering,
                                                                        min_size=0),

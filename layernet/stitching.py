@@ -109,6 +109,34 @@ def _overlapping_pairs(stack: np.ndarray) -> set[tuple[int, int]]:
     return result
 
 
+def _neighbours(tiles: list[Tile]) -> dict[int, list[tuple[int, tuple[int, int, int, int]]]]:
+    """For every tile, the other tiles it overlaps and the shared rectangle (in tile order).
+
+    Tiles of a grid share row and column spans, so only the tiles of overlapping spans are
+    compared: time grows with tiles x (rows + columns), not tiles squared.
+    """
+    grid: dict[tuple[int, int], dict[tuple[int, int], list[Tile]]] = {}
+    for tile in tiles:
+        y0, x0, y1, x1 = tile.rect
+        grid.setdefault((y0, y1), {}).setdefault((x0, x1), []).append(tile)
+    result = {}
+    for tile in tiles:
+        y0, x0, y1, x1 = tile.rect
+        found = []
+        for (row_start, row_end), columns in grid.items():
+            if row_start >= y1 or row_end <= y0:
+                continue
+            for (column_start, column_end), others in columns.items():
+                if column_start >= x1 or column_end <= x0:
+                    continue
+                for other in others:
+                    shared = rect_intersection(tile.rect, other.rect)
+                    if other.index != tile.index and shared:
+                        found.append((other.index, shared))
+        result[tile.index] = sorted(found)
+    return result
+
+
 class TileStitcher:
     """Collect the label stacks of the tiles of one image and stitch them into one label stack.
 
@@ -140,11 +168,7 @@ class TileStitcher:
         self.layers = layers or 0
         self._added: set[int] = set()
         self._pending: dict[tuple[int, int], np.ndarray] = {}
-        self._neighbours = {
-            tile.index: [(other.index, shared) for other in self.tiles if other.index != tile.index
-                         for shared in [rect_intersection(tile.rect, other.rect)] if shared]
-            for tile in self.tiles
-        }
+        self._neighbours = _neighbours(self.tiles)
         self._union = _UnionFind()
         self._parts: list[_Part] = []
 
