@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -44,8 +44,9 @@ from layernet.tiles import Tile, tile_grid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OVERLAY_SIDE", "BigPrediction", "LAYERS_SUFFIXES", "predict_big_image",
-           "predict_strips", "tile_rows"]
+__all__ = ["OVERLAY_SIDE", "BigPrediction", "LAYERS_SUFFIXES", "StripInstances",
+           "TileRunner", "local_strip_instances", "predict_big_image", "predict_strips",
+           "stitch_strips", "tile_rows"]
 
 OVERLAY_SIDE = 4096
 """Longest side of the overlay PNG of a large image (it is drawn at a reduced size)."""
@@ -65,12 +66,92 @@ class BigPrediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+StripInstances = Iterator[list[tuple[Tile, np.ndarray]]]
+"""For every tile row (strip), top to bottom: ``(tile, label stack of the tile)`` of its tiles."""
+
+TileRunner = Callable[[Any, "int | None", list[Tile], tuple[np.ndarray, np.ndarray], int,
+                       "Callable[[int, int], None] | None"], StripInstances]
+"""``runner(source, channel, tiles, (p_low, p_high), batch_size, on_tiles)``: the instances of
+every tile of the image ``source`` (normalised with the percentiles ``p_low``, ``p_high``), strip
+by strip, computed elsewhere, as :func:`local_strip_instances` computes them here."""
+
+
 def tile_rows(tiles: list[Tile]) -> list[list[Tile]]:
     """The tiles of a grid (:func:`layernet.tiles.tile_grid`) grouped by row, top to bottom."""
     rows: dict[int, list[Tile]] = {}
     for tile in tiles:
         rows.setdefault(tile.rect[0], []).append(tile)
     return [rows[top] for top in sorted(rows)]
+
+
+def local_strip_instances(
+    image: LazyImage,
+    normalize: Callable[[np.ndarray], np.ndarray],
+    maps: MapsFunction,
+    instances: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tiles: list[Tile],
+    batch_size: int = 1,
+    on_tiles: Callable[[int, int], None] | None = None,
+    spent: dict[str, float] | None = None,
+) -> StripInstances:
+    """The instances of every tile, strip by strip, computed in this process.
+
+    Each strip is read once; its tiles are normalised and run through ``maps`` in batches of
+    ``batch_size`` and post-processed one by one with ``instances``. Parameters are those of
+    :func:`predict_strips`; ``spent`` receives seconds of ``"read"``, ``"network"`` and
+    ``"postprocess"``.
+    """
+    spent = spent if spent is not None else {}
+    done = 0
+    for row in tile_rows(tiles):
+        clock = time.perf_counter()
+        strip = image.strip(row[0].rect[0], row[0].rect[2])
+        spent["read"] = spent.get("read", 0.0) + time.perf_counter() - clock
+        results = []
+        for start in range(0, len(row), batch_size):
+            batch_tiles = row[start:start + batch_size]
+            clock = time.perf_counter()
+            batch = normalize(np.stack([strip[:, tile.rect[1]:tile.rect[3]]
+                                        for tile in batch_tiles]))
+            spent["read"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            foregrounds, layerings = maps(batch)
+            spent["network"] = spent.get("network", 0.0) + time.perf_counter() - clock
+            clock = time.perf_counter()
+            results.extend((tile, instances(foreground, layering))
+                           for tile, foreground, layering in zip(batch_tiles, foregrounds,
+                                                                 layerings))
+            spent["postprocess"] = spent.get("postprocess", 0.0) + time.perf_counter() - clock
+            done += len(batch_tiles)
+            if on_tiles is not None:
+                on_tiles(done, len(tiles))
+        del strip
+        yield results
+
+
+def stitch_strips(strips: StripInstances, shape: tuple[int, int], tiles: list[Tile],
+                  assembler: RowAssembler, min_size: int = 0, match_iou: float = 0.5,
+                  spent: dict[str, float] | None = None) -> int:
+    """Stitch the tiles' instances strip by strip into ``assembler``; return the object count.
+
+    After every strip the objects that no later tile can change are placed and the rows above
+    every unfinished object are flushed (:class:`StreamingStitcher`, :class:`RowAssembler`).
+    ``spent["postprocess"]`` receives the seconds spent here.
+    """
+    spent = spent if spent is not None else {}
+    stitcher = StreamingStitcher(shape, tiles, min_size=min_size, match_iou=match_iou)
+    for results in strips:
+        clock = time.perf_counter()
+        for tile, stack in results:
+            stitcher.add(tile.index, stack)
+        for _, _, top_left, mask in stitcher.pop_final():
+            assembler.place(top_left, mask)
+        assembler.flush(stitcher.open_top())
+        spent["postprocess"] = spent.get("postprocess", 0.0) + time.perf_counter() - clock
+        logger.debug("strip of %d tiles: %d objects so far, band of %d rows", len(results),
+                     assembler.objects, assembler.rows)
+    assembler.flush(shape[0])
+    return assembler.objects
 
 
 def predict_strips(
@@ -116,43 +197,14 @@ def predict_strips(
         (post-processing, stitching and writing) are added to it.
     """
     spent = {"read": 0.0, "network": 0.0, "postprocess": 0.0}
-    stitcher = StreamingStitcher((image.height, image.width), tiles, min_size=min_size,
-                                 match_iou=match_iou)
-    done = 0
-    for row in tile_rows(tiles):
-        clock = time.perf_counter()
-        y0, y1 = row[0].rect[0], row[0].rect[2]
-        strip = image.strip(y0, y1)
-        spent["read"] += time.perf_counter() - clock
-        for start in range(0, len(row), batch_size):
-            batch_tiles = row[start:start + batch_size]
-            clock = time.perf_counter()
-            batch = normalize(np.stack([strip[:, tile.rect[1]:tile.rect[3]]
-                                        for tile in batch_tiles]))
-            spent["read"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            foregrounds, layerings = maps(batch)
-            spent["network"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings):
-                stitcher.add(tile.index, instances(foreground, layering))
-            spent["postprocess"] += time.perf_counter() - clock
-            done += len(batch_tiles)
-            if on_tiles is not None:
-                on_tiles(done, len(tiles))
-        del strip
-        clock = time.perf_counter()
-        for _, _, top_left, mask in stitcher.pop_final():
-            assembler.place(top_left, mask)
-        assembler.flush(stitcher.open_top())
-        spent["postprocess"] += time.perf_counter() - clock
-        logger.debug("strip %d-%d: %d objects so far, band of %d rows", y0, y1,
-                     assembler.objects, assembler.rows)
-    assembler.flush(image.height)
+    strips = local_strip_instances(image, normalize, maps, instances, tiles, batch_size,
+                                   on_tiles, spent)
+    count = stitch_strips(strips, (image.height, image.width), tiles, assembler, min_size,
+                          match_iou, spent)
     if timings is not None:
         for key, value in spent.items():
             timings[key] = timings.get(key, 0.0) + value
-    return assembler.objects
+    return count
 
 
 def _reduced_overlay(image: LazyImage, stack: Any, side: int) -> tuple[np.ndarray, int]:
@@ -208,6 +260,7 @@ def predict_big_image(
     file_name: str | None = None,
     overlay_side: int = OVERLAY_SIDE,
     on_tiles: Callable[[int, int], None] | None = None,
+    tile_runner: TileRunner | None = None,
 ) -> BigPrediction:
     """Predict one large image with memory bounded by a strip of tiles; write its outputs.
 
@@ -235,6 +288,10 @@ def predict_big_image(
         Longest side of the overlay.
     on_tiles : callable, optional
         Progress: ``on_tiles(done, total)`` after every network call.
+    tile_runner : TileRunner, optional
+        Computes the tiles' instances elsewhere (e.g. on a Dask cluster,
+        :class:`layernet.distributed.DaskTileRunner`); then ``predictor`` needs only its
+        ``config``. Default: in this process with ``predictor``.
 
     Returns
     -------
@@ -266,13 +323,17 @@ def predict_big_image(
     assembler = RowAssembler(shape, writer, flush_rows=writer.chunk,
                              on_object=outputs if (coco or rois) else None)
     try:
-        result.objects = predict_strips(
-            image, lambda tiles: normalize_to_range(tiles, p_low, p_high),
-            predictor.maps_batch_normalized,
-            lambda foreground, layering: predictor.instances_from_maps(foreground, layering,
-                                                                       min_size=0),
-            tiles, assembler, min_size=config.min_size, batch_size=batch_size,
-            on_tiles=on_tiles, timings=result.timings)
+        if tile_runner is None:
+            strips = local_strip_instances(
+                image, lambda batch: normalize_to_range(batch, p_low, p_high),
+                predictor.maps_batch_normalized,
+                lambda foreground, layering: predictor.instances_from_maps(
+                    foreground, layering, min_size=0),
+                tiles, batch_size, on_tiles, result.timings)
+        else:
+            strips = tile_runner(source, channel, tiles, (p_low, p_high), batch_size, on_tiles)
+        result.objects = stitch_strips(strips, shape, tiles, assembler, config.min_size,
+                                       spent=result.timings)
         result.slices = assembler.slices
         if overlay:
             picture, step = _reduced_overlay(image, writer.array, overlay_side)
