@@ -205,8 +205,10 @@ _NOT_IN_STRIPS = {"masks": "--save-masks", "flat": "--save-flat", "prob": "--sav
 
 
 def _predict_in_strips(predictor: Any, job: FileJob, options: PredictOptions,
-                       on_tiles: Callable[[int, int], None] | None) -> FileResult:
-    """Predict one file strip by strip and write its outputs."""
+                       on_tiles: Callable[[int, int], None] | None,
+                       tile_runner: Any = None) -> FileResult:
+    """Predict one file strip by strip and write its outputs (``tile_runner``: see
+    :func:`layernet.big_prediction.predict_big_image`)."""
     from layernet.big_prediction import predict_big_image
 
     index, path, prefix = job
@@ -224,7 +226,7 @@ def _predict_in_strips(predictor: Any, job: FileJob, options: PredictOptions,
             tile_size=options.tile_size, overlap=options.tile_overlap,
             batch_size=options.tile_batch, channel=options.channel, overlay=options.overlay,
             rois=options.rois, coco=options.coco, file_name=os.path.basename(path),
-            on_tiles=on_tiles)
+            on_tiles=on_tiles, tile_runner=tile_runner)
     except Exception as error:  # one bad file must not stop the others
         return _failed(index, path, error)
     return FileResult(index, path, objects=result.objects, tiles=result.tiles)

@@ -24,7 +24,7 @@ def setup_logging(verbose: bool = False) -> None:
     """Log INFO (DEBUG with ``verbose``) messages of layernet to stderr, one short line each."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
-    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "distributed"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

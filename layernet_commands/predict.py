@@ -107,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     speed.add_argument("--workers", type=int, default=1, metavar="N",
                        help="predict with N processes, one model each, TensorFlow threads "
                        "shared out (default 1: in this process)")
+    speed.add_argument("--dask", metavar="SCHEDULER",
+                       help="predict on a Dask cluster: a scheduler address (tcp://host:8786) "
+                       "or local:N for N worker processes here; each worker loads the model "
+                       "once; files go to the workers one each, and the tile batches of an "
+                       "image predicted in strips are spread over them (inputs and --out must "
+                       "be reachable by the workers under the same paths; needs the big extra)")
     speed.add_argument("--sequential", action="store_true",
                        help="post-process and write each image before the network starts on "
                        "the next (default: overlapped, same results)")
@@ -116,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_tile_options(parser, args)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.dask and args.workers > 1:
+        parser.error("--dask and --workers: choose one (local:N starts N Dask workers)")
     if args.backend == "onnx" and args.precision not in (None, "float32"):
         parser.error("--precision applies to the keras backend; the ONNX model computes in "
                      "float32")
@@ -206,9 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from layernet import batch_predict
-    from layernet.model import resolve_precision
 
-    args.precision = resolve_precision(args.precision)
+    if not args.dask:  # with --dask the workers resolve it (this process needs no TensorFlow)
+        from layernet.model import resolve_precision
+
+        args.precision = resolve_precision(args.precision)
 
     changes = threshold_overrides(args.tau, args.min_size)
     options = batch_predict.PredictOptions(
@@ -264,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
             tiles["bar"] = None
 
     try:
-        if args.workers > 1:
+        if args.dask:
+            from layernet.distributed import ModelSpec, open_client, predict_files_dask
+
+            spec = ModelSpec(model_path, args.precision, tuple(sorted(changes.items())),
+                             args.tta, args.backend)
+            with open_client(args.dask) as client:
+                predict_files_dask(client, spec, jobs, options, report, on_tiles)
+        elif args.workers > 1:
             batch_predict.predict_files_in_processes(
                 model_path, jobs, options, args.workers, report, precision=args.precision,
                 config_changes=changes, tta=args.tta, backend=args.backend)
