@@ -311,6 +311,7 @@ def predict_big_image(
     logger.info("%s: predicted in strips, label stack as %s", describe(image), output_format)
     result = BigPrediction()
     clock = time.perf_counter()
+    logger.info("%s: normalisation percentiles (one pass over the image)", image.name)
     p_low, p_high = streamed_percentile_range(image, config.normalize_low, config.normalize_high)
     result.timings["normalize"] = time.perf_counter() - clock
     tiles, _ = image_tiles(shape, config.stride, tile_size, overlap)

@@ -222,7 +222,8 @@ def predict_files_dask(client: Any, spec: ModelSpec, jobs: list[FileJob],
             report(_failed(job[0], job[1], error))
 
 
-_images: dict[tuple[str, int | None, int], Any] = {}
+_images: dict[tuple[Any, ...], Any] = {}
+"""Images opened by this worker, by path, modification time, size and channel choice."""
 
 
 def _tile_batch_task(spec: ModelSpec, source: str, channel: int | None,
@@ -234,7 +235,8 @@ def _tile_batch_task(spec: ModelSpec, source: str, channel: int | None,
     from layernet.normalize import normalize_to_range
 
     predictor = worker_predictor(spec)
-    key = (source, channel, predictor.config.channels)
+    status = os.stat(source)
+    key = (source, status.st_mtime_ns, status.st_size, channel, predictor.config.channels)
     with _predictors_lock:
         if key not in _images:
             image = open_lazy_image(source)

@@ -108,6 +108,7 @@ class LazyImage:
         self.dtype = np.dtype(array.dtype)
         self.channels: list[int] = list(range(self.raw_channels))
         self._grayscale_check = False
+        self.handle: Any = None  # an open file the array reads from (kept open with the image)
         if self.height < 1 or self.width < 1:
             raise ImageReadError(f"{name}: image has no pixels (shape {tuple(array.shape)})")
         if not (np.issubdtype(self.dtype, np.integer) or np.issubdtype(self.dtype, np.floating)
@@ -264,7 +265,7 @@ def _open_tiff(path: str, name: str) -> LazyImage:
         raise ImageReadError(f"{name}: cannot read TIFF (truncated or corrupt?): {message}"
                              ) from None
     image = LazyImage(array, axes, name)
-    image._tiff = tif  # keeps the file open as long as the image is used
+    image.handle = tif
     return image
 
 

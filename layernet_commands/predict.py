@@ -166,9 +166,12 @@ def collect_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
                                   accept_matched=lambda path: (
                                       not _is_output(path)
                                       and (os.path.isfile(path) or is_zarr_path(path)))))
-        files.extend(path for path in found if path not in files)
+        files.extend(found)
         problems.extend(trouble)
-    return files, problems
+    unique: dict[str, str] = {}
+    for path in files:  # a path reached twice (also spelt differently) is kept once
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values()), problems
 
 
 def output_prefix(path: str, out_dir: str | None) -> str:

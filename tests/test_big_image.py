@@ -231,3 +231,21 @@ def test_predict_py_in_strips_gives_the_objects_of_whole_image_prediction(tiny_r
     rois = [roifile.roiread(str(tmp_path / name / "plate.rois.zip")) for name in ("whole",
                                                                                  "strips")]
     assert len(rois[0]) == len(rois[1])
+    # image-sized outputs per object are refused in strips, on one line, writing nothing
+    assert predict.main(common + ["--out", str(tmp_path / "masks"), "--strips", "always",
+                                  "--save-masks"]) == 1
+    assert not os.listdir(tmp_path / "masks")
+
+
+def test_zarr_images_are_inputs_and_zarr_outputs_are_not(tmp_path):
+    import zarr
+
+    from layernet_commands.predict import collect_inputs, output_prefix
+
+    zarr.open_array(str(tmp_path / "slide.ome.zarr"), mode="w", shape=(8, 8), dtype="uint8")
+    zarr.open_array(str(tmp_path / "old.layers.zarr"), mode="w", shape=(1, 8, 8), dtype="uint8")
+    (tmp_path / "a.png").write_bytes(b"")
+    files, problems = collect_inputs([str(tmp_path), str(tmp_path / "slide.ome.zarr") + "/"])
+    assert sorted(os.path.basename(path.rstrip("/")) for path in files) == [
+        "a.png", "slide.ome.zarr"] and not problems
+    assert output_prefix(str(tmp_path / "slide.ome.zarr") + "/", "out") == "out/slide.ome"
