@@ -15,7 +15,9 @@ bounded by a strip:
   values, can differ slightly from those of the whole image.
 
 TIFF files are read through tifffile's zarr store (``TiffPageSeries.aszarr``): a tiled or
-strip-organised TIFF is read tile by tile / strip by strip. zarr inputs are a zarr array or an
+strip-organised TIFF is read tile by tile / strip by strip; an uncompressed one is memory-mapped
+(tifffile writes a plain TIFF as a single strip); a compressed one stored in strips of
+:data:`WHOLE_CHUNK_ROWS` rows or more is read whole (with a warning). zarr inputs are a zarr array or an
 OME-Zarr image group (the first dataset of its first ``multiscales`` entry, axes from its
 metadata). zarr is imported only here, lazily (the ``big`` extra).
 
@@ -34,11 +36,15 @@ from layernet.io import _TIFF_MAGIC, ImageReadError, _is_grayscale_copy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SAMPLE_PIXELS", "LazyImage", "describe", "is_zarr_path", "open_lazy_image", "require_big_extra",
+__all__ = ["SAMPLE_PIXELS", "WHOLE_CHUNK_ROWS", "LazyImage", "describe", "is_zarr_path", "open_lazy_image", "require_big_extra",
            "streamed_percentile_range"]
 
 SAMPLE_PIXELS = 16_000_000
 """Pixels per channel from which the percentiles of a non-8/16-bit image are estimated."""
+
+WHOLE_CHUNK_ROWS = 4096
+"""A compressed TIFF stored in strips of at least this many rows is read whole (each read of a
+few rows would decode a whole strip again); uncompressed TIFFs are memory-mapped instead."""
 
 _HISTOGRAM_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.bool_)
 
@@ -80,8 +86,8 @@ class LazyImage:
     array : array-like
         Anything indexable like a NumPy array (a zarr array, a NumPy array).
     axes : str
-        One letter per axis of ``array``: ``Y`` and ``X`` and at most one other axis of more
-        than one element (the channels); singleton axes are dropped.
+        One letter per axis of ``array``: ``Y`` and ``X`` and at most one channel axis (``C``
+        or ``S``) of more than one element; other axes must have one element.
     name : str
         What to call the image in messages (its path).
     """
@@ -93,10 +99,10 @@ class LazyImage:
                                  f"{tuple(array.shape)})")
         others = [index for index, axis in enumerate(axes)
                   if axis not in "YX" and array.shape[index] > 1]
-        if len(others) > 1:
-            raise ImageReadError(f"{name}: image has {len(array.shape)} dimensions (axes {axes}, "
-                                 f"shape {tuple(array.shape)}); expected a 2-D image or a "
-                                 "multi-channel image")
+        if len(others) > 1 or (others and axes[others[0]] not in "SC"):
+            raise ImageReadError(f"{name}: image has axes {axes} (shape {tuple(array.shape)}); "
+                                 "expected one 2-D image or a multi-channel image (a stack of "
+                                 "planes is not one image)")
         self.array = array
         self.name = name
         self.axes = axes
@@ -256,8 +262,17 @@ def _open_tiff(path: str, name: str) -> LazyImage:
         if not tif.series:
             raise ImageReadError(f"{name}: TIFF holds no image data")
         series = tif.series[0]
-        array = zarr.open(series.aszarr(level=0), mode="r")
         axes = series.axes
+        if series.dataoffset is not None:  # uncompressed and contiguous: map it
+            array = tifffile.memmap(path, series=0, mode="r")
+        else:
+            array = zarr.open(series.aszarr(level=0), mode="r")
+            rows = array.chunks[axes.index("Y")] if "Y" in axes else 0
+            if rows >= WHOLE_CHUNK_ROWS:
+                logger.warning("%s: stored as compressed strips of %d rows: read whole into "
+                               "memory (write it as a tiled TIFF to read it in strips)", name,
+                               rows)
+                array = np.asarray(array[...])
     except ImageReadError:
         raise
     except Exception as error:  # tifffile raises many types for broken files

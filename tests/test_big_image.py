@@ -123,6 +123,13 @@ def test_tiff_and_ome_zarr_inputs_read_lazily(tmp_path):
     lazy = open_lazy_image(str(tmp_path / "in.zarr"))
     lazy.select_channels(1, 1)
     np.testing.assert_array_equal(lazy.strip(5, 17), image[5:17, :, 1:2].astype(np.float32))
+    plain = str(tmp_path / "plain.tif")  # tifffile writes one strip: memory-mapped, not decoded
+    tifffile.imwrite(plain, image[..., 0])
+    assert isinstance(open_lazy_image(plain).array, np.memmap)
+    np.testing.assert_array_equal(open_lazy_image(plain).strip(7, 9)[..., 0], image[7:9, :, 0])
+    tifffile.imwrite(plain, np.moveaxis(image, -1, 0), photometric="minisblack")  # 3 pages
+    with pytest.raises(ValueError, match="plain.tif: .*a stack of planes is not one image"):
+        open_lazy_image(plain)
     with pytest.raises(ValueError, match="plain.png: not a TIFF"):
         (tmp_path / "plain.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 20)
         open_lazy_image(str(tmp_path / "plain.png"))
