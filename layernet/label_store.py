@@ -47,7 +47,7 @@ OUTPUT_FORMATS = ("tif", "bigtiff", "zarr")
 PARTIAL_SUFFIX = ".partial"
 """Suffix of a zarr folder still being written."""
 
-ZARR_CHUNK = 1024
+ZARR_CHUNK = 512
 """Rows and columns of a zarr chunk of one slice."""
 
 TIFF_TILE = 512

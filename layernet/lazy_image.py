@@ -27,6 +27,7 @@ Nothing in this module imports TensorFlow.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from typing import Any
 
@@ -159,7 +160,8 @@ class LazyImage:
         for position, axis in enumerate(self.axes):
             if position not in (self._y, self._x, self._channel_axis):
                 index[position] = 0
-        data = np.asarray(self.array[tuple(index)])
+        data = np.array(self.array[tuple(index)])
+        self._release_mapped_pages()
         kept = [axis for position, axis in enumerate(self.axes)
                 if position in (self._y, self._x, self._channel_axis)]
         if self._channel_axis is None:
@@ -168,6 +170,14 @@ class LazyImage:
         order = [kept.index("Y"), kept.index("X")] + [
             position for position, axis in enumerate(kept) if axis not in "YX"]
         return np.transpose(data, order)
+
+    def _release_mapped_pages(self) -> None:
+        """Drop the pages of a memory-mapped file from this process's resident memory (the
+        data is copied out already), so that reading every strip of a mapped image does not
+        make the process hold the whole file."""
+        mapping = getattr(self.array, "_mmap", None)
+        if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
 
     def strip(self, y0: int, y1: int, x0: int = 0, x1: int | None = None, step: int = 1
               ) -> np.ndarray:
