@@ -359,5 +359,6 @@ def predict_big_image(
         result.paths.append(path)
     logger.info("%s: %d objects in %d slices, %d tiles", layers_path, result.objects,
                 result.slices, result.tiles)
+    logger.debug("at most %d rows of the label stack were held at once", assembler.peak_rows)
     return result
 

@@ -109,6 +109,11 @@ class RowAssembler:
     on_object : callable, optional
         Called as ``on_object(id, slice, box, mask)`` for every placed object (``box``: the
         ``(rows, columns)`` slices of its bounding box in the image).
+
+    Attributes
+    ----------
+    peak_rows : int
+        The most rows the band held at once (its memory is ``peak_rows x W x slices`` ids).
     """
 
     def __init__(self, shape: tuple[int, int], writer: RowWriter, flush_rows: int = 1024,
@@ -124,6 +129,7 @@ class RowAssembler:
         self.rows = 0
         self.band: list[np.ndarray] = []
         self.objects = 0
+        self.peak_rows = 0
 
     @property
     def slices(self) -> int:
@@ -139,6 +145,7 @@ class RowAssembler:
             grown[:self.rows] = layer[:self.rows]
             self.band[index] = grown
         self.rows = rows
+        self.peak_rows = max(self.peak_rows, rows)
 
     def place(self, top_left: tuple[int, int], mask: np.ndarray) -> int:
         """Place one object (its mask with top-left pixel ``top_left``); return its id."""

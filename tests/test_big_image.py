@@ -86,7 +86,21 @@ def test_strips_give_the_objects_of_whole_image_tiled_prediction(tmp_path):
     assert _mask_set(streamed) == expected
     # first-fit packing: as few slices as the overlaps need, not the network's 8
     assert streamed.shape[0] < reference.shape[0] and all(layer.any() for layer in streamed)
-    assert assembler.rows < shape[0]  # the band never held the whole image
+
+
+def test_rows_are_written_as_they_are_finished(tmp_path):
+    # A tall image of small objects: the band of rows held at once stays near two tile rows.
+    shape = (1500, 160)
+    rng = np.random.default_rng(5)
+    objects = [_ellipse(shape, (rng.uniform(0, 1500), rng.uniform(0, 160)),
+                        (rng.uniform(5, 15), rng.uniform(5, 20)), rng.uniform(0, np.pi))
+               for _ in range(60)]
+    image = np.moveaxis(stack_from_masks(objects), 0, -1).astype(np.float32)
+    tiles = tile_grid(shape, 96, 24)
+    reference = predict_tiled(image, FakeNetwork(), 96, 24, min_size=30)
+    count, streamed, assembler = _strip_prediction(image, FakeNetwork(), tiles, str(tmp_path), 30)
+    assert count >= 40 and _mask_set(streamed) == _mask_set(reference)
+    assert assembler.peak_rows <= 64 + 3 * 96 < shape[0] / 4  # a chunk plus the open strips
 
 
 def test_streamed_percentiles_are_those_of_the_whole_image():
