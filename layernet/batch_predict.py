@@ -226,7 +226,7 @@ def _predict_in_strips(predictor: Any, job: FileJob, options: PredictOptions,
             tile_size=options.tile_size, overlap=options.tile_overlap,
             batch_size=options.tile_batch, channel=options.channel, overlay=options.overlay,
             rois=options.rois, coco=options.coco, file_name=os.path.basename(path),
-            on_tiles=on_tiles, tile_runner=tile_runner)
+            on_tiles=on_tiles, tile_runner=tile_runner, overlapped=options.overlapped)
     except Exception as error:  # one bad file must not stop the others
         return _failed(index, path, error)
     return FileResult(index, path, objects=result.objects, tiles=result.tiles)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from layernet.lazy_image import LazyImage, describe, open_lazy_image, streamed_percentile_range
 from layernet.normalize import normalize_to_range
+from layernet.ordered_worker import OrderedWorker
 from layernet.prediction import MapsFunction, image_tiles
 from layernet.stream_stitching import RowAssembler, StreamingStitcher
 from layernet.tiles import Tile, tile_grid
@@ -93,21 +95,39 @@ def local_strip_instances(
     batch_size: int = 1,
     on_tiles: Callable[[int, int], None] | None = None,
     spent: dict[str, float] | None = None,
+    worker: OrderedWorker | None = None,
 ) -> StripInstances:
     """The instances of every tile, strip by strip, computed in this process.
 
     Each strip is read once; its tiles are normalised and run through ``maps`` in batches of
-    ``batch_size`` and post-processed one by one with ``instances``. Parameters are those of
-    :func:`predict_strips`; ``spent`` receives seconds of ``"read"``, ``"network"`` and
-    ``"postprocess"``.
+    ``batch_size`` (in this thread) and post-processed one by one with ``instances`` on
+    ``worker``. With a threaded :class:`~layernet.ordered_worker.OrderedWorker` the
+    post-processing of a batch runs while the network runs on the next one, and a strip is
+    handed out only once the network has run on the next strip, so that its post-processing
+    also overlaps the network (same results). Parameters are those of :func:`predict_strips`;
+    ``spent`` receives seconds of ``"read"``, ``"network"`` and ``"postprocess"`` (summed over
+    threads).
     """
     spent = spent if spent is not None else {}
+    for key in ("read", "network", "postprocess"):
+        spent.setdefault(key, 0.0)
+    worker = worker or OrderedWorker(threaded=False)
+
+    def post_batch(batch_tiles: list[Tile], foregrounds: np.ndarray, layerings: np.ndarray
+                   ) -> list[tuple[Tile, np.ndarray]]:
+        clock = time.perf_counter()
+        result = [(tile, instances(foreground, layering))
+                  for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings)]
+        spent["postprocess"] += time.perf_counter() - clock
+        return result
+
     done = 0
+    pending: list[Future] | None = None
     for row in tile_rows(tiles):
         clock = time.perf_counter()
         strip = image.strip(row[0].rect[0], row[0].rect[2])
-        spent["read"] = spent.get("read", 0.0) + time.perf_counter() - clock
-        results = []
+        spent["read"] += time.perf_counter() - clock
+        futures = []
         for start in range(0, len(row), batch_size):
             batch_tiles = row[start:start + batch_size]
             clock = time.perf_counter()
@@ -116,17 +136,17 @@ def local_strip_instances(
             spent["read"] += time.perf_counter() - clock
             clock = time.perf_counter()
             foregrounds, layerings = maps(batch)
-            spent["network"] = spent.get("network", 0.0) + time.perf_counter() - clock
-            clock = time.perf_counter()
-            results.extend((tile, instances(foreground, layering))
-                           for tile, foreground, layering in zip(batch_tiles, foregrounds,
-                                                                 layerings))
-            spent["postprocess"] = spent.get("postprocess", 0.0) + time.perf_counter() - clock
+            spent["network"] += time.perf_counter() - clock
+            futures.append(worker.submit(post_batch, batch_tiles, foregrounds, layerings))
             done += len(batch_tiles)
             if on_tiles is not None:
                 on_tiles(done, len(tiles))
         del strip
-        yield results
+        if pending is not None:
+            yield [item for future in pending for item in future.result()]
+        pending = futures
+    if pending is not None:
+        yield [item for future in pending for item in future.result()]
 
 
 def stitch_strips(strips: StripInstances, shape: tuple[int, int], tiles: list[Tile],
@@ -166,6 +186,7 @@ def predict_strips(
     match_iou: float = 0.5,
     on_tiles: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
+    worker: OrderedWorker | None = None,
 ) -> int:
     """Predict a lazily read image strip by strip into ``assembler``; return the object count.
 
@@ -195,10 +216,13 @@ def predict_strips(
     timings : dict, optional
         Seconds of ``"read"`` (reading and normalising), ``"network"`` and ``"postprocess"``
         (post-processing, stitching and writing) are added to it.
+    worker : layernet.ordered_worker.OrderedWorker, optional
+        Runs the tiles' post-processing (a threaded one overlaps it with the network; same
+        result). Default: in this thread.
     """
     spent = {"read": 0.0, "network": 0.0, "postprocess": 0.0}
     strips = local_strip_instances(image, normalize, maps, instances, tiles, batch_size,
-                                   on_tiles, spent)
+                                   on_tiles, spent, worker)
     count = stitch_strips(strips, (image.height, image.width), tiles, assembler, min_size,
                           match_iou, spent)
     if timings is not None:
@@ -261,6 +285,7 @@ def predict_big_image(
     overlay_side: int = OVERLAY_SIDE,
     on_tiles: Callable[[int, int], None] | None = None,
     tile_runner: TileRunner | None = None,
+    overlapped: bool = True,
 ) -> BigPrediction:
     """Predict one large image with memory bounded by a strip of tiles; write its outputs.
 
@@ -292,6 +317,9 @@ def predict_big_image(
         Computes the tiles' instances elsewhere (e.g. on a Dask cluster,
         :class:`layernet.distributed.DaskTileRunner`); then ``predictor`` needs only its
         ``config``. Default: in this process with ``predictor``.
+    overlapped : bool, optional
+        Post-process tiles in a background thread while the network runs on the next ones
+        (in this process; the same files).
 
     Returns
     -------
@@ -324,17 +352,19 @@ def predict_big_image(
     assembler = RowAssembler(shape, writer, flush_rows=writer.chunk,
                              on_object=outputs if (coco or rois) else None)
     try:
-        if tile_runner is None:
-            strips = local_strip_instances(
-                image, lambda batch: normalize_to_range(batch, p_low, p_high),
-                predictor.maps_batch_normalized,
-                lambda foreground, layering: predictor.instances_from_maps(
-                    foreground, layering, min_size=0),
-                tiles, batch_size, on_tiles, result.timings)
-        else:
-            strips = tile_runner(source, channel, tiles, (p_low, p_high), batch_size, on_tiles)
-        result.objects = stitch_strips(strips, shape, tiles, assembler, config.min_size,
-                                       spent=result.timings)
+        with OrderedWorker(threaded=overlapped and tile_runner is None) as worker:
+            if tile_runner is None:
+                strips = local_strip_instances(
+                    image, lambda batch: normalize_to_range(batch, p_low, p_high),
+                    predictor.maps_batch_normalized,
+                    lambda foreground, layering: predictor.instances_from_maps(
+                        foreground, layering, min_size=0),
+                    tiles, batch_size, on_tiles, result.timings, worker)
+            else:
+                strips = tile_runner(source, channel, tiles, (p_low, p_high), batch_size,
+                                     on_tiles)
+            result.objects = stitch_strips(strips, shape, tiles, assembler, config.min_size,
+                                           spent=result.timings)
         result.slices = assembler.slices
         if overlay:
             picture, step = _reduced_overlay(image, writer.array, overlay_side)

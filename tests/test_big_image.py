@@ -28,6 +28,7 @@ from layernet.label_store import (ZarrLabelWriter, read_label_store,  # noqa: E4
                                   write_label_stack_as, zarr_to_bigtiff)
 from layernet.lazy_image import open_lazy_image, streamed_percentile_range  # noqa: E402
 from layernet.normalize import percentile_range  # noqa: E402
+from layernet.ordered_worker import OrderedWorker  # noqa: E402
 from layernet.postprocess import postprocess  # noqa: E402
 from layernet.big_prediction import predict_strips  # noqa: E402
 from layernet.stream_stitching import RowAssembler  # noqa: E402
@@ -55,14 +56,15 @@ def _objects(shape, seed):
     return masks
 
 
-def _strip_prediction(image, network, tiles, folder, min_size, batch=2):
+def _strip_prediction(image, network, tiles, folder, min_size, batch=2, threaded=False):
     lazy = open_lazy_image(image)
     writer = ZarrLabelWriter(os.path.join(folder, "out.layers.zarr"), image.shape[:2], chunk=64)
     assembler = RowAssembler(image.shape[:2], writer, flush_rows=writer.chunk)
-    count = predict_strips(
-        lazy, lambda strip: strip, network,
-        lambda foreground, layering: postprocess(foreground, layering, min_size=0),
-        tiles, assembler, min_size=min_size, batch_size=batch)
+    with OrderedWorker(threaded=threaded) as worker:
+        count = predict_strips(
+            lazy, lambda strip: strip, network,
+            lambda foreground, layering: postprocess(foreground, layering, min_size=0),
+            tiles, assembler, min_size=min_size, batch_size=batch, worker=worker)
     path = writer.finish(assembler.slices, "zarr")
     return count, read_label_store(path), assembler
 
@@ -75,7 +77,8 @@ def test_strips_give_the_objects_of_whole_image_tiled_prediction(tmp_path):
     network = FakeNetwork()
     reference = predict_tiled(image, network, 96, 24, min_size=30, batch_size=2)
     network.layers_seen.clear()
-    count, streamed, assembler = _strip_prediction(image, network, tiles, str(tmp_path), 30)
+    count, streamed, assembler = _strip_prediction(image, network, tiles, str(tmp_path), 30,
+                                                   threaded=True)
     validate_stack(streamed)
     expected = _mask_set(reference)
     assert len(expected) >= 25 and count == len(expected)
