@@ -88,9 +88,9 @@ class PredictOptions:
         Format of the label stack (:mod:`layernet.label_store`); ``auto``: ``tif`` for images
         predicted in memory, ``bigtiff`` for images predicted in strips.
     strips : {"auto", "always", "never"}
-        Which TIFF and zarr inputs are predicted strip by strip with memory bounded by a strip
-        of tiles (:func:`layernet.big_prediction.predict_big_image`): ``auto`` those of more
-        than :data:`STRIPS_PIXELS` pixels. Other formats are always read whole.
+        Which TIFF inputs are predicted strip by strip with memory bounded by a strip of tiles
+        (:func:`layernet.big_prediction.predict_big_image`): ``auto`` those of more than
+        :data:`STRIPS_PIXELS` pixels. zarr inputs always are, other formats never.
     """
 
     channel: int | None = None
@@ -171,33 +171,34 @@ def _failed(index: int, path: str, error: BaseException) -> FileResult:
 def predicted_in_strips(path: str, options: PredictOptions) -> bool:
     """Whether ``path`` is predicted strip by strip (see :attr:`PredictOptions.strips`).
 
-    Raises
-    ------
-    ImportError
-        For ``strips="always"`` on a TIFF or zarr input without the ``big`` extra installed.
+    A TIFF above :data:`STRIPS_PIXELS` pixels is read whole, with a warning, when the ``big``
+    extra (zarr) is not installed.
     """
     from layernet.io import _TIFF_MAGIC
-    from layernet.lazy_image import is_zarr_path, open_lazy_image
+    from layernet.lazy_image import is_zarr_path, tiff_pixels
 
+    if is_zarr_path(path):
+        return True  # only read lazily
     if options.strips == "never":
         return False
-    if not is_zarr_path(path):
-        try:
-            with open(path, "rb") as handle:
-                if handle.read(4) not in _TIFF_MAGIC:
-                    return False
-        except OSError:
-            return False  # reported by the reader
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(4) not in _TIFF_MAGIC:
+                return False
+    except OSError:
+        return False  # reported by the reader
     if options.strips == "always":
         return True
-    try:
-        image = open_lazy_image(path)
-    except ImportError:
-        logger.debug("%s: zarr is not installed; read whole", path)
+    pixels = tiff_pixels(path)
+    if pixels is None or pixels <= STRIPS_PIXELS:
         return False
-    except ValueError:
-        return False  # the whole-image reader reports it
-    return image.height * image.width > STRIPS_PIXELS
+    try:
+        import zarr  # noqa: F401
+    except ImportError:
+        logger.warning("%s: %.0f megapixels read whole; install the big extra (pip install "
+                       "'layernet[big]') to predict it in strips", path, pixels / 1e6)
+        return False
+    return True
 
 
 _NOT_IN_STRIPS = {"masks": "--save-masks", "flat": "--save-flat", "prob": "--save-prob",

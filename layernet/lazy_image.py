@@ -17,9 +17,9 @@ bounded by a strip:
 TIFF files are read through tifffile's zarr store (``TiffPageSeries.aszarr``): a tiled or
 strip-organised TIFF is read tile by tile / strip by strip; an uncompressed one is memory-mapped
 (tifffile writes a plain TIFF as a single strip); a compressed one stored in strips of
-:data:`WHOLE_CHUNK_ROWS` rows or more is read whole (with a warning). zarr inputs are a zarr array or an
-OME-Zarr image group (the first dataset of its first ``multiscales`` entry, axes from its
-metadata). zarr is imported only here, lazily (the ``big`` extra).
+:data:`WHOLE_CHUNK_ROWS` rows or more is read whole (with a warning). zarr inputs are a zarr
+array or an OME-Zarr image group (the first dataset of its first ``multiscales`` entry, axes from
+its metadata). zarr is imported only here, lazily (the ``big`` extra).
 
 Nothing in this module imports TensorFlow.
 """
@@ -37,8 +37,8 @@ from layernet.io import _TIFF_MAGIC, ImageReadError, _is_grayscale_copy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SAMPLE_PIXELS", "WHOLE_CHUNK_ROWS", "LazyImage", "describe", "is_zarr_path", "open_lazy_image", "require_big_extra",
-           "streamed_percentile_range"]
+__all__ = ["SAMPLE_PIXELS", "WHOLE_CHUNK_ROWS", "LazyImage", "describe", "is_zarr_path",
+           "open_lazy_image", "require_big_extra", "streamed_percentile_range", "tiff_pixels"]
 
 SAMPLE_PIXELS = 16_000_000
 """Pixels per channel from which the percentiles of a non-8/16-bit image are estimated."""
@@ -257,6 +257,19 @@ def open_lazy_image(source: Any, name: str | None = None) -> LazyImage:
     if len(array.shape) == 3:
         return LazyImage(array, "YXC", name)
     raise ImageReadError(f"{name}: expected a 2-D or (H, W, C) array, got shape {array.shape}")
+
+
+def tiff_pixels(path: str | os.PathLike) -> int | None:
+    """Pixels (rows x columns) of the first image of a TIFF file, read from its header only;
+    ``None`` if it cannot be read (the reader reports why)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return int(series.shape[series.axes.index("Y")] * series.shape[series.axes.index("X")])
+    except Exception:  # tifffile raises many types for broken files
+        return None
 
 
 def _open_tiff(path: str, name: str) -> LazyImage:

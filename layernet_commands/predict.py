@@ -83,9 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tiling = parser.add_argument_group("tiling (large images)")
     add_tile_options(tiling)
     tiling.add_argument("--strips", choices=("auto", "always", "never"), default="auto",
-                        help="predict TIFF and zarr inputs strip by strip, memory bounded by a "
-                        "strip of tiles: auto = those of more than 25 megapixels (default), "
-                        "always = all of them, never = read every image whole")
+                        help="predict TIFF inputs strip by strip, memory bounded by a strip "
+                        "of tiles: auto = those of more than 25 megapixels (default), always = "
+                        "all of them, never = read them whole; zarr inputs always go in strips")
     tiling.add_argument("--output-format", choices=("auto", "tif", "bigtiff", "zarr"),
                         default="auto",
                         help="label stack format: tif (ImageJ hyperstack), bigtiff (tiled "
