@@ -61,14 +61,21 @@ def require_big_extra(module: str = "zarr") -> Any:
     Returns
     -------
     module
+
+    Raises
+    ------
+    layernet.backends.MissingPackageError
+        One line naming the extra, when the module is not installed.
     """
     import importlib
+
+    from layernet.backends import MissingPackageError
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{module} is needed for very large images and Dask; install the extra: "
-                          "pip install 'layernet[big]'") from None
+        raise MissingPackageError(f"{module} is needed for very large images and Dask; install "
+                                  "the extra: pip install 'layernet[big]'") from None
 
 
 def is_zarr_path(path: str | os.PathLike) -> bool:
