@@ -21,7 +21,8 @@ joins the results:
   pixel.
 
 Memory stays bounded: only the parts of each tile's label stack that lie in regions shared with
-tiles not yet added are kept, plus one boolean crop per object part in the owning core.
+tiles not yet added are kept (only the layers holding objects there, 4 bytes per id), plus one
+boolean crop per object part in the owning core.
 
 Nothing in this module imports TensorFlow.
 """
@@ -211,10 +212,13 @@ class TileStitcher:
                     (tile.core[0] + box[0].start, tile.core[1] + box[1].start), mask))
 
         for other, shared in self._neighbours[tile_index]:
-            crop = local[(slice(None),) + rect_in_tile(shared, tile.rect)].astype(np.int64)
-            crop = np.where(crop > 0, crop + offset, 0)  # global fragment id + 1, 0 = none
+            crop = local[(slice(None),) + rect_in_tile(shared, tile.rect)]
+            crop = crop[crop.reshape(len(crop), -1).any(axis=1)]  # the layers holding objects
+            crop = np.where(crop > 0, crop.astype(np.int64) + offset, 0)  # fragment id + 1
             if other in self._added:
-                self._match(self._pending.pop((other, tile_index)), crop)
+                self._match(self._pending.pop((other, tile_index)).astype(np.int64), crop)
+            elif crop.size == 0 or crop.max() <= np.iinfo(np.uint32).max:
+                self._pending[(tile_index, other)] = crop.astype(np.uint32)  # kept: 4 bytes
             else:
                 self._pending[(tile_index, other)] = crop
 
