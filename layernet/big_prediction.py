@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from layernet.instances import compact_stack
 from layernet.lazy_image import LazyImage, describe, open_lazy_image, streamed_percentile_range
 from layernet.normalize import normalize_to_range
 from layernet.ordered_worker import OrderedWorker
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OVERLAY_SIDE", "BigPrediction", "LAYERS_SUFFIXES", "StripInstances",
            "TileRunner", "local_strip_instances", "predict_big_image", "predict_strips",
-           "stitch_strips", "tile_rows"]
+           "small_tile_stack", "stitch_strips", "tile_rows"]
 
 OVERLAY_SIDE = 4096
 """Longest side of the overlay PNG of a large image (it is drawn at a reduced size)."""
@@ -86,6 +87,14 @@ def tile_rows(tiles: list[Tile]) -> list[list[Tile]]:
     return [rows[top] for top in sorted(rows)]
 
 
+def small_tile_stack(stack: np.ndarray) -> np.ndarray:
+    """A tile's label stack with only its layers that hold objects, as uint16 when its ids fit
+    (the stitcher matches by pixels, not layers: same objects, a fraction of the memory while
+    a strip waits to be stitched)."""
+    stack = compact_stack(np.asarray(stack))
+    return stack.astype(np.uint16) if stack.max(initial=0) <= np.iinfo(np.uint16).max else stack
+
+
 def local_strip_instances(
     image: LazyImage,
     normalize: Callable[[np.ndarray], np.ndarray],
@@ -116,7 +125,7 @@ def local_strip_instances(
     def post_batch(batch_tiles: list[Tile], foregrounds: np.ndarray, layerings: np.ndarray
                    ) -> list[tuple[Tile, np.ndarray]]:
         clock = time.perf_counter()
-        result = [(tile, instances(foreground, layering))
+        result = [(tile, small_tile_stack(instances(foreground, layering)))
                   for tile, foreground, layering in zip(batch_tiles, foregrounds, layerings)]
         spent["postprocess"] += time.perf_counter() - clock
         return result

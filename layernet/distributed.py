@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from layernet.batch_predict import FileJob, FileResult, PredictOptions
-from layernet.big_prediction import StripInstances, tile_rows
+from layernet.big_prediction import StripInstances, small_tile_stack, tile_rows
 from layernet.lazy_image import require_big_extra
 from layernet.tiles import Tile
 
@@ -230,7 +230,6 @@ def _tile_batch_task(spec: ModelSpec, source: str, channel: int | None,
                      rects: list[tuple[int, int, int, int]], p_low: np.ndarray,
                      p_high: np.ndarray) -> list[np.ndarray]:
     """Worker task: the label stacks of a batch of tiles of an image file (see module doc)."""
-    from layernet.instances import compact_stack
     from layernet.lazy_image import open_lazy_image
     from layernet.normalize import normalize_to_range
 
@@ -246,11 +245,8 @@ def _tile_batch_task(spec: ModelSpec, source: str, channel: int | None,
     batch = normalize_to_range(np.stack([image.strip(y0, y1, x0, x1)
                                          for y0, x0, y1, x1 in rects]), p_low, p_high)
     foregrounds, layerings = predictor.maps_batch_normalized(batch)
-    stacks = []
-    for foreground, layering in zip(foregrounds, layerings):
-        stack = compact_stack(predictor.instances_from_maps(foreground, layering, min_size=0))
-        stacks.append(stack.astype(np.uint16) if stack.max(initial=0) <= 65535 else stack)
-    return stacks
+    return [small_tile_stack(predictor.instances_from_maps(foreground, layering, min_size=0))
+            for foreground, layering in zip(foregrounds, layerings)]
 
 
 class DaskTileRunner:
