@@ -25,9 +25,9 @@ Outputs per image, beside the input or in --out:
     <name>.layermaps.png --save-layer-maps: the image, the foreground and each of the N layer
                          activation maps side by side (as the paper's Figures 3 and 5)
 
-Very large images (TIFF/BigTIFF or zarr/OME-Zarr inputs of more than 25 megapixels, or all of
-them with --strips always) are read and predicted strip by strip, with memory bounded by a strip
-of tiles: objects are stitched across tiles as they become final and written as they go, the
+Very large images (TIFF/BigTIFF inputs of more than 25 megapixels, all TIFFs with --strips
+always, and zarr/OME-Zarr inputs) are read and predicted strip by strip, with memory bounded by a
+strip of tiles: objects are stitched across tiles as they become final and written as they go, the
 label stack as a tiled BigTIFF (or --output-format zarr), the overlay at a reduced size (longest
 side 4096); --save-rois and --save-coco stay exact. See "Very large images" in the README.
 
@@ -124,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be >= 1")
     if args.dask and args.workers > 1:
         parser.error("--dask and --workers: choose one (local:N starts N Dask workers)")
+    if args.dask and args.sequential:
+        parser.error("--sequential applies to prediction in this process, not to --dask")
     if args.backend == "onnx" and args.precision not in (None, "float32"):
         parser.error("--precision applies to the keras backend; the ONNX model computes in "
                      "float32")
