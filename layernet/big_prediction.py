@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OVERLAY_SIDE", "BigPrediction", "LAYERS_SUFFIXES", "StripInstances",
            "TileRunner", "local_strip_instances", "predict_big_image", "predict_strips",
-           "small_tile_stack", "stitch_strips", "tile_rows"]
+           "reduced_overlay", "small_tile_stack", "stitch_strips", "tile_rows"]
 
 OVERLAY_SIDE = 4096
 """Longest side of the overlay PNG of a large image (it is drawn at a reduced size)."""
@@ -240,21 +240,48 @@ def predict_strips(
     return count
 
 
-def _reduced_overlay(image: LazyImage, stack: Any, side: int) -> tuple[np.ndarray, int]:
-    """The outline overlay of an image and its label stack (zarr or NumPy ``(L, H, W)``) with
-    the longest side at most ``side`` (every ``step``-th pixel); returns it and ``step``."""
+def reduced_overlay(image: LazyImage, stack: Any, side: int = OVERLAY_SIDE, band: int = 1024
+                    ) -> tuple[np.ndarray, int]:
+    """The outline overlay of an image and its label stack, with the longest side at most
+    ``side`` (every ``step``-th pixel of both), drawn in bands of ``band`` rows.
+
+    The picture is :func:`layernet.viz.outline_overlay` of :func:`layernet.viz.display_image`
+    of the reduced image (the same as drawn whole: each band sees one row more on either side
+    for the outlines); only a band of the label stack is read and drawn at a time.
+
+    Parameters
+    ----------
+    image : LazyImage
+        The image.
+    stack : array-like
+        Its label stack ``(L, H, W)`` (zarr or NumPy), read band by band.
+    side : int, optional
+        Longest side of the overlay.
+    band : int, optional
+        Rows of the overlay drawn at a time.
+
+    Returns
+    -------
+    picture : numpy.ndarray
+        uint8 RGB overlay.
+    step : int
+        Reduction factor (1 = full size).
+    """
     from layernet.viz import display_image, outline_overlay
 
     step = max(1, -(-max(image.height, image.width) // side))
-    rows = []
-    labels = []
-    band = 1024 * step
-    for y0 in range(0, image.height, band):
-        y1 = min(y0 + band, image.height)
-        rows.append(image.strip(y0, y1, step=step))
-        labels.append(np.asarray(stack[:, y0:y1:step, ::step]))
-    small = np.concatenate(rows)
-    return outline_overlay(display_image(small), np.concatenate(labels, axis=1)), step
+    rows = [image.strip(y0, min(y0 + band * step, image.height), step=step)
+            for y0 in range(0, image.height, band * step)]
+    picture = display_image(np.concatenate(rows))
+    del rows
+    height = picture.shape[0]
+    for y0 in range(0, height, band):
+        y1 = min(y0 + band, height)
+        top, bottom = max(0, y0 - 1), min(height, y1 + 1)  # a row of context for the outlines
+        labels = np.asarray(stack[:, top * step:bottom * step:step, ::step])
+        drawn = outline_overlay(picture[top:bottom], labels)
+        picture[y0:y1] = drawn[y0 - top:y1 - top]
+    return picture, step
 
 
 class _ObjectOutputs:
@@ -376,7 +403,7 @@ def predict_big_image(
                                            spent=result.timings)
         result.slices = assembler.slices
         if overlay:
-            picture, step = _reduced_overlay(image, writer.array, overlay_side)
+            picture, step = reduced_overlay(image, writer.array, overlay_side)
             path = prefix + OUTPUT_SUFFIXES["overlay"]
             write_image_atomic(path, picture)
             if step > 1:

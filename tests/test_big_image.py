@@ -275,3 +275,18 @@ def test_zarr_images_are_inputs_and_zarr_outputs_are_not(tmp_path):
     assert sorted(os.path.basename(path.rstrip("/")) for path in files) == [
         "a.png", "slide.ome.zarr"] and not problems
     assert output_prefix(str(tmp_path / "slide.ome.zarr") + "/", "out") == "out/slide.ome"
+
+
+def test_overlay_drawn_in_bands_is_the_overlay_drawn_whole():
+    from layernet.big_prediction import reduced_overlay
+    from layernet.viz import display_image, outline_overlay
+
+    stack = stack_from_masks(_objects((150, 170), 9), dtype=np.uint32)
+    image = np.random.default_rng(3).integers(0, 3000, (150, 170)).astype(np.uint16)
+    picture, step = reduced_overlay(open_lazy_image(image), stack, side=200, band=16)
+    assert step == 1
+    np.testing.assert_array_equal(picture, outline_overlay(display_image(image), stack))
+    small, step = reduced_overlay(open_lazy_image(image), stack, side=60, band=7)
+    assert step == 3 and small.shape == (50, 57, 3)
+    np.testing.assert_array_equal(small, outline_overlay(display_image(image[::3, ::3]),
+                                                         stack[:, ::3, ::3]))
