@@ -139,7 +139,7 @@ class RowAssembler:
     def _grow(self, rows: int) -> None:
         if rows <= self.rows:
             return
-        rows = min(max(rows, self.rows + self.rows // 2), self.height - self.top)
+        rows = min(-(-rows // self.flush_rows) * self.flush_rows, self.height - self.top)
         for index, layer in enumerate(self.band):
             grown = np.zeros((rows, self.width), self.dtype)
             grown[:self.rows] = layer[:self.rows]
