@@ -37,11 +37,14 @@ from layernet.io import _TIFF_MAGIC, ImageReadError, _is_grayscale_copy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SAMPLE_PIXELS", "WHOLE_CHUNK_ROWS", "LazyImage", "describe", "is_zarr_path",
+__all__ = ["READ_PIXELS", "SAMPLE_PIXELS", "WHOLE_CHUNK_ROWS", "LazyImage", "describe", "is_zarr_path",
            "open_lazy_image", "require_big_extra", "streamed_percentile_range", "tiff_pixels"]
 
 SAMPLE_PIXELS = 16_000_000
 """Pixels per channel from which the percentiles of a non-8/16-bit image are estimated."""
+
+READ_PIXELS = 1_000_000
+"""Pixels read at a time by the passes over a whole image (percentiles, overlay)."""
 
 WHOLE_CHUNK_ROWS = 4096
 """A compressed TIFF stored in strips of at least this many rows is read whole (each read of a
@@ -353,8 +356,8 @@ def _histogram_percentiles(counts: np.ndarray, offset: int, percentiles: tuple[f
     return np.asarray(result, dtype=np.float64)
 
 
-def streamed_percentile_range(image: LazyImage, low: float, high: float, strip_rows: int = 1024
-                              ) -> tuple[np.ndarray, np.ndarray]:
+def streamed_percentile_range(image: LazyImage, low: float, high: float,
+                              strip_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``low`` / ``high`` percentiles of a lazily read image (see module doc).
 
     Parameters
@@ -363,8 +366,8 @@ def streamed_percentile_range(image: LazyImage, low: float, high: float, strip_r
         The image (channels already chosen).
     low, high : float
         Percentiles, ``0 <= low < high <= 100``.
-    strip_rows : int, optional
-        Rows read at a time.
+    strip_rows : int or None, optional
+        Rows read at a time (default: about :data:`READ_PIXELS` pixels' worth).
 
     Returns
     -------
@@ -373,6 +376,7 @@ def streamed_percentile_range(image: LazyImage, low: float, high: float, strip_r
     """
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low} and {high}")
+    strip_rows = strip_rows or max(1, READ_PIXELS // image.width)
     channels = image.shape[2]
     if image.dtype.type in _HISTOGRAM_TYPES:
         info = np.iinfo(image.dtype) if image.dtype != np.bool_ else None
