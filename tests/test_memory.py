@@ -25,4 +25,5 @@ def test_tiled_prediction_of_4096_square_stays_under_the_documented_peak(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     seconds, peak_mb, shape = done.stdout.split()
     assert float(peak_mb) < TILED_PEAK_LIMIT_MB, f"peak {peak_mb} MB ({seconds} s)"
-    assert shape == "4x4096x4096"  # the whole image was predicted (N = 4 layers)
+    assert shape.endswith("4096x4096")  # the whole image was predicted (the stack holds only
+    # the slices its objects need: "4096x4096" for one, "2x4096x4096" for two)
