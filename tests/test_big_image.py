@@ -290,3 +290,31 @@ def test_overlay_drawn_in_bands_is_the_overlay_drawn_whole():
     assert step == 3 and small.shape == (50, 57, 3)
     np.testing.assert_array_equal(small, outline_overlay(display_image(image[::3, ::3]),
                                                          stack[:, ::3, ::3]))
+
+
+def test_predict_py_killed_midway_leaves_only_a_partial_folder(tiny_run, tmp_path):
+    import time
+
+    import tifffile
+
+    from bench.predict import synthetic_mosaic
+
+    raw, _ = synthetic_mosaic(1024, block_size=256, seed=6)
+    path = str(tmp_path / "slide.tif")
+    tifffile.imwrite(path, (raw[..., 0] * 150).astype(np.uint16), tile=(128, 128))
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "predict.py"), path, "--model", tiny_run, "--out",
+         str(out), "--strips", "always", "--tile-size", "64", "--save-coco", "--quiet"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    partial = out / "slide.layers.zarr.partial"  # made once the tiles start
+    deadline = time.monotonic() + 120
+    while not partial.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the strips
+    running = child.poll() is None
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert running and partial.exists(), "predict.py must be killed while predicting strips"
+    assert sorted(os.listdir(out)) == ["slide.layers.zarr.partial"]
