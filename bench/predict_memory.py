@@ -13,7 +13,8 @@ tiled (512 px tiles) 1.1 GB peak, in one piece 3.5 GB; tiled with the 768 x 768 
 that replaced them (balanced tiles), 1.1 GB. On 2026-11-29 (AVX2 machine, overlapped
 post-processing and writing) tiled: 1542, 1555 and 1564 MB in three runs, and 1678 MB once
 within the full test suite. ``tests/test_memory.py`` holds tiled prediction of 4096 x 4096
-under :data:`TILED_PEAK_LIMIT_MB`; issue 15 is to bound it by the tile size.
+under :data:`TILED_PEAK_LIMIT_MB`. Prediction in strips, whose memory is bounded by a strip of
+tiles, is measured against the image size by ``bench/big_image.py``.
 """
 
 from __future__ import annotations
