@@ -440,15 +440,16 @@ sweep table is in ``docs/recipes.md``)."""
 
 RECIPE_LAYERING: dict[str, dict[str, Any]] = {
     "paper": {},
-    "cpu": dict(layer_target_weight=1.0, layer_assignment="orientation", join_layers=1,
+    "cpu": dict(layer_target_weight=3.0, layer_assignment="orientation", join_layers=1,
                 join_max_area_ratio=1.5),
 }
 """What a recipe sets for the layering method only (the baselines have no layers). ``cpu``:
-phase 1 learns targets from each object's orientation beside the paper's loss, and
+phase 1 learns targets from each object's orientation beside the paper's loss (weight 3), and
 post-processing joins touching pieces of neighbouring orientation sectors up to 1.5 times the
-training objects' median area (measured on BBBC010 validation in 30 minutes: 0.5585 / 0.6710
-for seed 1; seed 0 0.4648 / 0.6122 joined without the limit, 0.5666 / 0.7218 with it, against
-0.4130 / 0.5945 for the paper's loss alone; docs/recipes.md, sweeps 5 and 6)."""
+training objects' median area (measured on BBBC010 validation in 30 minutes, seed 1: 0.5667 /
+0.7119 with weight 3, 0.5585 / 0.6710 with weight 1; 2 hours, weight 3: 0.6127 / 0.7634; seed 0
+with weight 1: 0.4648 / 0.6122 joined without the limit, 0.5666 / 0.7218 with it, against 0.4130
+/ 0.5945 for the paper's loss alone; docs/recipes.md, sweeps 5 and 6 and "Two hours")."""
 
 RECIPE_PHASE2: dict[str, dict[str, Any]] = {
     "paper": {},

@@ -82,7 +82,7 @@ def test_init_keeps_its_architecture_under_a_recipe_and_authors(tmp_path):
     assert explicit.learning_rate == 3e-4   # an explicit option wins
     phase1 = build("--recipe", "cpu", "--precision", "float32")
     assert phase1.phase == "layering" and phase1.layer_assignment == "orientation"
-    assert phase1.layer_target_weight == 1 and phase1.join_layers == 1
+    assert phase1.layer_target_weight == 3 and phase1.join_layers == 1
     assert phase1.join_max_area_ratio == 1.5 and phase2.join_max_area_ratio == 1.5
     assert config.mean_mode == AUTHORS_VARIANTS["mean_mode"]
 
