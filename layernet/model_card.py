@@ -198,7 +198,11 @@ def _model_section(config: Config, parameters: int, size_bytes: int) -> str:
                   f"channel normalised by its {config.normalize_low:g} and "
                   f"{config.normalize_high:g} percentiles"),
         ("Algorithm 1", f"tau {config.tau:g}, min_size {config.min_size}, join_layers "
-                        f"{config.join_layers}"),
+                        f"{config.join_layers}" + (
+                            f" (joined objects of at most {config.join_max_area:,.0f} pixels: "
+                            f"{config.join_max_area_ratio:g} x the median training object, "
+                            f"{config.object_area:,.0f} pixels)"
+                            if config.join_layers and config.join_max_area_ratio else "")),
     ]
     table = "| | |\n|---|---|\n" + "".join(f"| {key} | {value} |\n" for key, value in rows)
     return table
