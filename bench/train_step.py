@@ -50,7 +50,8 @@ def median_time(function, repeats: int, warmup: int = 2) -> float:
 
 
 def bench_side(side: int, args: argparse.Namespace) -> dict[str, float]:
-    config = Config(size=args.size, filters=args.filters, patch_size=side,
+    config = Config(size=args.size, filters=args.filters, head_filters=args.head_filters,
+                    patch_size=side,
                     batch_size=args.batch_size, precision=args.precision).validate()
     if args.precision != "float32":
         import keras
@@ -126,13 +127,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="M", choices=("S", "M", "L"))
     parser.add_argument("--filters", type=int, default=64)
+    parser.add_argument("--head-filters", type=int, default=64)
     parser.add_argument("--sides", type=int, nargs="+", default=[256, 448])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", default="float32",
                         choices=("float32", "mixed_bfloat16", "mixed_float16"))
     args = parser.parse_args()
-    print(f"UNet-{args.size}, {args.filters} base filters, batch {args.batch_size}, "
+    print(f"UNet-{args.size}, {args.filters} base filters, {args.head_filters}-filter heads, batch {args.batch_size}, "
           f"{args.precision}, {os.cpu_count()} CPU cores; medians of {args.repeats}+ runs (ms)")
     header = (f"{'side':>5} {'data':>8} {'forward':>9} {'loss':>8} {'backward':>9} {'step':>9} "
               f"{'loss/step':>9} | {'batched':>8} {'per-image':>9} {'speed-up':>8} "
