@@ -213,11 +213,12 @@ def _touching_pairs(stack: np.ndarray, apart: int, connectivity: int
                     ) -> tuple[np.ndarray, np.ndarray]:
     """``(P, 2)`` ids of objects in slices at most ``apart`` apart (cyclically, different
     slices) that share a pixel or are neighbours under ``connectivity``, each pair once with
-    the smaller id first, and ``(P,)`` their contact: how many (pixel, neighbour offset) pairs
-    join them."""
+    the smaller id first (sorted), and ``(P,)`` their contact: how many (pixel, neighbour
+    offset) pairs join them."""
     layers, height, width = stack.shape
     offsets = np.argwhere(_structure(connectivity, 2)) - 1
-    found = [np.zeros((0, 2), stack.dtype)]
+    base = int(stack.max(initial=0)) + 1
+    found = [np.zeros(0, np.int64)]
     for first in range(layers):
         for second in range(first + 1, layers):
             if min(second - first, layers - (second - first)) > apart:
@@ -228,10 +229,10 @@ def _touching_pairs(stack: np.ndarray, apart: int, connectivity: int
                           max(-dx, 0):width + min(-dx, 0)]
                 both = (a > 0) & (b > 0)
                 if both.any():
-                    found.append(np.stack([a[both], b[both]], axis=1))
-    touching = np.sort(np.concatenate(found), axis=1)
-    pairs, contact = np.unique(touching, axis=0, return_counts=True)
-    return pairs, contact
+                    a_ids, b_ids = a[both].astype(np.int64), b[both].astype(np.int64)
+                    found.append(np.minimum(a_ids, b_ids) * base + np.maximum(a_ids, b_ids))
+    codes, contact = np.unique(np.concatenate(found), return_counts=True)
+    return np.stack([codes // base, codes % base], axis=1), contact
 
 
 def _capped_groups(stack: np.ndarray, pairs: np.ndarray, contact: np.ndarray,
@@ -239,34 +240,45 @@ def _capped_groups(stack: np.ndarray, pairs: np.ndarray, contact: np.ndarray,
     """Group label of every id ``0..K`` (0 = background) after joining ``pairs`` greedily,
     largest ``contact`` first (ties: smaller ids first), skipping every join whose joined
     object would cover more than ``max_area`` pixels (a pixel in several slices counted
-    once)."""
+    once).
+
+    The area of a joined group is the sum of its two parts' areas less the pixels they share;
+    only pixels that lie in several slices can be shared, so each group keeps the set of its
+    pixels among those (few: the overlaps) instead of all its pixels.
+    """
     count = int(stack.max(initial=0))
-    parent = np.arange(count + 1)
-    slice_index, rows, columns = np.nonzero(stack)
-    ids = stack[slice_index, rows, columns]
-    position = rows.astype(np.int64) * stack.shape[2] + columns
-    order = np.argsort(ids, kind="stable")
-    starts = np.searchsorted(ids[order], np.arange(count + 2))
-    pixels = {index: np.unique(position[order[starts[index]:starts[index + 1]]])
-              for index in range(1, count + 1)}
+    parent = list(range(count + 1))
+    area = np.bincount(stack.reshape(-1), minlength=count + 1).astype(np.int64)
+    on = stack > 0
+    several = np.flatnonzero(on.sum(axis=0).reshape(-1) >= 2)     # pixels in >= 2 slices
+    shared: dict[int, set[int]] = {}
+    if several.size:
+        flat = stack.reshape(stack.shape[0], -1)[:, several]    # (N, M) ids at those pixels
+        slice_index, column = np.nonzero(flat)
+        for index, pixel in zip(flat[slice_index, column].tolist(), several[column].tolist()):
+            shared.setdefault(index, set()).add(pixel)
 
     def root(index: int) -> int:
         while parent[index] != index:
             parent[index] = parent[parent[index]]
-            index = int(parent[index])
+            index = parent[index]
         return index
 
+    empty: set[int] = set()
     for pair in np.lexsort((pairs[:, 1], pairs[:, 0], -contact)):
         first, second = root(int(pairs[pair, 0])), root(int(pairs[pair, 1]))
         if first == second:
             continue
-        joined = np.union1d(pixels[first], pixels[second])
-        if len(joined) > max_area:
+        first_pixels, second_pixels = shared.get(first, empty), shared.get(second, empty)
+        joined_area = int(area[first] + area[second]) - len(first_pixels & second_pixels)
+        if joined_area > max_area:
             continue
         first, second = min(first, second), max(first, second)
         parent[second] = first
-        pixels[first] = joined
-        del pixels[second]
+        area[first] = joined_area
+        if first_pixels or second_pixels:
+            shared[first] = first_pixels | second_pixels
+        shared.pop(second, None)
     return np.array([root(index) for index in range(count + 1)])
 
 
