@@ -38,7 +38,39 @@ MATCH_COLOURS = {
 predictions."""
 
 
-def display_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+def display_limits(image: np.ndarray, low: float = 1.0, high: float = 99.8
+                   ) -> list[tuple[float, float]]:
+    """Per-channel percentiles ``low``/``high`` that :func:`display_image` maps to 0/255.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W)`` or ``(H, W, C)`` image (only the first three channels are used).
+    low, high : float, optional
+        Percentiles.
+
+    Returns
+    -------
+    list of tuple of float
+        ``(p_low, p_high)`` of every channel shown.
+    """
+    array = _display_channels(image)
+    return [tuple(float(value) for value in
+                  np.percentile(array[..., channel].astype(np.float32), (low, high)))
+            for channel in range(array.shape[-1])]
+
+
+def _display_channels(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"display_image expects (H, W) or (H, W, C), got shape {array.shape}")
+    return array[..., :3]
+
+
+def display_image(image: np.ndarray, low: float = 1.0, high: float = 99.8,
+                  limits: list[tuple[float, float]] | None = None) -> np.ndarray:
     """Stretch an image for display: percentiles ``low``/``high`` per channel to 0/255.
 
     Parameters
@@ -48,23 +80,25 @@ def display_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np
         become red/green, three or more show the first three as RGB.
     low, high : float, optional
         Percentiles mapped to black and white.
+    limits : list of tuple of float, optional
+        The values mapped to black and white per channel, as :func:`display_limits` returns
+        them (then ``low``/``high`` are not used): a band of a large image drawn with the
+        limits of the whole image is that band of the whole image drawn at once.
 
     Returns
     -------
     numpy.ndarray
         uint8 ``(H, W, 3)``.
     """
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3:
-        raise ValueError(f"display_image expects (H, W) or (H, W, C), got shape {array.shape}")
-    array = array[..., :3].astype(np.float32)
+    array = _display_channels(image)
+    if limits is None:
+        limits = display_limits(array, low, high)
+    if len(limits) != array.shape[-1]:
+        raise ValueError(f"{len(limits)} display limits for {array.shape[-1]} channel(s)")
     out = np.zeros(array.shape[:2] + (3,), dtype=np.uint8)
-    for channel in range(array.shape[-1]):
-        plane = array[..., channel]
-        p_low, p_high = np.percentile(plane, (low, high))
-        scaled = (plane - p_low) * (255.0 / max(float(p_high - p_low), 1e-12))
+    for channel, (p_low, p_high) in enumerate(limits):
+        plane = array[..., channel].astype(np.float32)
+        scaled = (plane - np.float32(p_low)) * np.float32(255.0 / max(p_high - p_low, 1e-12))
         out[..., channel] = np.clip(scaled, 0, 255).astype(np.uint8)
     if array.shape[-1] == 1:
         out[..., 1] = out[..., 0]

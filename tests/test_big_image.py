@@ -318,3 +318,12 @@ def test_predict_py_killed_midway_leaves_only_a_partial_folder(tiny_run, tmp_pat
     child.wait(timeout=30)
     assert running and partial.exists(), "predict.py must be killed while predicting strips"
     assert sorted(os.listdir(out)) == ["slide.layers.zarr.partial"]
+
+
+def test_large_allocations_are_mapped_on_linux():
+    import sys
+
+    from layernet.big_prediction import map_large_allocations
+
+    # a real mallopt call: it succeeds on glibc (the CI machines), is refused elsewhere
+    assert map_large_allocations() == sys.platform.startswith("linux")
