@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from layernet.instances import compact_stack
+from layernet.instances import pack_stack
 from layernet.lazy_image import LazyImage, describe, open_lazy_image, streamed_percentile_range
 from layernet.normalize import normalize_to_range
 from layernet.ordered_worker import OrderedWorker
@@ -122,10 +122,20 @@ def tile_rows(tiles: list[Tile]) -> list[list[Tile]]:
 
 
 def small_tile_stack(stack: np.ndarray) -> np.ndarray:
-    """A tile's label stack with only its layers that hold objects, as uint16 when its ids fit
-    (the stitcher matches by pixels, not layers: same objects, a fraction of the memory while
-    a strip waits to be stitched)."""
-    stack = compact_stack(np.asarray(stack))
+    """A tile's label stack in as few slices as first fit gives (one when nothing overlaps), as
+    uint16 when its ids fit.
+
+    The stitcher matches objects by their pixels, not by their layers, and the strip-by-strip
+    path places them first fit: the same objects, and a fraction of the memory while a strip of
+    tiles waits to be stitched (a tile of 768² with objects in 8 layers: 9.4 MB as 8 uint16
+    slices, 1.2 MB as one).
+    """
+    stack = np.asarray(stack)
+    on = stack > 0
+    if not (on.sum(axis=0) > 1).any():     # nothing overlaps: one slice holds every object
+        stack = stack.max(axis=0, initial=0)[None]
+    else:
+        stack = pack_stack(stack)
     return stack.astype(np.uint16) if stack.max(initial=0) <= np.iinfo(np.uint16).max else stack
 
 

@@ -327,3 +327,29 @@ def test_large_allocations_are_mapped_on_linux():
 
     # a real mallopt call: it succeeds on glibc (the CI machines), is refused elsewhere
     assert map_large_allocations() == sys.platform.startswith("linux")
+
+
+def test_tile_stacks_keep_their_objects_in_fewer_slices():
+    from layernet.big_prediction import small_tile_stack
+    from layernet.instances import pack_stack
+
+    def objects(stack):
+        return {int(i): frozenset(np.flatnonzero((stack == i).any(axis=0)).tolist())
+                for i in np.unique(stack) if i > 0}
+
+    apart = np.zeros((8, 6, 7), np.int32)
+    apart[0, 0:2, 0:2], apart[3, 3:5, 3:6], apart[7, 0:1, 5:7] = 1, 2, 3
+    small = small_tile_stack(apart)
+    assert small.shape == (1, 6, 7) and small.dtype == np.uint16
+    assert objects(small) == objects(apart)
+
+    crossing = apart.copy()
+    crossing[5, 1:4, 1:4] = 4                       # overlaps objects 1 and 2
+    small = small_tile_stack(crossing)
+    assert small.shape[0] == 2 and objects(small) == objects(crossing)
+    np.testing.assert_array_equal(small, pack_stack(crossing))
+
+    wide = np.zeros((2, 3, 3), np.int64)
+    wide[0, 0, 0], wide[1, 0, 0] = 70000, 70001     # ids beyond uint16 keep their dtype
+    assert small_tile_stack(wide).dtype == np.int64
+    assert small_tile_stack(np.zeros((8, 4, 4), np.int32)).shape == (1, 4, 4)
