@@ -51,8 +51,8 @@ def median_time(function, repeats: int, warmup: int = 2) -> float:
 
 def bench_side(side: int, args: argparse.Namespace) -> dict[str, float]:
     config = Config(size=args.size, filters=args.filters, head_filters=args.head_filters,
-                    patch_size=side,
-                    batch_size=args.batch_size, precision=args.precision).validate()
+                    patch_size=side, batch_size=args.batch_size,
+                    precision=args.precision).validate()
     if args.precision != "float32":
         import keras
 
@@ -134,8 +134,8 @@ def main() -> None:
     parser.add_argument("--precision", default="float32",
                         choices=("float32", "mixed_bfloat16", "mixed_float16"))
     args = parser.parse_args()
-    print(f"UNet-{args.size}, {args.filters} base filters, {args.head_filters}-filter heads, batch {args.batch_size}, "
-          f"{args.precision}, {os.cpu_count()} CPU cores; medians of {args.repeats}+ runs (ms)")
+    print(f"UNet-{args.size}, {args.filters} base filters, {args.head_filters}-filter heads, "
+          f"batch {args.batch_size}, {args.precision}, {os.cpu_count()} CPU cores; medians of {args.repeats}+ runs (ms)")
     header = (f"{'side':>5} {'data':>8} {'forward':>9} {'loss':>8} {'backward':>9} {'step':>9} "
               f"{'loss/step':>9} | {'batched':>8} {'per-image':>9} {'speed-up':>8} "
               f"{'eager':>8} {'speed-up':>8}")

@@ -489,6 +489,8 @@ def pack_stack(stack: np.ndarray) -> np.ndarray:
         Label stack ``(L', H, W)`` of the same dtype, ``1 <= L' <= L``.
     """
     stack = np.asarray(stack)
+    if not (coverage(stack) > 1).any():  # nothing overlaps: first fit puts all in one slice
+        return stack.max(axis=0, initial=0)[None]
     packed: list[np.ndarray] = []
     for label, _, box, mask in object_crops(stack):
         index = first_free_slice(packed, box, mask)

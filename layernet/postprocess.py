@@ -30,6 +30,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from layernet.instances import coverage
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["PostprocessError", "postprocess", "postprocess_batch", "label_components"]
@@ -249,8 +251,7 @@ def _capped_groups(stack: np.ndarray, pairs: np.ndarray, contact: np.ndarray,
     count = int(stack.max(initial=0))
     parent = list(range(count + 1))
     area = np.bincount(stack.reshape(-1), minlength=count + 1).astype(np.int64)
-    on = stack > 0
-    several = np.flatnonzero(on.sum(axis=0).reshape(-1) >= 2)     # pixels in >= 2 slices
+    several = np.flatnonzero(coverage(stack).reshape(-1) >= 2)   # pixels in >= 2 slices
     shared: dict[int, set[int]] = {}
     if several.size:
         flat = stack.reshape(stack.shape[0], -1)[:, several]    # (N, M) ids at those pixels
