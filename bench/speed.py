@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filters", type=int, default=32, help="base filters (32)")
     parser.add_argument("--head-filters", type=int, default=64,
                         help="filters of the heads' two 3x3 convs (64, the paper's; the cpu "
-                             "recipe's: 32)")
+                             "recipe's: 16)")
     parser.add_argument("--batch-size", type=int, default=2, help="training batch (2)")
     parser.add_argument("--sizes", nargs="+", default=["S", "M"], choices=("S", "M", "L"))
     parser.add_argument("--sides", nargs="+", type=int, default=[256, 448])
