@@ -422,7 +422,7 @@ def predict_big_image(
     logger.info("%s: normalisation percentiles (one pass over the image)", image.name)
     p_low, p_high = streamed_percentile_range(image, config.normalize_low, config.normalize_high)
     result.timings["normalize"] = time.perf_counter() - clock
-    tiles, _ = image_tiles(shape, config.stride, tile_size, overlap)
+    tiles, _ = image_tiles(shape, config.stride, tile_size, overlap, scale=config.input_scale)
     if tiles is None:
         tiles = tile_grid(shape, shape, 0)
     result.tiles = len(tiles)

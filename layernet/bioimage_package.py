@@ -169,6 +169,17 @@ def _training_scores(run_dir: str | None) -> str:
     return f"{text} (epoch {best['epoch']}, on the run's validation split)"
 
 
+def _scale_note(config: Config) -> str:
+    """The README paragraph on the network's input scale (empty at scale 1)."""
+    if config.input_scale == 1.0:
+        return ""
+    return (f"**Input scale {config.input_scale:g}**: the network was trained on images resized "
+            f"by {config.input_scale:g}. Resize each image by this factor before the network "
+            "(area interpolation when shrinking, bilinear when growing) and the output maps back "
+            "to the image (bilinear) before post-processing; layernet's `predict.py` does "
+            "both. The test tensors are at the network's scale.\n\n")
+
+
 def package_readme(config: Config, metadata: PackageMetadata, scores: str = "not recorded"
                    ) -> str:
     """The package's documentation (README.md) for a network of ``config``.
@@ -201,7 +212,7 @@ def package_readme(config: Config, metadata: PackageMetadata, scores: str = "not
         f"{config.stride}. Preprocessing (applied by bioimage.io consumers): each image and "
         f"channel is mapped so that its {config.normalize_low} and {config.normalize_high} "
         "percentiles become 0 and 1 (`scale_range`), as in training. Pad other sizes (e.g. "
-        "reflect) and crop the outputs.\n\n"
+        "reflect) and crop the outputs.\n\n" + _scale_note(config) +
         "## Outputs\n\n" + method.readme_outputs(config) + "\n"
         "## Post-processing (the consumer must apply it)\n\n"
         + method.readme_postprocessing(config) +

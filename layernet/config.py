@@ -57,6 +57,12 @@ class Config:
     # seed of the train/validation split (and of the synthetic data), apart from `seed`, so that
     # the validation images stay the same when the training seed changes
     split_seed: int = 0
+    # the network works on images resized by this factor (training samples once, every image
+    # or tile in prediction; its maps are resized back, so outputs, scores, min_size and
+    # object_area stay in the image's pixels; layernet.rescale). patch_size, adjacency_distance
+    # and the elastic settings are in the network's pixels. < 1 for objects much larger than
+    # the network needs: cheaper steps and more objects in the receptive field
+    input_scale: float = 1.0
 
     # --- model ------------------------------------------------------------------------------
     # "layering" (paper), "unet2" (object/background) or "unet3" (object/boundary/background)
@@ -230,6 +236,10 @@ class Config:
             raise ConfigError("gamma range must satisfy 0 < gamma_low <= gamma_high")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction must be in [0, 1)")
+        scale = self.input_scale
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool)
+                and 0.0 < scale <= 4.0):
+            raise ConfigError(f"input_scale must be in (0, 4], got {self.input_scale!r}")
         if (not isinstance(self.split_seed, int) or isinstance(self.split_seed, bool)
                 or self.split_seed < 0):
             raise ConfigError(f"split_seed must be an integer >= 0, got {self.split_seed!r}")

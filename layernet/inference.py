@@ -1,6 +1,7 @@
 """Running a trained network on whole images: probability maps and instances.
 
 The image is normalised exactly as in training (:func:`layernet.normalize.percentile_normalize`),
+resized by ``config.input_scale`` (:mod:`layernet.rescale`; maps are resized back),
 padded to a multiple of the network stride, passed through the network in inference mode (by its
 backend: the Keras model, or its ONNX export run by ONNX Runtime, :mod:`layernet.backends`), and
 cropped back. Instances come from Algorithm 1 (:func:`layernet.postprocess.postprocess`).
@@ -37,6 +38,7 @@ from layernet.config import Config
 from layernet.methods import Method, get_method
 from layernet.model import pad_to_stride
 from layernet.normalize import percentile_normalize
+from layernet.rescale import resize_images, resize_maps, scaled_shape
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +171,9 @@ class Predictor:
         """Probability maps of a batch ``(B, H, W, C)`` of already normalised images.
 
         With ``tta`` the maps are the mean over the 8 dihedral transforms of the padded batch
-        (each output turned back before averaging).
+        (each output turned back before averaging). With ``config.input_scale`` other than 1
+        the network sees the batch resized by it and its maps are resized back
+        (:mod:`layernet.rescale`).
 
         Returns
         -------
@@ -179,9 +183,16 @@ class Predictor:
             ``(B, H, W, N)`` float32 layer activations.
         """
         height, width = images.shape[1:3]
+        scale = self.config.input_scale
+        if scale != 1.0:
+            images = resize_images(images, scaled_shape((height, width), scale))
+        net_height, net_width = images.shape[1:3]
         padded, _ = pad_to_stride(images, self.config.stride, mode="reflect", first_axis=1)
         outputs = self._outputs_tta(padded) if self.tta else self._outputs(padded)
-        cropped = {name: value[:, :height, :width] for name, value in outputs.items()}
+        cropped = {name: value[:, :net_height, :net_width] for name, value in outputs.items()}
+        if scale != 1.0:
+            cropped = {name: resize_maps(value, (height, width))
+                       for name, value in cropped.items()}
         return self.method.maps(cropped, self.config)
 
     def _outputs(self, padded: np.ndarray) -> dict[str, np.ndarray]:

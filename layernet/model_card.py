@@ -193,9 +193,14 @@ def _model_section(config: Config, parameters: int, size_bytes: int) -> str:
                     f"{config.head_filters}-filter heads, {parameters:,} parameters "
                     f"({size_bytes / 1e6:.1f} MB)"),
         ("layers N", str(config.layers)),
-        ("input", f"{config.channels} channel(s), any size (padded to a multiple of "
-                  f"{config.stride}; larger than 768 px is predicted in tiles); each image and "
-                  f"channel normalised by its {config.normalize_low:g} and "
+        ("input", f"{config.channels} channel(s), any size"
+                  + (f" (resized by {config.input_scale:g} for the network, its maps back: "
+                     f"input scale; then padded to a multiple of {config.stride}; larger than "
+                     f"{round(768 / config.input_scale)} px is predicted in tiles)"
+                     if config.input_scale != 1.0 else
+                     f" (padded to a multiple of {config.stride}; larger than 768 px is "
+                     "predicted in tiles)")
+                  + f"; each image and channel normalised by its {config.normalize_low:g} and "
                   f"{config.normalize_high:g} percentiles"),
         ("Algorithm 1", f"tau {config.tau:g}, min_size {config.min_size}, join_layers "
                         f"{config.join_layers}" + (

@@ -21,6 +21,7 @@ normalised tiles to probability maps (see :data:`MapsFunction`), or a predictor
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ import numpy as np
 from layernet.ordered_worker import OrderedWorker
 from layernet.postprocess import postprocess
 from layernet.stitching import TileStitcher
-from layernet.tiles import (Tile, TilingError, auto_tile_size, default_overlap, plan_tiles,
-                            rect_in_tile, tile_grid)
+from layernet.tiles import (DEFAULT_TILE_SIZE, Tile, TilingError, auto_tile_size, default_overlap,
+                            plan_tiles, rect_in_tile, tile_grid)
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,8 @@ class Prediction:
 
 
 def image_tiles(shape: tuple[int, int], stride: int, tile_size: int | None = None,
-                overlap: int | None = None) -> tuple[list[Tile] | None, int]:
+                overlap: int | None = None, scale: float = 1.0
+                ) -> tuple[list[Tile] | None, int]:
     """The tiles :func:`predict_image` cuts an image of ``shape`` into (``None``: whole).
 
     Parameters
@@ -215,7 +217,11 @@ def image_tiles(shape: tuple[int, int], stride: int, tile_size: int | None = Non
     stride : int
         The network's stride.
     tile_size, overlap : int or None, optional
-        As in :func:`predict_image`.
+        As in :func:`predict_image`, in the image's pixels.
+    scale : float, optional
+        The run's ``input_scale``: the network sees every tile resized by it, so the automatic
+        tile size is that of scale 1 divided by it (the network's tiles keep their size) and
+        tile sides are rounded to the stride in the image's pixels, ``ceil(stride / scale)``.
 
     Returns
     -------
@@ -229,17 +235,20 @@ def image_tiles(shape: tuple[int, int], stride: int, tile_size: int | None = Non
     TilingError
         For a tile size smaller than twice the network stride.
     """
+    image_stride = max(1, math.ceil(stride / scale - 1e-9))
     if tile_size is None:
-        tile_size = auto_tile_size(stride)
+        tile_size = auto_tile_size(image_stride, int(round(DEFAULT_TILE_SIZE / scale)))
     elif tile_size:
-        if tile_size < 2 * stride:
-            raise TilingError(f"tile size {tile_size} is too small; use at least {2 * stride} "
-                              f"(the network stride is {stride})")
-        tile_size = tile_size // stride * stride
+        if tile_size < 2 * image_stride:
+            at_scale = f" at input scale {scale:g}" if scale != 1.0 else ""
+            raise TilingError(f"tile size {tile_size} is too small; use at least "
+                              f"{2 * image_stride} (the network stride is {image_stride} image "
+                              f"pixels{at_scale})")
+        tile_size = tile_size // image_stride * image_stride
     if overlap is None and tile_size:
-        overlap = default_overlap(tile_size, stride)
+        overlap = default_overlap(tile_size, image_stride)
     overlap = overlap or 0
-    return plan_tiles(shape, tile_size, overlap, stride), overlap
+    return plan_tiles(shape, tile_size, overlap, image_stride), overlap
 
 
 def submit_prediction(
@@ -280,7 +289,8 @@ def submit_prediction(
     normalized = predictor.normalize(image)
     spent["normalize"] += time.perf_counter() - clock
     height, width = normalized.shape[:2]
-    tiles, overlap = image_tiles((height, width), stride, tile_size, overlap)
+    tiles, overlap = image_tiles((height, width), stride, tile_size, overlap,
+                                 scale=config.input_scale)
 
     def finish(result: Prediction) -> Prediction:
         if timings is not None:

@@ -41,6 +41,7 @@ from layernet.config import Config
 from layernet.files import TEMPORARY_PREFIX
 from layernet.methods import get_method
 from layernet.prepared import CachedSamples, save_prepared
+from layernet.rescale import rescale_sample
 from layernet.samples import Sample, SampleSource
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def file_identity(paths: Iterable[str]) -> list[list]:
     return identity
 
 
-def sample_key(source: SampleSource, index: int, config: Config, semantic: bool = False) -> str:
+def sample_key(source: SampleSource, index: int, config: Config, semantic: bool = False,
+               scale: float = 1.0) -> str:
     """The cache key (SHA-1 hex) of item ``index`` of ``source`` prepared with ``config``.
 
     Parameters
@@ -104,6 +106,8 @@ def sample_key(source: SampleSource, index: int, config: Config, semantic: bool 
         Whether the entry holds the per-sample target of ``config.method``
         (:meth:`layernet.methods.Method.sample_target`; the method's
         :meth:`~layernet.methods.Method.sample_target_key` joins the key).
+    scale : float, optional
+        The factor the sample is resized by before preparation (:mod:`layernet.rescale`).
 
     Returns
     -------
@@ -117,6 +121,8 @@ def sample_key(source: SampleSource, index: int, config: Config, semantic: bool 
         "adjacency_distance": config.adjacency_distance, "semantic": bool(semantic)}
     if semantic:
         description.update(get_method(config.method).sample_target_key())
+    if scale != 1.0:  # entries at the image's own scale keep the keys they always had
+        description["input_scale"] = float(scale)
     return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
@@ -133,7 +139,8 @@ def _cached_object_count(path: str, semantic: bool) -> int | None:
 
 
 def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
-                     semantic: bool = False, workers: int | None = None) -> CachedSamples:
+                     semantic: bool = False, workers: int | None = None,
+                     scale: float = 1.0) -> CachedSamples:
     """Prepare every sample of ``source`` into ``cache_dir`` (once) and return them on disk.
 
     Samples are decoded and prepared one at a time per worker thread, so memory holds a few
@@ -155,6 +162,9 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
         :attr:`~layernet.methods.Method.needs_sample_target`.
     workers : int or None, optional
         Threads preparing samples (default: the number of CPUs, at most 4).
+    scale : float, optional
+        Resize every sample by this factor first (:func:`layernet.rescale.rescale_sample`; the
+        training split of a run with ``input_scale``).
 
     Returns
     -------
@@ -169,14 +179,16 @@ def prepare_to_cache(source: SampleSource, config: Config, cache_dir: str,
     target = get_method(config.method).sample_target if semantic else False
     os.makedirs(cache_dir, exist_ok=True)
     start = last_report = time.perf_counter()
-    paths = [os.path.join(cache_dir, f"{CACHE_PREFIX}{sample_key(source, index, config, semantic)}"
-                                     ".npz") for index in range(len(source))]
+    paths = [os.path.join(cache_dir, f"{CACHE_PREFIX}"
+                                     f"{sample_key(source, index, config, semantic, scale)}.npz")
+             for index in range(len(source))]
     counts = [_cached_object_count(path, semantic) if os.path.exists(path) else None
               for path in paths]
     missing = [index for index, count in enumerate(counts) if count is None]
 
     def prepare(index: int) -> int:
-        return save_prepared(paths[index], source.load(index), config, semantic=target)
+        return save_prepared(paths[index], rescale_sample(source.load(index), scale), config,
+                             semantic=target)
 
     # decoding, normalising and compressing release the GIL: threads prepare samples in parallel
     pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))

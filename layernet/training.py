@@ -46,6 +46,7 @@ from layernet.methods.layering import LOSS_NAMES  # noqa: F401  (its old home)
 from layernet.metrics import score_image, summarize
 from layernet.model import build_model, load_model_weights
 from layernet.pipeline import PreparedSample, make_dataset, prepare_samples
+from layernet.rescale import rescale_sample
 from layernet.samples import MIN_VAL_IMAGES, SourceLoader
 from layernet.schedules import BudgetPlanner, TrainingSchedule, seconds_per_step
 from layernet.streaming import prepare_to_cache, prune_cache, use_streaming
@@ -312,7 +313,8 @@ def frozen_layer_assignment(net: keras.Model, samples: Sequence[PreparedSample],
     list of numpy.ndarray
         Per sample, an int32 array of length ``K + 1`` (index = object id, entry 0 unused = -1).
     """
-    predictor = Predictor(net, config)
+    # training samples are at the network's scale already (load_training_data)
+    predictor = Predictor(net, config.replace(input_scale=1.0))
     assignments = []
     for sample in samples:
         _, layering = predictor.maps_normalized(sample.image)
@@ -348,6 +350,8 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
     With streaming (``config.streaming``, :func:`layernet.streaming.use_streaming`) every sample
     is prepared once into the cache ``config.cache_dir`` (default ``<run_dir>/cache``) and the
     returned splits read it one sample at a time; otherwise everything is loaded into memory.
+    The training split is resized by ``config.input_scale`` (:mod:`layernet.rescale`); the
+    validation split keeps the images' own pixels, where the predictor scores it.
 
     Parameters
     ----------
@@ -385,14 +389,16 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
                                 "(--cache-dir) or pass the run folder")
         cache_dir = config.cache_dir or os.path.join(run_dir, CACHE_FOLDER)
         train = prepare_to_cache(sources[0], config, cache_dir,
-                                 semantic=get_method(config.method).needs_sample_target)
+                                 semantic=get_method(config.method).needs_sample_target,
+                                 scale=config.input_scale)
         val = prepare_to_cache(sources[1], config, cache_dir)
         if config.cache_dir is None:
             prune_cache(cache_dir, train.paths + val.paths)
         data = TrainingData(train, val, streamed=True)
     else:
         train_samples, val_samples = (source.load_all() for source in sources)
-        data = TrainingData(prepare_samples(train_samples, config),
+        data = TrainingData(prepare_samples([rescale_sample(sample, config.input_scale)
+                                             for sample in train_samples], config),
                             prepare_samples(val_samples, config))
     logger.info("loaded %d training and %d validation images of %r in %.1f s%s", len(data.train),
                 len(data.val), config.data, time.perf_counter() - start,
@@ -642,7 +648,9 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     if not data.streamed:  # the streaming cache holds the method's sample targets already
         attach_sample_targets(data.train, config)
     if config.join_max_area_ratio:
-        area = median_object_area(sample.stack for sample in data.train)
+        # in the image's pixels, where Algorithm 1 joins (the samples are at the network's)
+        area = int(round(median_object_area(sample.stack for sample in data.train)
+                         / config.input_scale ** 2))
         if not area:
             raise TrainingError(f"dataset {config.data!r} has no objects in its training split: "
                                 "join_max_area_ratio needs their median area")
