@@ -150,14 +150,21 @@ def _fewest_pixels_by_brute_force(shape, tile, overlap, stride):
     image's side) within the budget: the slow, obviously correct reference."""
     height, width = shape
     best = None
-    for tile_height in sorted({height, *range(stride, height, stride)}):
-        for tile_width in sorted({width, *range(stride, width, stride)}):
+    heights = sorted({height, *range(stride, height, stride)})
+    widths = sorted({width, *range(stride, width, stride)})
+    # a grid is rows x columns: count each axis once (a one-pixel-wide image has one column)
+    rows = {side: len(tile_grid((height, 1), (side, 1), overlap)) for side in heights
+            if side == height or side > overlap}
+    columns = {side: len(tile_grid((1, width), (1, side), overlap)) for side in widths
+               if side == width or side > overlap}
+    for tile_height in heights:
+        for tile_width in widths:
             if tile_height * tile_width > tile * tile:
                 continue
             if (tile_height < height and tile_height <= overlap) or \
                     (tile_width < width and tile_width <= overlap):
                 continue
-            count = len(tile_grid(shape, (tile_height, tile_width), overlap))
+            count = rows[tile_height] * columns[tile_width]
             candidate = (count * tile_height * tile_width, count)
             best = candidate if best is None or candidate < best else best
     return best
