@@ -59,9 +59,10 @@ class Config:
     split_seed: int = 0
     # the network works on images resized by this factor (training samples once, every image
     # or tile in prediction; its maps are resized back, so outputs, scores, min_size and
-    # object_area stay in the image's pixels; layernet.rescale). patch_size, adjacency_distance
-    # and the elastic settings are in the network's pixels. < 1 for objects much larger than
-    # the network needs: cheaper steps and more objects in the receptive field
+    # object_area stay in the image's pixels; layernet.rescale). adjacency_distance and the
+    # elastic settings are in the image's pixels too (Config.at_network_scale), patch_size is
+    # the crop the network sees. < 1 for objects much larger than the network needs: cheaper
+    # steps and more of the objects in the receptive field
     input_scale: float = 1.0
 
     # --- model ------------------------------------------------------------------------------
@@ -325,6 +326,18 @@ class Config:
                 "median object area in pixels (in the model's config.json, or train.py --set "
                 "object_area=N), or join_max_area_ratio to 0")
         return self.join_max_area_ratio * self.object_area
+
+    def at_network_scale(self) -> "Config":
+        """The settings the training samples are prepared and augmented with: at
+        ``input_scale`` other than 1, ``adjacency_distance``, ``elastic_strength`` and
+        ``elastic_smoothness`` (given in the image's pixels) multiplied by it, so that they
+        mean the same part of an object in the network's pixels (this config itself at 1)."""
+        if self.input_scale == 1.0:
+            return self
+        scale = self.input_scale
+        return self.replace(adjacency_distance=self.adjacency_distance * scale,
+                            elastic_strength=self.elastic_strength * scale,
+                            elastic_smoothness=self.elastic_smoothness * scale)
 
     def replace(self, **changes: Any) -> "Config":
         """Return a copy with some fields changed (and validated)."""

@@ -350,8 +350,9 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
     With streaming (``config.streaming``, :func:`layernet.streaming.use_streaming`) every sample
     is prepared once into the cache ``config.cache_dir`` (default ``<run_dir>/cache``) and the
     returned splits read it one sample at a time; otherwise everything is loaded into memory.
-    The training split is resized by ``config.input_scale`` (:mod:`layernet.rescale`); the
-    validation split keeps the images' own pixels, where the predictor scores it.
+    The training split is resized by ``config.input_scale`` (:mod:`layernet.rescale`) and
+    prepared with :meth:`Config.at_network_scale`; the validation split keeps the images' own
+    pixels, where the predictor scores it.
 
     Parameters
     ----------
@@ -388,7 +389,7 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
             raise TrainingError("streaming needs a cache folder: set config.cache_dir "
                                 "(--cache-dir) or pass the run folder")
         cache_dir = config.cache_dir or os.path.join(run_dir, CACHE_FOLDER)
-        train = prepare_to_cache(sources[0], config, cache_dir,
+        train = prepare_to_cache(sources[0], config.at_network_scale(), cache_dir,
                                  semantic=get_method(config.method).needs_sample_target,
                                  scale=config.input_scale)
         val = prepare_to_cache(sources[1], config, cache_dir)
@@ -398,7 +399,8 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
     else:
         train_samples, val_samples = (source.load_all() for source in sources)
         data = TrainingData(prepare_samples([rescale_sample(sample, config.input_scale)
-                                             for sample in train_samples], config),
+                                             for sample in train_samples],
+                                            config.at_network_scale()),
                             prepare_samples(val_samples, config))
     logger.info("loaded %d training and %d validation images of %r in %.1f s%s", len(data.train),
                 len(data.val), config.data, time.perf_counter() - start,
@@ -703,7 +705,8 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         "connectivity": config.connectivity, "join_layers": config.join_layers,
         "join_max_area": config.join_max_area})
 
-    dataset = make_dataset(data.train, config, training=True, layer_of=layer_of,
+    dataset = make_dataset(data.train, config.at_network_scale(), training=True,
+                           layer_of=layer_of,
                            start=int(optimizer.iterations.numpy()) * config.batch_size)
     history = runfolder.read_history(os.path.join(run_dir, runfolder.HISTORY_FILE))
     history = [row for row in history if int(row.get("epoch", 0)) <= int(state["epoch"])]

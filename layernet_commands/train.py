@@ -92,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--input-scale", type=float, metavar="FACTOR",
                       help="the network works on images resized by this factor (1); e.g. 0.5 for "
                       "objects much larger than needed (OCC2014's cells): 4x cheaper steps, "
-                      "maps resized back, so outputs and --min-size stay in the image's pixels; "
-                      "--patch-size and adjacency are in the network's pixels")
+                      "maps resized back; outputs, --min-size, adjacency and elastic settings "
+                      "stay in the image's pixels, --patch-size is the network's crop")
     data.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                       help="--stream: prepare every image once into a compressed disk cache "
                       "and stream it while training, for datasets larger than memory (same "

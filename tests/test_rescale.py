@@ -87,6 +87,16 @@ def test_rescale_sample_resizes_image_and_stack_and_records_it():
     assert half.meta == {"source": "x", "input_scale": 0.5, "original_shape": (10, 12)}
 
 
+def test_pixel_settings_are_in_image_pixels_and_scaled_for_the_network():
+    config = Config(input_scale=0.5, adjacency_distance=15, elastic_strength=8,
+                    elastic_smoothness=16, patch_size=160, min_size=250).validate()
+    network = config.at_network_scale()
+    assert (network.adjacency_distance, network.elastic_strength,
+            network.elastic_smoothness) == (7.5, 4.0, 8.0)
+    assert (network.patch_size, network.min_size) == (160, 250)  # the crop; Algorithm 1's
+    assert Config().at_network_scale() == Config()
+
+
 def test_config_checks_input_scale():
     assert Config(input_scale=0.5).validate().input_scale == 0.5
     for bad in (0, -0.5, 4.5, True, "half"):
@@ -168,6 +178,7 @@ def _tiny(**changes) -> Config:
 
 def test_training_split_is_at_the_network_scale_and_validation_is_not(tmp_path):
     from datasets import load_source
+    from layernet.targets import adjacency_matrix
     from layernet.training import load_training_data
 
     full = load_training_data(_tiny(), load_source)
@@ -176,6 +187,9 @@ def test_training_split_is_at_the_network_scale_and_validation_is_not(tmp_path):
                                         cache_dir=str(tmp_path / "cache")), load_source)
     assert [s.image.shape for s in half.train] == [(48, 48, 1)] * len(full.train)
     assert [s.image.shape for s in half.val] == [s.image.shape for s in full.val]
+    # adjacency in the image's pixels: 15 px there are 7.5 px of the network's
+    for sample in half.train:
+        np.testing.assert_array_equal(sample.adjacency, adjacency_matrix(sample.stack, 7.5))
     for memory, disk in zip(half.train, streamed.train):
         np.testing.assert_array_equal(memory.image, disk.image)
         np.testing.assert_array_equal(memory.stack, disk.stack)
