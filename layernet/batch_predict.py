@@ -28,6 +28,10 @@ thread (the workers are joined and the queue is closed before :func:`predict_fil
 returns or raises). A feeder thread still holding a queue's semaphores at interpreter exit could
 be stopped midway through unregistering them, and multiprocessing's resource tracker then warned
 about "leaked semaphore objects" after a Ctrl-C.
+
+Longer than 500 lines on purpose: the one-process and the N-process paths share their job,
+result and error types and the writing of outputs, and the process protocol (start, stop on
+SIGTERM, collect) is easier to check in one place.
 """
 
 from __future__ import annotations

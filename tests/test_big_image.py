@@ -178,7 +178,6 @@ def test_a_killed_run_leaves_no_complete_looking_output(tmp_path):
     # A child process writes rows into a zarr store and is killed (SIGKILL) midway.
     script = textwrap.dedent(f"""
         import sys, numpy as np
-        sys.path.insert(0, {REPO!r})
         from layernet.label_store import ZarrLabelWriter
         writer = ZarrLabelWriter({str(tmp_path / "x.layers.zarr")!r}, (4096, 512), chunk=64)
         for top in range(0, 4096, 64):
@@ -188,8 +187,9 @@ def test_a_killed_run_leaves_no_complete_looking_output(tmp_path):
                 sys.stdin.readline()
         writer.finish(1, "zarr")
     """)
+    # run from the checkout, so that `python -c` imports its layernet first
     child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert child.stdout.readline().strip() == "half"
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
