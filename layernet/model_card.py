@@ -27,6 +27,7 @@ from layernet import PAPER, PAPER_URL
 from layernet import runfolder
 from layernet.config import Config
 from layernet.methods import get_method
+from layernet.tiles import DEFAULT_TILE_SIZE
 
 __all__ = ["DATA_CITATIONS", "FILL_IN", "DataCitation", "merge_card", "model_card",
            "unfilled_sections"]
@@ -187,21 +188,18 @@ def _model_section(config: Config, parameters: int, size_bytes: int) -> str:
     what = ("foreground and N layer maps; the connected components of each layer are objects, "
             "and objects of different layers may overlap" if get_method(config.method).has_layers
             else "the semantic classes of the paper's baseline")
+    resized = (f"resized by {config.input_scale:g} for the network, its maps back: input "
+               "scale; then " if config.input_scale != 1.0 else "")
     rows = [
         ("method", f"`{config.method}` ({what})"),
         ("network", f"UNet-{config.size}, {config.filters} base filters, "
                     f"{config.head_filters}-filter heads, {parameters:,} parameters "
                     f"({size_bytes / 1e6:.1f} MB)"),
         ("layers N", str(config.layers)),
-        ("input", f"{config.channels} channel(s), any size"
-                  + (f" (resized by {config.input_scale:g} for the network, its maps back: "
-                     f"input scale; then padded to a multiple of {config.stride}; larger than "
-                     f"{round(768 / config.input_scale)} px is predicted in tiles)"
-                     if config.input_scale != 1.0 else
-                     f" (padded to a multiple of {config.stride}; larger than 768 px is "
-                     "predicted in tiles)")
-                  + f"; each image and channel normalised by its {config.normalize_low:g} and "
-                  f"{config.normalize_high:g} percentiles"),
+        ("input", f"{config.channels} channel(s), any size ({resized}padded to a multiple of "
+                  f"{config.stride}; larger than {round(DEFAULT_TILE_SIZE / config.input_scale)} "
+                  "px is predicted in tiles); each image and channel normalised by its "
+                  f"{config.normalize_low:g} and {config.normalize_high:g} percentiles"),
         ("Algorithm 1", f"tau {config.tau:g}, min_size {config.min_size}, join_layers "
                         f"{config.join_layers}" + (
                             f" (joined objects of at most {config.join_max_area:,.0f} pixels: "

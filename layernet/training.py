@@ -384,12 +384,13 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
             + (f"check the data option(s) {', '.join(selecting)}, which set or filter the images"
                if selecting else "add images"))
     streamed = use_streaming(config, sources)
+    network_config = config.at_network_scale()  # the training split's pixel settings
     if streamed:
         if config.cache_dir is None and run_dir is None:
             raise TrainingError("streaming needs a cache folder: set config.cache_dir "
                                 "(--cache-dir) or pass the run folder")
         cache_dir = config.cache_dir or os.path.join(run_dir, CACHE_FOLDER)
-        train = prepare_to_cache(sources[0], config.at_network_scale(), cache_dir,
+        train = prepare_to_cache(sources[0], network_config, cache_dir,
                                  semantic=get_method(config.method).needs_sample_target,
                                  scale=config.input_scale)
         val = prepare_to_cache(sources[1], config, cache_dir)
@@ -399,8 +400,7 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
     else:
         train_samples, val_samples = (source.load_all() for source in sources)
         data = TrainingData(prepare_samples([rescale_sample(sample, config.input_scale)
-                                             for sample in train_samples],
-                                            config.at_network_scale()),
+                                             for sample in train_samples], network_config),
                             prepare_samples(val_samples, config))
     logger.info("loaded %d training and %d validation images of %r in %.1f s%s", len(data.train),
                 len(data.val), config.data, time.perf_counter() - start,
