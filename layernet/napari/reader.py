@@ -8,6 +8,13 @@ plus the input image (``<name>``) when it sits in the same folder under the same
 (``<name>.tif``, ``<name>.png``, ...). A folder gives the layers of every ``*.layers.tif`` in it,
 sorted by name; only the first prediction's layers are shown at first.
 
+Very large predictions (``predict.py --output-format zarr`` writes ``<name>.layers.zarr``,
+``--output-format bigtiff`` a tiled ``<name>.layers.tif``) are not read whole: an OME-Zarr stack,
+and a TIFF whose slices have more than :data:`layernet.napari.large.LAZY_PIXELS` pixels, open as
+lazy multiscale Labels layers with outlines computed object by object
+(:mod:`layernet.napari.large`; needs the ``big`` extra), and the image beside them as a lazy
+pyramid too.
+
 A file that cannot be read, or holds no valid label stack, raises an error of one line that
 names it (napari shows it as a notification). A stack without objects opens with a warning.
 
@@ -28,6 +35,8 @@ from layernet.export import OUTPUT_SUFFIXES
 from layernet.instances import num_objects
 from layernet.files import IMAGE_EXTENSIONS, visible_entries
 from layernet.io import ImageReadError, read_image, read_label_stack
+from layernet.lazy_image import open_lazy_image, require_big_extra, tiff_pixels
+from layernet.napari import large
 from layernet.napari.layers import LayerData, prediction_layer_data
 
 logger = logging.getLogger(__name__)
@@ -44,8 +53,9 @@ __all__ = [
     "add_layer_data",
 ]
 
-PREDICTION_SUFFIXES = (OUTPUT_SUFFIXES["layers"], ".layers.tiff")
-"""File name endings of label stacks written by ``predict.py`` (lower case)."""
+PREDICTION_SUFFIXES = (OUTPUT_SUFFIXES["layers"], ".layers.tiff", OUTPUT_SUFFIXES["layers_zarr"])
+"""File (and OME-Zarr folder) name endings of label stacks written by ``predict.py`` (lower
+case)."""
 
 PathLike = str | os.PathLike
 
@@ -55,12 +65,18 @@ class PredictionReadError(ValueError):
 
 
 def is_prediction_file(path: PathLike) -> bool:
-    """Whether ``path`` is named like a label stack of ``predict.py`` (``*.layers.tif``)."""
-    return os.path.basename(os.fspath(path)).lower().endswith(PREDICTION_SUFFIXES)
+    """Whether ``path`` is named like a label stack of ``predict.py`` (``*.layers.tif``, or a
+    ``*.layers.zarr`` folder)."""
+    return os.path.basename(os.fspath(path).rstrip("/\\")).lower().endswith(PREDICTION_SUFFIXES)
+
+
+def _is_zarr_prediction(path: str) -> bool:
+    return os.path.isdir(path) and is_prediction_file(path)
 
 
 def prediction_files(folder: PathLike) -> list[str]:
-    """The ``*.layers.tif`` files of a folder, sorted by name (hidden files left out).
+    """The ``*.layers.tif`` files and ``*.layers.zarr`` folders of a folder, sorted by name
+    (hidden files left out).
 
     Parameters
     ----------
@@ -73,11 +89,11 @@ def prediction_files(folder: PathLike) -> list[str]:
         Paths of the prediction files; empty when there are none.
     """
     return [path for path in visible_entries(folder)
-            if is_prediction_file(path) and os.path.isfile(path)]
+            if is_prediction_file(path) and (os.path.isfile(path) or _is_zarr_prediction(path))]
 
 
 def _stem(path: str) -> str:
-    name = os.path.basename(path)
+    name = os.path.basename(path.rstrip("/\\"))
     for suffix in PREDICTION_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[:-len(suffix)]
@@ -98,7 +114,7 @@ def source_image(path: PathLike) -> str | None:
         Path of the image (extensions of :data:`layernet.files.IMAGE_EXTENSIONS`, in that order,
         any case), or ``None``.
     """
-    path = os.fspath(path)
+    path = os.fspath(path).rstrip("/\\")
     folder = os.path.dirname(os.path.abspath(path))
     stem = _stem(path)
     candidates = {}
@@ -129,7 +145,76 @@ def _image_beside(path: str, shape: tuple[int, int]) -> np.ndarray | None:
     return image
 
 
+def _is_large(path: str) -> bool:
+    """Whether a prediction is read lazily: an OME-Zarr folder, or a TIFF of large slices."""
+    if _is_zarr_prediction(path):
+        return True
+    pixels = tiff_pixels(path)
+    return pixels is not None and pixels > large.LAZY_PIXELS
+
+
+def _read_large(path: str, with_image: bool, visible: bool) -> list[LayerData]:
+    try:
+        stack = large.open_stack_lazily(path)
+        layers = large.large_prediction_layer_data(
+            stack, _stem(path), visible=visible, metadata={"source": os.path.abspath(path)},
+            source=path)
+    except (ImageReadError, OSError, ValueError) as error:
+        raise PredictionReadError(" ".join(str(error).split())) from None
+    if with_image:
+        image = _lazy_image_beside(path, tuple(stack.shape[1:]), visible)
+        if image is not None:
+            layers.insert(0, image)
+    return layers
+
+
+def _lazy_image_beside(path: str, shape: tuple[int, ...], visible: bool) -> LayerData | None:
+    """The input image of a large prediction as a lazy pyramid, if it sits beside it."""
+    image_path = source_image(path)
+    if image_path is None:
+        return None
+    try:
+        image = open_lazy_image(image_path)
+    except (ImageReadError, OSError, ValueError) as error:
+        warnings.warn(f"{path}: not showing the image beside it ({error})", stacklevel=4)
+        return None
+    if (image.height, image.width) != shape:
+        warnings.warn(f"{path}: not showing {os.path.basename(image_path)}: its size "
+                      f"{image.height}x{image.width} does not match the prediction's "
+                      f"{shape[0]}x{shape[1]}", stacklevel=4)
+        return None
+    da = require_big_extra("dask.array")
+    array = da.from_array(image.array)
+    order = [image.axes.index("Y"), image.axes.index("X")]
+    channel = next((index for index, axis in enumerate(image.axes)
+                    if axis not in "YX" and image.array.shape[index] > 1), None)
+    if channel is not None:
+        order.append(channel)
+    array = array.transpose(order + [index for index in range(array.ndim) if index not in order])
+    array = array.reshape(array.shape[:len(order)])
+    data, multiscale = large.as_layer_data(
+        large.label_pyramid(array) if channel is None else _pyramid_2d(array))
+    kwargs: dict[str, Any] = {"name": _stem(path), "visible": visible, "multiscale": multiscale}
+    if channel is not None and array.shape[-1] in (3, 4):
+        kwargs["rgb"] = True
+    elif channel is not None:
+        kwargs["channel_axis"] = 2
+    return data, kwargs, "image"
+
+
+def _pyramid_2d(array: Any) -> list[Any]:
+    """Lazy pyramid of a ``(Y, X, C)`` array, subsampling the two spatial axes."""
+    levels = [array]
+    step = 1
+    while max(levels[-1].shape[:2]) > large.SMALLEST_LEVEL:
+        step *= 2
+        levels.append(array[::step, ::step])
+    return levels
+
+
 def _read_one(path: str, with_image: bool, visible: bool) -> list[LayerData]:
+    if _is_large(path):
+        return _read_large(path, with_image, visible)
     try:
         stack = read_label_stack(path)
     except (ImageReadError, OSError) as error:
@@ -168,7 +253,9 @@ def read_prediction(path: PathLike | Sequence[PathLike], with_image: bool = True
         os.fspath(item) for item in path]
     files: list[str] = []
     for item in paths:
-        if os.path.isdir(item):
+        if _is_zarr_prediction(item):
+            files.append(item)
+        elif os.path.isdir(item):
             found = prediction_files(item)
             if not found:
                 raise PredictionReadError(f"{item}: folder holds no *.layers.tif predictions")
@@ -202,6 +289,8 @@ def napari_get_reader(path: str | list[str]) -> Callable[..., list[LayerData]] |
     if not paths:
         return None
     for item in paths:
+        if _is_zarr_prediction(item):
+            continue
         if os.path.isdir(item):
             if not prediction_files(item):
                 return None
