@@ -102,8 +102,9 @@ class Config:
     # object -> layer assignment of the targets: "argmax" = the argmax of the object's mean
     # embedding (paper); "distinct" = the same preference, but adjacent objects get different
     # layers (greedy colouring, layernet.assignment); "orientation" = by the orientation of the
-    # object in the augmented crop (N sectors of pi/N), adjacent objects in different layers
-    # (not from the network: online targets only)
+    # object in the augmented crop (N sectors of pi/N), adjacent objects in different layers;
+    # "position" = left to right in the augmented crop, each object in the lowest layer its
+    # neighbours leave free (for round objects; both not from the network: online targets only)
     layer_assignment: str = "argmax"
     # phase 1: weight of a loss against targets recomputed at every step from the current
     # embedding with layer_assignment (0 = the paper's phase 1; not in the paper)
@@ -204,7 +205,7 @@ class Config:
             "repulsion_mode": ("object", "pair"),
             "sparsity_mode": ("paper", "authors"),
             "overlap_targets": ("frozen", "online"),
-            "layer_assignment": ("argmax", "distinct", "orientation"),
+            "layer_assignment": ("argmax", "distinct", "orientation", "position"),
             "layer_target_loss": ("bce", "dice"),
             "covered_objects": ("full", "zero"),
             "phase": ("layering", "overlap"),
@@ -278,10 +279,10 @@ class Config:
         if self.layer_target_weight > 0 and not method.has_layers:
             raise ConfigError(f"layer_target_weight trains the layering head; method "
                               f"{self.method!r} has none (set it to 0)")
-        if (self.layer_assignment == "orientation" and self.phase == "overlap"
+        if (self.layer_assignment in ("orientation", "position") and self.phase == "overlap"
                 and self.overlap_targets == "frozen"):
-            raise ConfigError("layer_assignment 'orientation' follows the augmented crop: phase "
-                              "'overlap' needs overlap_targets 'online' with it")
+            raise ConfigError(f"layer_assignment {self.layer_assignment!r} follows the augmented "
+                              "crop: phase 'overlap' needs overlap_targets 'online' with it")
         if self.foreground_dice_weight < 0:
             raise ConfigError("foreground_dice_weight must be >= 0 (0 = the paper's loss), got "
                               f"{self.foreground_dice_weight}")

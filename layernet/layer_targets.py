@@ -4,7 +4,9 @@
   assignment, frozen once from the phase-1 model, or the authors' online one);
   :func:`distinct_object_layers`: the same preference with adjacent objects in different layers;
   :func:`orientation_object_layers`: by each object's orientation in the crop (not from the
-  network); :func:`online_layer_assignment` picks one by ``config.layer_assignment``.
+  network); :func:`position_object_layers`: left to right in the crop, each object in the lowest
+  layer its neighbours leave free (not from the network);
+  :func:`online_layer_assignment` picks one by ``config.layer_assignment``.
 * :func:`overlap_targets`: each object's whole silhouette placed into its layer, the masks ``S``
   of Eq. 6 (phase 2) and of the phase-1 layer targets.
 
@@ -21,13 +23,14 @@ from layernet.assignment import (
     ORIENTATION_GRID,
     distinct_layers,
     orientation_layer_scores,
+    position_layer_scores,
 )
 from layernet.config import Config
 from layernet.segments import (as_tensors, check_ids, global_segments, l2_normalize,
                                overlap_free_id_map)
 
 __all__ = ["distinct_object_layers", "object_layers", "online_layer_assignment",
-           "orientation_object_layers", "overlap_targets"]
+           "orientation_object_layers", "position_object_layers", "overlap_targets"]
 
 
 
@@ -193,6 +196,71 @@ def orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: in
     return _orientation_object_layers(stack, adjacency, int(layers), int(spacing))
 
 
+def _position_batch(column_sums: "np.ndarray", pixels: "np.ndarray", adjacency: "np.ndarray",
+                    layers: int, spacing: int) -> "np.ndarray":
+    """:func:`layernet.assignment.position_layer_scores` and the greedy colouring with
+    ``spacing`` for every image of a batch (NumPy)."""
+    return np.stack([distinct_layers(position_layer_scores(sums, count, int(layers)),
+                                     image_adjacency, int(spacing))
+                     for sums, count, image_adjacency in zip(column_sums, pixels, adjacency)]
+                    ).astype(np.int32)
+
+
+@tf.function(reduce_retracing=True)
+def _position_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int,
+                            spacing: int) -> tf.Tensor:
+    stack = tf.cast(stack, tf.int32)
+    shape = tf.shape(stack)
+    batch, width = shape[0], shape[2]
+    segments_per_image = tf.shape(adjacency)[1]
+    # integer sums (exact): the column of every object pixel, 0 on the background
+    column = tf.broadcast_to(tf.range(width)[None, None, :, None], shape)
+    column = tf.reshape(tf.where(stack > 0, column, tf.zeros_like(column)), [-1])
+    segments = global_segments(stack, segments_per_image)             # (B*H*W*L,)
+    total = batch * segments_per_image
+    column_sums = tf.math.unsorted_segment_sum(tf.cast(column, tf.int64), segments, total)
+    pixels = tf.math.unsorted_segment_sum(tf.ones_like(segments, tf.int64), segments, total)
+    layer_of = tf.numpy_function(
+        _position_batch, [tf.reshape(column_sums, [batch, segments_per_image]),
+                          tf.reshape(pixels, [batch, segments_per_image]),
+                          tf.cast(adjacency, tf.float32), layers, spacing],
+        tf.int32, stateful=False)
+    return tf.reshape(layer_of, [batch, segments_per_image])
+
+
+def position_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int,
+                           spacing: int = 0) -> tf.Tensor:
+    """Layer of every object by its position: left to right, the lowest free layer.
+
+    Not in the paper (``Config.layer_assignment = "position"``), for round objects whose
+    orientation says little (cells): objects are taken in order of their centroid's column in
+    the (augmented) crop, and each gets the lowest layer that no neighbour taken before holds
+    (:func:`layernet.assignment.position_layer_scores` with the greedy colouring of
+    :func:`layernet.assignment.distinct_layers`). Like ``"orientation"`` the result does not
+    depend on the network: a lone object is always in layer 0, and of two that overlap or touch
+    the left one is in the lower layer.
+
+    Parameters
+    ----------
+    stack : tf.Tensor
+        Label stack ``(B, H, W, L)`` with ids ``<= K``.
+    adjacency : tf.Tensor
+        ``(B, K + 1, K + 1)`` 0/1 adjacency.
+    layers : int
+        ``N``.
+    spacing : int, optional
+        Neighbours' layers are kept more than this many layers apart when possible (cyclically).
+
+    Returns
+    -------
+    tf.Tensor
+        Int32 ``(B, K + 1)``; -1 for index 0 (background) and for ids absent from an image.
+    """
+    check_ids(stack, tf.shape(adjacency)[1], "adjacency")
+    stack, adjacency = as_tensors(stack, adjacency)
+    return _position_object_layers(stack, adjacency, int(layers), int(spacing))
+
+
 @tf.function(reduce_retracing=True)
 def _object_layers(embedding: tf.Tensor, stack: tf.Tensor, segments_per_image: tf.Tensor,
                    mean_mode: str, covered_objects: str) -> tf.Tensor:
@@ -287,7 +355,9 @@ def online_layer_assignment(embedding: tf.Tensor, stack: tf.Tensor, adjacency: t
     ``"argmax"``: :func:`object_layers` (the authors' online phase-2 targets); ``"distinct"``:
     :func:`distinct_object_layers` (adjacent objects in different layers); ``"orientation"``:
     :func:`orientation_object_layers` (by each object's orientation, not from the embedding;
-    neighbours kept more than ``join_layers`` sectors apart where possible).
+    neighbours kept more than ``join_layers`` sectors apart where possible); ``"position"``:
+    :func:`position_object_layers` (left to right, the lowest free layer; with the same
+    spacing).
 
     Parameters
     ----------
@@ -307,8 +377,9 @@ def online_layer_assignment(embedding: tf.Tensor, stack: tf.Tensor, adjacency: t
     """
     if config.layer_assignment == "distinct":
         return distinct_object_layers(embedding, stack, adjacency, config)
-    if config.layer_assignment == "orientation":
-        return orientation_object_layers(stack, adjacency,
-                                         int(embedding.shape[-1] or config.layers),
-                                         config.join_layers)
+    if config.layer_assignment in ("orientation", "position"):
+        assign = (orientation_object_layers if config.layer_assignment == "orientation"
+                  else position_object_layers)
+        return assign(stack, adjacency, int(embedding.shape[-1] or config.layers),
+                      config.join_layers)
     return object_layers(embedding, stack, tf.shape(adjacency)[1], config)

@@ -51,7 +51,7 @@ import tensorflow as tf
 from layernet.config import Config
 from layernet.layer_targets import (distinct_object_layers, object_layers,
                                     online_layer_assignment, orientation_object_layers,
-                                    overlap_targets)
+                                    overlap_targets, position_object_layers)
 from layernet.segments import (LossInputError, as_tensors, check_ids, l2_normalize,
                                overlap_free_id_map)
 
@@ -67,6 +67,7 @@ __all__ = [
     "object_layers",
     "distinct_object_layers",
     "orientation_object_layers",
+    "position_object_layers",
     "online_layer_assignment",
     "overlap_targets",
     "overlap_loss",

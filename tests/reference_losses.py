@@ -223,6 +223,33 @@ def orientation_object_layers(stack: np.ndarray, adjacency: np.ndarray, layers: 
     return result
 
 
+def position_object_layers(stack: np.ndarray, adjacency: np.ndarray, layers: int,
+                           spacing: int = 0) -> np.ndarray:
+    """Reference of ``layernet.losses.position_object_layers``: per image, the objects sorted by
+    the mean column of their pixels (whole silhouette; ties by id), then first fit: each object
+    takes the lowest layer at a cyclic distance of more than ``spacing`` from the layers of its
+    neighbours already placed, else the lowest layer none of them holds, else layer 0."""
+    batch, segments = adjacency.shape[:2]
+    result = -np.ones((batch, segments), np.int64)
+    for b in range(batch):
+        centres = []
+        for label in range(1, segments):
+            _, cols = np.nonzero(object_mask(stack[b], label))
+            if len(cols):
+                centres.append((float(np.mean(cols.astype(np.float64))), label))
+        for _, label in sorted(centres):
+            held = [int(result[b, other]) for other in range(1, segments)
+                    if adjacency[b, label, other] and other != label and result[b, other] >= 0]
+
+            def near(layer: int) -> bool:
+                return any(min(abs(layer - h), layers - abs(layer - h)) <= spacing for h in held)
+
+            spaced = [layer for layer in range(layers) if not near(layer)]
+            free = [layer for layer in range(layers) if layer not in held]
+            result[b, label] = spaced[0] if spaced else free[0] if free else 0
+    return result
+
+
 def online_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: np.ndarray,
                   config: Config) -> np.ndarray:
     """Reference of ``layernet.losses.online_layer_assignment``."""
@@ -231,6 +258,8 @@ def online_layers(embedding: np.ndarray, stack: np.ndarray, adjacency: np.ndarra
     if config.layer_assignment == "orientation":
         return orientation_object_layers(stack, adjacency, embedding.shape[-1],
                                          config.join_layers)
+    if config.layer_assignment == "position":
+        return position_object_layers(stack, adjacency, embedding.shape[-1], config.join_layers)
     return object_layers(embedding, stack, adjacency.shape[1], config)
 
 

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from layernet.assignment import (
+    position_layer_scores,
     distinct_layers,
     layer_collisions,
     object_layer_scores,
@@ -15,6 +16,7 @@ from layernet.assignment import (
 )
 from layernet.config import Config, ConfigError
 from layernet.losses import (
+    position_object_layers,
     compute_losses,
     distinct_object_layers,
     object_layers,
@@ -189,7 +191,74 @@ def test_orientation_assignment_equals_the_reference() -> None:
                                       expected[0])
 
 
+def triangle_stack() -> np.ndarray:
+    """``(2, 12, 20)`` stack: three mutually overlapping blocks 1 (middle), 2 (left), 3 (right)
+    and a lone block 4 far right; ids do not follow the columns."""
+    stack = np.zeros((2, 12, 20), np.int32)
+    stack[0, 2:8, 4:9] = 1        # columns 4-8, centre 6
+    stack[1, 3:9, 1:6] = 2        # centre 3
+    stack[1, 0:3, 7:11] = 3       # centre 8.5 (slice 1 beside 2, overlapping 1)
+    stack[0, 9:12, 16:19] = 4     # centre 17, alone
+    return stack
+
+
+def test_position_assignment_hand_case() -> None:
+    stack = triangle_stack()
+    adjacency = np.zeros((1, 6, 6), np.float32)   # one padding id (5)
+    for a, b in ((1, 2), (1, 3), (2, 3)):
+        adjacency[0, a, b] = adjacency[0, b, a] = 1
+    as_batch = tf.constant(np.moveaxis(stack, 0, -1)[None])
+    layer_of = position_object_layers(as_batch, tf.constant(adjacency), 8).numpy()[0]
+    # left to right: 2 (col 3) -> 0, 1 (col 6) -> 1, 3 (col 8.5) -> 2; the lone 4 -> 0
+    np.testing.assert_array_equal(layer_of, [-1, 1, 0, 2, 0, -1])
+    spaced = position_object_layers(as_batch, tf.constant(adjacency), 8, spacing=1).numpy()[0]
+    np.testing.assert_array_equal(spaced, [-1, 2, 0, 4, 0, -1])
+    # mirrored, the order of the three reverses
+    mirrored = tf.constant(np.moveaxis(stack[:, :, ::-1], 0, -1)[None])
+    np.testing.assert_array_equal(
+        position_object_layers(mirrored, tf.constant(adjacency), 8).numpy()[0],
+        [-1, 1, 2, 0, 0, -1])
+    # more neighbours than layers: the last object gets its preferred layer 0
+    two = position_object_layers(as_batch, tf.constant(adjacency), 2).numpy()[0]
+    np.testing.assert_array_equal(two, [-1, 1, 0, 0, 0, -1])
+    scores = position_layer_scores(np.array([0, 12, 6, 17, 0]), np.array([0, 2, 2, 2, 0]), 3)
+    np.testing.assert_array_equal(scores[0], 0)
+    np.testing.assert_array_equal(scores[4], 0)
+    # ranks: 2 (col 3), 1 (col 6), 3 (col 8.5) -> (3, 2, 1) * 4 + (3, 2, 1)
+    np.testing.assert_array_equal(scores[2], [15, 14, 13])
+    np.testing.assert_array_equal(scores[1], [11, 10, 9])
+    np.testing.assert_array_equal(scores[3], [7, 6, 5])
+
+
+def test_position_assignment_equals_the_reference() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        stack = np.zeros((2, 20, 20, 2), np.int32)
+        for b in range(2):
+            for obj in range(1, 7):
+                r, c = rng.integers(0, 14, 2)
+                h, w = rng.integers(3, 7, 2)
+                blob = rng.random((h, w)) < 0.6
+                stack[b, r:r + h, c:c + w, obj % 2][blob] = obj
+        stack[1, :, :, 0][stack[1, :, :, 0] == 3] = 0
+        stack[1, 0, 0, 0] = 3          # a one-pixel object at column 0
+        stack[1, 5, 10, 1] = 0
+        segments = 8
+        adjacency = (rng.random((2, segments, segments)) < 0.5).astype(np.float32)
+        adjacency = np.maximum(adjacency, np.transpose(adjacency, (0, 2, 1)))
+        adjacency[:, np.arange(segments), np.arange(segments)] = 0
+        adjacency[:, 0, :] = adjacency[:, :, 0] = 0
+        for layers, spacing in ((5, 0), (5, 1), (3, 1), (2, 0)):
+            result = position_object_layers(tf.constant(stack), tf.constant(adjacency), layers,
+                                            spacing).numpy()
+            expected = reference.position_object_layers(stack, adjacency, layers, spacing)
+            np.testing.assert_array_equal(result, expected, err_msg=f"{layers} {spacing}")
+
+
 def test_config_checks_assignment_and_layer_target_weight() -> None:
+    Config(layer_assignment="position", layer_target_weight=1).validate()
+    with pytest.raises(ConfigError, match="position"):
+        Config(layer_assignment="position", phase="overlap").validate()
     Config(layer_assignment="orientation", layer_target_weight=1).validate()
     Config(layer_assignment="orientation", phase="overlap", overlap_targets="online").validate()
     with pytest.raises(ConfigError, match="orientation"):

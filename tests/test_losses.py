@@ -37,6 +37,8 @@ VARIANTS = {
                              overlap_targets="online"),
     "targets_orientation": PAPER.replace(layer_target_weight=1.0, layer_assignment="orientation",
                                          join_layers=1),
+    "targets_position": PAPER.replace(layer_target_weight=1.0, layer_assignment="position",
+                                      join_layers=1),
     "targets_argmax": PAPER.replace(layer_target_weight=2.0, mean_mode="normalized",
                                     layer_target_loss="dice"),
 }
