@@ -162,23 +162,31 @@ def test_orientation_assignment_separates_neighbours_and_follows_the_pose() -> N
     assert turned_layers[1] in (3, 4) and turned_layers[2] in (0, 7)
 
 
+def random_blobs(rng: np.random.Generator, density: float) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(2, 20, 20, 2)`` batch of 6 random pixel scatters per image (ids 1..6) and a random
+    symmetric ``(2, 8, 8)`` adjacency (ids 1..6 and a padding id) of the given density."""
+    stack = np.zeros((2, 20, 20, 2), np.int32)
+    for b in range(2):
+        for obj in range(1, 7):
+            r, c = rng.integers(0, 14, 2)
+            h, w = rng.integers(3, 7, 2)
+            # a random scatter of pixels: generic orientations (a single row or column is
+            # at 0 or 90 degrees, a tie between two sectors that float32 breaks either way)
+            blob = rng.random((h, w)) < 0.6
+            stack[b, r:r + h, c:c + w, obj % 2][blob] = obj
+    segments = 8
+    adjacency = (rng.random((2, segments, segments)) < density).astype(np.float32)
+    adjacency = np.maximum(adjacency, np.transpose(adjacency, (0, 2, 1)))
+    adjacency[:, np.arange(segments), np.arange(segments)] = 0
+    adjacency[:, 0, :] = adjacency[:, :, 0] = 0
+    return stack, adjacency
+
+
 def test_orientation_assignment_equals_the_reference() -> None:
     rng = np.random.default_rng(3)
+    segments = 8
     for _ in range(6):
-        stack = np.zeros((2, 20, 20, 2), np.int32)
-        for b in range(2):
-            for obj in range(1, 7):
-                r, c = rng.integers(0, 14, 2)
-                h, w = rng.integers(3, 7, 2)
-                # a random scatter of pixels: generic orientations (a single row or column is
-                # at 0 or 90 degrees, a tie between two sectors that float32 breaks either way)
-                blob = rng.random((h, w)) < 0.6
-                stack[b, r:r + h, c:c + w, obj % 2][blob] = obj
-        segments = 8                                     # ids 1..6 and a padding id
-        adjacency = (rng.random((2, segments, segments)) < 0.4).astype(np.float32)
-        adjacency = np.maximum(adjacency, np.transpose(adjacency, (0, 2, 1)))
-        adjacency[:, np.arange(segments), np.arange(segments)] = 0
-        adjacency[:, 0, :] = adjacency[:, :, 0] = 0
+        stack, adjacency = random_blobs(rng, 0.4)
         spacing = int(rng.integers(0, 2))
         result = orientation_object_layers(tf.constant(stack), tf.constant(adjacency), 5,
                                            spacing).numpy()
@@ -233,21 +241,10 @@ def test_position_assignment_hand_case() -> None:
 def test_position_assignment_equals_the_reference() -> None:
     rng = np.random.default_rng(5)
     for _ in range(6):
-        stack = np.zeros((2, 20, 20, 2), np.int32)
-        for b in range(2):
-            for obj in range(1, 7):
-                r, c = rng.integers(0, 14, 2)
-                h, w = rng.integers(3, 7, 2)
-                blob = rng.random((h, w)) < 0.6
-                stack[b, r:r + h, c:c + w, obj % 2][blob] = obj
+        stack, adjacency = random_blobs(rng, 0.5)
         stack[1, :, :, 0][stack[1, :, :, 0] == 3] = 0
         stack[1, 0, 0, 0] = 3          # a one-pixel object at column 0
         stack[1, 5, 10, 1] = 0
-        segments = 8
-        adjacency = (rng.random((2, segments, segments)) < 0.5).astype(np.float32)
-        adjacency = np.maximum(adjacency, np.transpose(adjacency, (0, 2, 1)))
-        adjacency[:, np.arange(segments), np.arange(segments)] = 0
-        adjacency[:, 0, :] = adjacency[:, :, 0] = 0
         for layers, spacing in ((5, 0), (5, 1), (3, 1), (2, 0)):
             result = position_object_layers(tf.constant(stack), tf.constant(adjacency), layers,
                                             spacing).numpy()
