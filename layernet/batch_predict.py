@@ -130,6 +130,25 @@ def one_line_message(path: str, error: BaseException) -> str:
     return text if path in text else f"{path}: {text}"
 
 
+def native_precision(precision: str) -> str | None:
+    """``None`` (keep the run's precision) if this machine computes ``precision`` natively,
+    else ``"float32"`` (logged): a 16-bit type that :func:`layernet.model.auto_precision` does
+    not pick here would be emulated, slower than float32, with the same maps up to rounding.
+
+    Parameters
+    ----------
+    precision : str
+        The run's precision (``config.precision``).
+    """
+    from layernet.model import auto_precision
+
+    if precision == "float32" or auto_precision() == precision:
+        return None
+    logger.info("the model was trained in %s, which this machine would only emulate: "
+                "predicting in float32 (--precision %s to keep it)", precision, precision)
+    return "float32"
+
+
 def load_predictor(model_path: str, precision: str | None = None,
                    config_changes: dict[str, Any] | None = None, tta: bool = False,
                    backend: str = "keras", threads: int | None = None) -> Any:
@@ -141,7 +160,9 @@ def load_predictor(model_path: str, precision: str | None = None,
         Run folder or model file (for ``backend="onnx"``: a folder holding ``model.onnx``, or
         the ``.onnx`` file, see :func:`layernet.backends.resolve_onnx_model`).
     precision : str or None, optional
-        Compute precision in place of the run's (Keras backend only).
+        Compute precision in place of the run's (Keras backend only). ``None``: the run's, unless
+        it is a 16-bit type this machine would only emulate (a model trained in bf16 on a CPU with
+        bf16 instructions, predicting on one without: :func:`native_precision`), then float32.
     config_changes : dict, optional
         Configuration values to override (e.g. ``tau``, ``min_size``).
     tta : bool, optional
@@ -159,6 +180,9 @@ def load_predictor(model_path: str, precision: str | None = None,
         onnx_path, config = resolve_onnx_model(model_path)
         net: Any = OnnxBackend(onnx_path, threads=threads)
     elif backend == "keras":
+        if precision is None:
+            precision = native_precision(runfolder.config_for_model(
+                runfolder.resolve_model_path(model_path)).precision)
         net, config = runfolder.load_trained_model(model_path, precision=precision)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose keras or onnx")

@@ -69,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("model prediction")
     add_tile_options(run)
     run.add_argument("--precision", choices=("auto",) + PRECISIONS,
-                     help="compute precision of the network (default: the run's; auto = bf16 on "
-                     "a GPU or a CPU with bf16 instructions, else float32)")
+                     help="compute precision of the network (default: the run's, or float32 "
+                     "where this machine would only emulate it; auto = bf16 on a GPU or a CPU "
+                     "with bf16 instructions, else float32)")
     run.add_argument("--tta", action="store_true",
                      help="test-time augmentation: average the network's maps over the 8 flips "
                      "and rotations of each image (or tile); 8 network passes instead of 1")

@@ -69,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channel", type=int, metavar="C",
                         help="use only channel C (0-based) of multi-channel images")
     parser.add_argument("--precision", choices=("auto",) + PRECISIONS,
-                        help="compute precision of the network (default: the run's; auto = "
-                        "bf16 on a GPU or a CPU with bf16 instructions, else float32)")
+                        help="compute precision of the network (default: the run's, or float32 "
+                        "where this machine would only emulate it; auto = bf16 on a GPU or a "
+                        "CPU with bf16 instructions, else float32)")
     parser.add_argument("--backend", choices=BACKENDS, default="keras",
                         help="what runs the network: keras (default) or onnx = ONNX Runtime on "
                         "the model.onnx that 'python -m layernet.export_model RUN --format onnx' "

@@ -101,3 +101,30 @@ def test_evaluate_scores_a_model_in_another_precision(tiny_run, tmp_path):
         assert 0.0 <= metrics["matchings"]["reference"]["meanAP"] <= 1.0
     result = run_cli("evaluate.py", "--model", tiny_run, "--precision", "bf16")
     assert result.returncode == 2 and "--precision" in result.stderr
+
+
+def test_a_bf16_model_predicts_in_float32_where_bf16_would_be_emulated(tiny_run, tmp_path,
+                                                                        monkeypatch):
+    """load_predictor with the run's precision: kept where the machine computes it natively,
+    float32 where it would be emulated; an explicit precision always wins."""
+    import json
+    import shutil
+
+    import layernet.model
+    from layernet.batch_predict import load_predictor, native_precision
+
+    run = tmp_path / "bf16-run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["precision"] = "mixed_bfloat16"
+    (run / "config.json").write_text(json.dumps(config))
+    for machine, expected in (("float32", "float32"), ("mixed_bfloat16", "mixed_bfloat16"),
+                              ("mixed_float16", "float32")):
+        monkeypatch.setattr(layernet.model, "auto_precision", lambda machine=machine: machine)
+        predictor = load_predictor(str(run))
+        assert predictor.config.precision == expected, machine
+        assert predictor.net.layers[1].dtype_policy.compute_dtype == (
+            "bfloat16" if expected == "mixed_bfloat16" else "float32")
+        explicit = load_predictor(str(run), precision="mixed_bfloat16")
+        assert explicit.config.precision == "mixed_bfloat16"
+    assert native_precision("float32") is None
