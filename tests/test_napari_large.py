@@ -188,3 +188,24 @@ def test_bench_disc_stack_reads_back_with_every_object(tmp_path, capsys):
     first, second = np.asarray(stack[0]), np.asarray(stack[1])
     assert len(np.unique(first)) == 17 and len(np.unique(second)) == 17  # 16 ids + background
     assert ((first > 0) & (second > 0)).sum() > 0  # the slices overlap
+
+
+def test_without_the_big_extra_a_large_tiff_is_read_whole_and_a_zarr_fails_in_one_line(
+        tmp_path, monkeypatch):
+    from layernet.backends import MissingPackageError
+
+    stack = big_stack()
+    tiff = write_label_stack_as(str(tmp_path / "big.layers.tif"), stack, "bigtiff")
+    zarr_path = write_label_stack_as(str(tmp_path / "z.layers.zarr"), stack, "zarr")
+
+    def missing(module: str = "zarr"):
+        raise MissingPackageError(f"{module} is needed; install the extra")
+
+    monkeypatch.setattr(large, "LAZY_PIXELS", 1000)
+    monkeypatch.setattr(large, "require_big_extra", missing)
+    with pytest.warns(UserWarning, match="read whole into memory"):
+        layers = read_prediction(tiff)
+    np.testing.assert_array_equal(layers[0][0], stack[0])
+    with pytest.raises(PredictionReadError, match="z.layers.zarr: .*install the extra") as info:
+        read_prediction(zarr_path)
+    assert "\n" not in str(info.value)

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from layernet.backends import MissingPackageError
 from layernet.export import OUTPUT_SUFFIXES
 from layernet.instances import num_objects
 from layernet.files import IMAGE_EXTENSIONS, visible_entries
@@ -153,12 +154,19 @@ def _is_large(path: str) -> bool:
     return pixels is not None and pixels > large.LAZY_PIXELS
 
 
-def _read_large(path: str, with_image: bool, visible: bool) -> list[LayerData]:
+def _read_large(path: str, with_image: bool, visible: bool) -> list[LayerData] | None:
+    """Layers of a large prediction read lazily; ``None`` for a TIFF when zarr and Dask (the
+    ``big`` extra) are missing, so that it is read whole as before."""
     try:
         stack = large.open_stack_lazily(path)
         layers = large.large_prediction_layer_data(
             stack, _stem(path), visible=visible, metadata={"source": os.path.abspath(path)},
             source=path)
+    except MissingPackageError as error:
+        if _is_zarr_prediction(path):
+            raise PredictionReadError(f"{path}: {error}") from None
+        warnings.warn(f"{path}: read whole into memory ({error})", stacklevel=3)
+        return None
     except (ImageReadError, OSError, ValueError) as error:
         raise PredictionReadError(" ".join(str(error).split())) from None
     if with_image:
@@ -214,7 +222,9 @@ def _pyramid_2d(array: Any) -> list[Any]:
 
 def _read_one(path: str, with_image: bool, visible: bool) -> list[LayerData]:
     if _is_large(path):
-        return _read_large(path, with_image, visible)
+        layers = _read_large(path, with_image, visible)
+        if layers is not None:
+            return layers
     try:
         stack = read_label_stack(path)
     except (ImageReadError, OSError) as error:
