@@ -220,17 +220,21 @@ def _touching_pairs(stack: np.ndarray, apart: int, connectivity: int
     layers, height, width = stack.shape
     offsets = np.argwhere(_structure(connectivity, 2)) - 1
     base = int(stack.max(initial=0)) + 1
+    positive = stack > 0
+    filled = positive.reshape(layers, -1).any(axis=1)
     found = [np.zeros(0, np.int64)]
     for first in range(layers):
         for second in range(first + 1, layers):
-            if min(second - first, layers - (second - first)) > apart:
+            if (min(second - first, layers - (second - first)) > apart or not filled[first]
+                    or not filled[second]):
                 continue
             for dy, dx in offsets:
-                a = stack[first, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
-                b = stack[second, max(-dy, 0):height + min(-dy, 0),
-                          max(-dx, 0):width + min(-dx, 0)]
-                both = (a > 0) & (b > 0)
+                first_window = np.s_[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)]
+                second_window = np.s_[max(-dy, 0):height + min(-dy, 0),
+                                      max(-dx, 0):width + min(-dx, 0)]
+                both = positive[first][first_window] & positive[second][second_window]
                 if both.any():
+                    a, b = stack[first][first_window], stack[second][second_window]
                     a_ids, b_ids = a[both].astype(np.int64), b[both].astype(np.int64)
                     found.append(np.minimum(a_ids, b_ids) * base + np.maximum(a_ids, b_ids))
     codes, contact = np.unique(np.concatenate(found), return_counts=True)
@@ -335,8 +339,8 @@ def join_neighbour_layers(stack: np.ndarray, apart: int, min_size: int = 0,
     # groups numbered by their smallest id; group 0 = background
     first_id = np.full(component.max() + 1, count + 1)
     np.minimum.at(first_id, component[1:], np.arange(1, count + 1))
-    present = np.zeros(count + 1, bool)
-    present[np.unique(stack)] = True
+    flat = stack.reshape(layers, -1)
+    present = np.bincount(flat.reshape(-1), minlength=count + 1) > 0
     order = np.argsort(first_id, kind="stable")
     rank = np.zeros(component.max() + 1, np.int64)
     rank[order] = np.arange(1, len(order) + 1)
@@ -345,14 +349,16 @@ def join_neighbour_layers(stack: np.ndarray, apart: int, min_size: int = 0,
     group_of[~present] = 0
     groups = int(group_of.max())
     grouped = group_of[stack]                                   # (N, H, W)
+    # the pixels that hold an object (the others add nothing to any area)
+    occupied = group_of[flat[:, np.flatnonzero(np.any(flat > 0, axis=0))]]   # (N, P)
     # area of each group's union (a pixel in several slices of one group counts once)
-    ordered = np.sort(grouped, axis=0)
+    ordered = np.sort(occupied, axis=0)
     distinct = np.concatenate([ordered[:1] > 0, (np.diff(ordered, axis=0) != 0)
                                & (ordered[1:] > 0)], axis=0)
     area = np.bincount(ordered[distinct], minlength=groups + 1)
     # the slice of each group's largest piece
-    piece_area = np.stack([np.bincount(plane.reshape(-1), minlength=groups + 1)
-                           for plane in grouped])                # (N, groups + 1)
+    piece_area = np.stack([np.bincount(plane, minlength=groups + 1)
+                           for plane in occupied])               # (N, groups + 1)
     home = np.argmax(piece_area, axis=0)
     boxes = [ndimage.find_objects(plane, max_label=groups) for plane in grouped]
     slices = [result[index] for index in range(layers)]
