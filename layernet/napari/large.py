@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from layernet.export import object_polygons
 from layernet.lazy_image import require_big_extra
 from layernet.napari.layers import (LABELS_OPACITY, OUTLINE_WIDTH, TRANSPARENT, LayerData,
-                                    _drop_collinear)
+                                    object_outlines)
 from layernet.viz import object_colours
 
 logger = logging.getLogger(__name__)
@@ -128,7 +127,8 @@ def label_pyramid(plane: Any, smallest: int | None = None) -> list[Any]:
     Parameters
     ----------
     plane : array-like
-        ``(H, W)`` ids (a Dask array, or anything :func:`dask.array.from_array` takes).
+        ``(H, W)`` ids, or any ``(H, W, ...)`` array (a Dask array, or anything
+        :func:`dask.array.from_array` takes); only the first two axes are subsampled.
     smallest : int or None, optional
         Stop at the first level whose longer side is at most this (None: :data:`SMALLEST_LEVEL`).
 
@@ -142,7 +142,7 @@ def label_pyramid(plane: Any, smallest: int | None = None) -> list[Any]:
     smallest = SMALLEST_LEVEL if smallest is None else smallest
     levels = [base]
     step = 1
-    while max(levels[-1].shape) > smallest:
+    while max(levels[-1].shape[:2]) > smallest:
         step *= 2
         levels.append(base[::step, ::step])
     return levels
@@ -227,9 +227,8 @@ def lazy_outline_polygons(stack: Any, boxes: dict[int, _Box]
         box = boxes[label]
         crop = np.asarray(stack[box.layer, box.top:box.bottom, box.left:box.right]) == label
         area = int(crop.sum())
-        for points in object_polygons(crop, (box.top, box.left)):
-            rows_cols = points[:, ::-1].astype(np.float64) - 0.5
-            polygons.append(_drop_collinear(rows_cols).astype(np.float32))
+        for outline in object_outlines(crop, (box.top, box.left)):
+            polygons.append(outline)
             ids.append(label)
             slices.append(box.layer + 1)
             areas.append(area)

@@ -33,6 +33,7 @@ __all__ = [
     "LayerData",
     "id_colours",
     "outline_polygons",
+    "object_outlines",
     "prediction_layer_data",
     "image_layer_data",
 ]
@@ -80,6 +81,21 @@ def _drop_collinear(points: np.ndarray) -> np.ndarray:
     return points[keep] if keep.sum() >= 3 else points
 
 
+def object_outlines(mask: np.ndarray, offset: tuple[int, int]) -> list[np.ndarray]:
+    """Outline polygons of one object's mask in napari's ``(row, column)`` pixel-centre
+    coordinates (one per connected piece), float32 ``(P, 2)``.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        Boolean crop of the object.
+    offset : tuple of int
+        ``(row, column)`` of the crop's top left pixel in the image.
+    """
+    return [_drop_collinear(points[:, ::-1].astype(np.float64) - 0.5).astype(np.float32)
+            for points in object_polygons(mask, offset)]
+
+
 def outline_polygons(stack: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray,
                                                   np.ndarray]:
     """Outline polygons of every object of a label stack, in napari's ``(row, column)`` order.
@@ -109,9 +125,8 @@ def outline_polygons(stack: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, n
     slices: list[int] = []
     areas: list[int] = []
     for label, layer_index, box, crop in object_crops(stack):
-        for points in object_polygons(crop, (box[0].start, box[1].start)):
-            rows_cols = points[:, ::-1].astype(np.float64) - 0.5
-            polygons.append(_drop_collinear(rows_cols).astype(np.float32))
+        for outline in object_outlines(crop, (box[0].start, box[1].start)):
+            polygons.append(outline)
             ids.append(int(label))
             slices.append(layer_index + 1)
             areas.append(int(crop.sum()))

@@ -200,24 +200,13 @@ def _lazy_image_beside(path: str, shape: tuple[int, ...], visible: bool) -> Laye
         order.append(channel)
     array = array.transpose(order + [index for index in range(array.ndim) if index not in order])
     array = array.reshape(array.shape[:len(order)])
-    data, multiscale = large.as_layer_data(
-        large.label_pyramid(array) if channel is None else _pyramid_2d(array))
+    data, multiscale = large.as_layer_data(large.label_pyramid(array))
     kwargs: dict[str, Any] = {"name": _stem(path), "visible": visible, "multiscale": multiscale}
     if channel is not None and array.shape[-1] in (3, 4):
         kwargs["rgb"] = True
     elif channel is not None:
         kwargs["channel_axis"] = 2
     return data, kwargs, "image"
-
-
-def _pyramid_2d(array: Any) -> list[Any]:
-    """Lazy pyramid of a ``(Y, X, C)`` array, subsampling the two spatial axes."""
-    levels = [array]
-    step = 1
-    while max(levels[-1].shape[:2]) > large.SMALLEST_LEVEL:
-        step *= 2
-        levels.append(array[::step, ::step])
-    return levels
 
 
 def _read_one(path: str, with_image: bool, visible: bool) -> list[LayerData]:
