@@ -71,7 +71,8 @@ class BigPrediction:
 
 
 StripInstances = Iterator[list[tuple[Tile, np.ndarray]]]
-"""For every tile row (strip), top to bottom: ``(tile, label stack of the tile)`` of its tiles."""
+"""Groups of ``(tile, label stack of the tile)`` in raster order of the tiles: a whole tile row
+(strip) or a batch of its tiles per group."""
 
 TileRunner = Callable[[Any, "int | None", list[Tile], tuple[np.ndarray, np.ndarray], int,
                        "Callable[[int, int], None] | None"], StripInstances]
@@ -145,14 +146,15 @@ def local_strip_instances(
     spent: dict[str, float] | None = None,
     worker: OrderedWorker | None = None,
 ) -> StripInstances:
-    """The instances of every tile, strip by strip, computed in this process.
+    """The instances of every tile, batch by batch, computed in this process.
 
-    Each strip is read once; its tiles are normalised and run through ``maps`` in batches of
-    ``batch_size`` (in this thread) and post-processed one by one with ``instances`` on
-    ``worker``. With a threaded :class:`~layernet.ordered_worker.OrderedWorker` the
-    post-processing of a batch runs while the network runs on the next one, and a strip is
-    handed out only once the network has run on the next strip, so that its post-processing
-    also overlaps the network (same results). Parameters are those of :func:`predict_strips`;
+    Each strip is read once, in the file's pixel type; its tiles are converted, normalised and
+    run through ``maps`` in batches of ``batch_size`` (in this thread) and post-processed one by
+    one with ``instances`` on ``worker``. With a threaded
+    :class:`~layernet.ordered_worker.OrderedWorker` the post-processing of a batch runs while
+    the network runs on the next one, and a batch is handed out only once the network has run
+    on the next one (same results). Only the raw strip, two batches and their label stacks are
+    held, whatever the image's width. Parameters are those of :func:`predict_strips`;
     ``spent`` receives seconds of ``"read"``, ``"network"`` and ``"postprocess"`` (summed over
     threads).
     """
@@ -170,31 +172,32 @@ def local_strip_instances(
         return result
 
     done = 0
-    pending: list[Future] | None = None
+    pending: Future | None = None
     for row in tile_rows(tiles):
         clock = time.perf_counter()
-        strip = image.strip(row[0].rect[0], row[0].rect[2])
+        raw = image.raw(row[0].rect[0], row[0].rect[2])  # in the file's pixel type
         spent["read"] += time.perf_counter() - clock
-        futures = []
         for start in range(0, len(row), batch_size):
             batch_tiles = row[start:start + batch_size]
             clock = time.perf_counter()
-            batch = normalize(np.stack([strip[:, tile.rect[1]:tile.rect[3]]
+            batch = normalize(np.stack([image.model_input(raw[:, tile.rect[1]:tile.rect[3]])
                                         for tile in batch_tiles]))
             spent["read"] += time.perf_counter() - clock
             clock = time.perf_counter()
             foregrounds, layerings = maps(batch)
             spent["network"] += time.perf_counter() - clock
-            futures.append(worker.submit(post_batch, batch_tiles, foregrounds, layerings))
+            del batch
+            future = worker.submit(post_batch, batch_tiles, foregrounds, layerings)
+            del foregrounds, layerings
             done += len(batch_tiles)
             if on_tiles is not None:
                 on_tiles(done, len(tiles))
-        del strip
-        if pending is not None:
-            yield [item for future in pending for item in future.result()]
-        pending = futures
+            if pending is not None:
+                yield pending.result()
+            pending = future
+        del raw
     if pending is not None:
-        yield [item for future in pending for item in future.result()]
+        yield pending.result()
 
 
 def stitch_strips(strips: StripInstances, shape: tuple[int, int], tiles: list[Tile],
@@ -202,22 +205,28 @@ def stitch_strips(strips: StripInstances, shape: tuple[int, int], tiles: list[Ti
                   spent: dict[str, float] | None = None) -> int:
     """Stitch the tiles' instances strip by strip into ``assembler``; return the object count.
 
-    After every strip the objects that no later tile can change are placed and the rows above
-    every unfinished object are flushed (:class:`StreamingStitcher`, :class:`RowAssembler`).
+    The groups of ``strips`` come in raster order of the tiles; after every completed tile row
+    the objects that no later tile can change are placed and the rows above every unfinished
+    object are flushed (:class:`StreamingStitcher`, :class:`RowAssembler`).
     ``spent["postprocess"]`` receives the seconds spent here.
     """
     spent = spent if spent is not None else {}
     stitcher = StreamingStitcher(shape, tiles, min_size=min_size, match_iou=match_iou)
+    row_ends = {row[-1].index for row in tile_rows(tiles)}
     for results in strips:
         clock = time.perf_counter()
+        ends_row = False
         for tile, stack in results:
             stitcher.add(tile.index, stack)
-        for _, _, top_left, mask in stitcher.pop_final():
-            assembler.place(top_left, mask)
-        assembler.flush(stitcher.open_top())
+            ends_row = ends_row or tile.index in row_ends
+        del results, stack
+        if ends_row:
+            for _, _, top_left, mask in stitcher.pop_final():
+                assembler.place(top_left, mask)
+            assembler.flush(stitcher.open_top())
+            logger.debug("%d objects so far, %d rows waiting", assembler.objects,
+                         assembler.rows)
         spent["postprocess"] = spent.get("postprocess", 0.0) + time.perf_counter() - clock
-        logger.debug("strip of %d tiles: %d objects so far, band of %d rows", len(results),
-                     assembler.objects, assembler.rows)
     assembler.flush(shape[0])
     return assembler.objects
 

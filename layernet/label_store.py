@@ -114,13 +114,22 @@ class ZarrLabelWriter:
 
     def write_rows(self, top: int, layers: list[np.ndarray]) -> None:
         """Write rows ``top:top + n`` of every slice (slices are added as needed)."""
+        self.write_block(top, 0, layers)
+
+    def write_block(self, top: int, left: int, layers: list[np.ndarray]) -> None:
+        """Write rows ``top:top + n``, columns ``left:left + m`` of every slice (slices are added
+        as needed; all-zero blocks are left to the fill value). A band of rows counts as written
+        once its block at the right edge is."""
         if len(layers) > self.array.shape[0]:
             self.array.resize((len(layers),) + self.shape)
-        count = layers[0].shape[0] if layers else 0
+        if not layers:
+            return
+        count, width = layers[0].shape
         for index, layer in enumerate(layers):
-            if index < self.array.shape[0]:
-                self.array[index, top:top + count] = layer
-        self.rows_written = max(self.rows_written, top + count)
+            if layer.any():
+                self.array[index, top:top + count, left:left + width] = layer
+        if left + width >= self.shape[1]:
+            self.rows_written = max(self.rows_written, top + count)
 
     def finish(self, slices: int, output_format: str = "zarr", tiff_path: str | None = None
                ) -> str:

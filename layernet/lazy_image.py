@@ -199,7 +199,11 @@ class LazyImage:
             For NaN or infinite values, or (when the channels were reduced to one) colour
             channels that are not identical copies.
         """
-        raw = self.raw(y0, y1, x0, x1, step)
+        return self.model_input(self.raw(y0, y1, x0, x1, step))
+
+    def model_input(self, raw: np.ndarray) -> np.ndarray:
+        """Raw pixels (:meth:`raw`, any part of the image) as the float32 ``(h, w, C)`` image
+        the model sees; raises as :meth:`strip` does."""
         if self._grayscale_check and not _is_grayscale_copy(raw):
             raise ImageReadError(f"{self.name}: has {self.raw_channels} channel(s) (colour), "
                                  f"expected 1 (grayscale); pick one channel")

@@ -110,6 +110,12 @@ def _overlapping_pairs(stack: np.ndarray) -> set[tuple[int, int]]:
     return result
 
 
+def _fragment_ids(crop: np.ndarray, offset: int) -> np.ndarray:
+    """A tile's label crop with its ids ``1..K`` turned into fragment ids ``offset + id``, the
+    background kept 0 (int64: fragment id + 1, as :meth:`TileStitcher._match` takes them)."""
+    return np.where(crop > 0, crop.astype(np.int64) + offset, 0)
+
+
 def _neighbours(tiles: list[Tile]) -> dict[int, list[tuple[int, tuple[int, int, int, int]]]]:
     """For every tile, the other tiles it overlaps and the shared rectangle (in tile order).
 
@@ -168,7 +174,7 @@ class TileStitcher:
         self.match_iou = float(match_iou)
         self.layers = layers or 0
         self._added: set[int] = set()
-        self._pending: dict[tuple[int, int], np.ndarray] = {}
+        self._pending: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         self._neighbours = _neighbours(self.tiles)
         self._union = _UnionFind()
         self._parts: list[_Part] = []
@@ -214,13 +220,12 @@ class TileStitcher:
         for other, shared in self._neighbours[tile_index]:
             crop = local[(slice(None),) + rect_in_tile(shared, tile.rect)]
             crop = crop[crop.reshape(len(crop), -1).any(axis=1)]  # the layers holding objects
-            crop = np.where(crop > 0, crop.astype(np.int64) + offset, 0)  # fragment id + 1
             if other in self._added:
-                self._match(self._pending.pop((other, tile_index)).astype(np.int64), crop)
-            elif crop.size == 0 or crop.max() <= np.iinfo(np.uint32).max:
-                self._pending[(tile_index, other)] = crop.astype(np.uint32)  # kept: 4 bytes
-            else:
-                self._pending[(tile_index, other)] = crop
+                self._match(_fragment_ids(*self._pending.pop((other, tile_index))),
+                            _fragment_ids(crop, offset))
+            else:  # kept with the tile's own ids, in as few bytes as they fit
+                small = np.min_scalar_type(count)
+                self._pending[(tile_index, other)] = (crop.astype(small), offset)
 
     def _small_interior(self, tile: Tile, local: np.ndarray, areas: np.ndarray) -> np.ndarray:
         """Which ids of ``local`` (pixel counts ``areas``, index = id) are smaller than

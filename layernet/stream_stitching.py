@@ -7,12 +7,13 @@ that holds a piece of it is closed, because only pieces in open tiles can still 
 pieces of tiles not yet added. :meth:`StreamingStitcher.pop_final` returns the final objects and
 forgets them, so the stitcher holds only the objects of the last strips, however long the image.
 
-:class:`RowAssembler` places the final objects into a band of label-stack rows, first fit: an
-object goes to the first slice where it overlaps nothing (a slice is added when none is free), so
-the stack has as few slices as greedy colouring gives (often 1 or 2, never the network's N
-unused slices). Rows that no later object can reach are handed to a writer
-(:class:`layernet.label_store.ZarrLabelWriter`) and dropped, so memory is bounded by the band
-(about two tile rows, plus the height of the tallest object).
+:class:`RowAssembler` gives the final objects ids and slices, first fit: an object goes to the
+first slice where it overlaps nothing (a slice is added when none is free), so the stack has as
+few slices as greedy colouring gives (often 1 or 2, never the network's N unused slices). The
+objects wait as masks until no later object can reach their rows; those rows are then drawn
+block by block and handed to a writer (:class:`layernet.label_store.ZarrLabelWriter`), so memory
+follows the waiting objects (about two tile rows of them, plus the tallest object), not the
+image's width.
 
 Nothing in this module imports TensorFlow.
 """
@@ -24,7 +25,6 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from layernet.instances import first_free_slice
 from layernet.stitching import TileStitcher
 from layernet.tiles import Tile
 
@@ -87,21 +87,55 @@ class StreamingStitcher(TileStitcher):
 
 
 class RowWriter(Protocol):
-    """Receives finished rows of a label stack (see :class:`RowAssembler`)."""
+    """Receives finished blocks of a label stack (see :class:`RowAssembler`)."""
 
-    def write_rows(self, top: int, layers: list[np.ndarray]) -> None:
-        """Write ``layers[s]`` (rows ``top:top + n`` of slice ``s``) for every slice."""
+    def write_block(self, top: int, left: int, layers: list[np.ndarray]) -> None:
+        """Write ``layers[s]`` (rows ``top:top + n``, columns ``left:left + m`` of slice ``s``)
+        for every slice; the blocks of a band of rows come left to right."""
+
+
+class _Pending:
+    """An object placed in :class:`RowAssembler` whose lowest rows are not written yet."""
+
+    __slots__ = ("number", "layer", "top", "left", "mask")
+
+    def __init__(self, number: int, layer: int, top: int, left: int, mask: np.ndarray) -> None:
+        self.number, self.layer, self.top, self.left, self.mask = number, layer, top, left, mask
+
+    @property
+    def bottom(self) -> int:
+        return self.top + self.mask.shape[0]
+
+    @property
+    def right(self) -> int:
+        return self.left + self.mask.shape[1]
+
+    def overlaps(self, top: int, left: int, mask: np.ndarray) -> bool:
+        """Whether ``mask`` (top-left pixel ``(top, left)``) shares a pixel with this object."""
+        y0, x0 = max(top, self.top), max(left, self.left)
+        y1 = min(top + mask.shape[0], self.bottom)
+        x1 = min(left + mask.shape[1], self.right)
+        if y0 >= y1 or x0 >= x1:
+            return False
+        own = self.mask[y0 - self.top:y1 - self.top, x0 - self.left:x1 - self.left]
+        other = mask[y0 - top:y1 - top, x0 - left:x1 - left]
+        return bool((own & other).any())
 
 
 class RowAssembler:
-    """Place final objects into a band of label-stack rows and flush finished rows.
+    """Place final objects into label-stack slices, first fit, and write finished rows.
+
+    The placed objects wait as masks (a boolean crop each, found again through a grid of
+    :data:`BUCKET` pixel cells), not as image-wide rows of ids: memory follows the objects of
+    the open rows, not the image's width. Rows that no later object can reach are drawn block by
+    block (``flush_rows`` x ``block_columns`` ids per slice) and handed to the writer.
 
     Parameters
     ----------
     shape : tuple of int
         ``(H, W)`` of the image.
     writer : RowWriter
-        Receives the finished rows.
+        Receives the finished blocks.
     flush_rows : int, optional
         Rows are flushed in multiples of this (the writer's chunk height), except at the end.
     dtype : type, optional
@@ -109,77 +143,127 @@ class RowAssembler:
     on_object : callable, optional
         Called as ``on_object(id, slice, box, mask)`` for every placed object (``box``: the
         ``(rows, columns)`` slices of its bounding box in the image).
+    block_columns : int, optional
+        Columns of a written block (rounded up to a multiple of ``flush_rows``, the chunk side).
 
     Attributes
     ----------
     peak_rows : int
-        The most rows the band held at once (its memory is ``peak_rows x W x slices`` ids).
+        The most rows between the first unwritten row and the lowest waiting object.
+    peak_pixels : int
+        The most mask pixels (bytes) of waiting objects held at once.
     """
+
+    BUCKET = 64
+    """Side of the grid cells that index the waiting objects by position."""
 
     def __init__(self, shape: tuple[int, int], writer: RowWriter, flush_rows: int = 1024,
                  dtype: type = np.uint32,
                  on_object: Callable[[int, int, tuple[slice, slice], np.ndarray], None] | None
-                 = None) -> None:
+                 = None, block_columns: int = 2048) -> None:
         self.height, self.width = int(shape[0]), int(shape[1])
         self.writer = writer
         self.flush_rows = max(1, int(flush_rows))
+        self.block_columns = -(-max(1, int(block_columns)) // self.flush_rows) * self.flush_rows
         self.dtype = dtype
         self.on_object = on_object
         self.top = 0
-        self.rows = 0
-        self.band: list[np.ndarray] = []
         self.objects = 0
         self.peak_rows = 0
+        self.peak_pixels = 0
+        self._slices = 0
+        self._pending: list[_Pending] = []
+        self._pixels = 0
+        self._buckets: dict[tuple[int, int], list[_Pending]] = {}
 
     @property
     def slices(self) -> int:
         """Slices used so far (at least 1)."""
-        return max(1, len(self.band))
+        return max(1, self._slices)
 
-    def _grow(self, rows: int) -> None:
-        if rows <= self.rows:
-            return
-        rows = min(-(-rows // self.flush_rows) * self.flush_rows, self.height - self.top)
-        for index, layer in enumerate(self.band):
-            grown = np.zeros((rows, self.width), self.dtype)
-            grown[:self.rows] = layer[:self.rows]
-            self.band[index] = grown
-        self.rows = rows
-        self.peak_rows = max(self.peak_rows, rows)
+    @property
+    def rows(self) -> int:
+        """Rows from the first unwritten row to the bottom of the lowest waiting object."""
+        return max((item.bottom for item in self._pending), default=self.top) - self.top
+
+    def _cells(self, top: int, left: int, bottom: int, right: int) -> list[tuple[int, int]]:
+        size = self.BUCKET
+        return [(row, column) for row in range(top // size, (bottom - 1) // size + 1)
+                for column in range(left // size, (right - 1) // size + 1)]
+
+    def _index(self, item: _Pending) -> None:
+        for cell in self._cells(item.top, item.left, item.bottom, item.right):
+            self._buckets.setdefault(cell, []).append(item)
+
+    def _first_free_slice(self, top: int, left: int, mask: np.ndarray) -> int:
+        bottom, right = top + mask.shape[0], left + mask.shape[1]
+        taken: set[int] = set()
+        seen: set[int] = set()
+        for cell in self._cells(top, left, bottom, right):
+            for item in self._buckets.get(cell, ()):
+                if (item.layer in taken or item.number in seen or item.top >= bottom
+                        or item.left >= right or item.bottom <= top or item.right <= left):
+                    continue
+                seen.add(item.number)
+                if item.overlaps(top, left, mask):
+                    taken.add(item.layer)
+        return next(index for index in range(len(taken) + 1) if index not in taken)
 
     def place(self, top_left: tuple[int, int], mask: np.ndarray) -> int:
         """Place one object (its mask with top-left pixel ``top_left``); return its id."""
-        top, left = top_left
+        top, left = int(top_left[0]), int(top_left[1])
         if top < self.top:
             raise RuntimeError(f"object at row {top} above the flushed rows (< {self.top})")
-        self._grow(top - self.top + mask.shape[0])
-        window = (slice(top - self.top, top - self.top + mask.shape[0]),
-                  slice(left, left + mask.shape[1]))
-        index = first_free_slice(self.band, window, mask)
-        if index is None:
-            self.band.append(np.zeros((self.rows, self.width), self.dtype))
-            index = len(self.band) - 1
-        self.objects += 1
-        if self.objects > np.iinfo(self.dtype).max:
+        mask = np.asarray(mask, dtype=bool)
+        if self.objects + 1 > np.iinfo(self.dtype).max:
             raise RuntimeError(f"more than {np.iinfo(self.dtype).max} objects")
-        self.band[index][window][mask] = self.objects
+        index = self._first_free_slice(top, left, mask)
+        self.objects += 1
+        self._slices = max(self._slices, index + 1)
+        item = _Pending(self.objects, index, top, left, mask)
+        self._pending.append(item)
+        self._index(item)
+        self._pixels += mask.size
+        self.peak_pixels = max(self.peak_pixels, self._pixels)
+        self.peak_rows = max(self.peak_rows, item.bottom - self.top)
         if self.on_object is not None:
             box = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
             self.on_object(self.objects, index, box, mask)
         return self.objects
 
     def flush(self, bound: int) -> None:
-        """Hand the rows above ``bound`` (rounded down to ``flush_rows`` unless it is the image
-        height) to the writer and drop them from the band."""
+        """Write the rows above ``bound`` (rounded down to ``flush_rows`` unless it is the image
+        height) block by block and forget them."""
         if bound < self.height:
             bound = bound // self.flush_rows * self.flush_rows
-        count = min(bound, self.height) - self.top
+        bound = min(bound, self.height)
+        count = bound - self.top
         if count <= 0:
             return
-        self._grow(count)
-        if not self.band:
-            self.band.append(np.zeros((self.rows, self.width), self.dtype))
-        self.writer.write_rows(self.top, [layer[:count] for layer in self.band])
-        self.band = [layer[count:].copy() for layer in self.band]  # frees the flushed rows
-        self.rows -= count
-        self.top += count
+        reaching = [item for item in self._pending if item.top < bound]
+        for left in range(0, self.width, self.block_columns):
+            right = min(left + self.block_columns, self.width)
+            layers = [np.zeros((count, right - left), self.dtype) for _ in range(self.slices)]
+            for item in reaching:
+                if item.right <= left or item.left >= right:
+                    continue
+                y1 = min(item.bottom, bound)
+                x0, x1 = max(item.left, left), min(item.right, right)
+                part = item.mask[:y1 - item.top, x0 - item.left:x1 - item.left]
+                layers[item.layer][item.top - self.top:y1 - self.top, x0 - left:x1 - left][
+                    part] = item.number
+            self.writer.write_block(self.top, left, layers)
+        kept = []
+        for item in self._pending:
+            if item.bottom <= bound:
+                continue
+            if item.top < bound:
+                item.mask = item.mask[bound - item.top:].copy()  # frees the written rows
+                item.top = bound
+            kept.append(item)
+        self._pending = kept
+        self._pixels = sum(item.mask.size for item in kept)
+        self._buckets = {}
+        for item in kept:
+            self._index(item)
+        self.top = bound

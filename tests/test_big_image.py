@@ -30,7 +30,8 @@ from layernet.lazy_image import open_lazy_image, streamed_percentile_range  # no
 from layernet.normalize import percentile_range  # noqa: E402
 from layernet.ordered_worker import OrderedWorker  # noqa: E402
 from layernet.postprocess import postprocess  # noqa: E402
-from layernet.big_prediction import predict_strips  # noqa: E402
+from layernet.big_prediction import (local_strip_instances, predict_strips,  # noqa: E402
+                                     tile_rows)
 from layernet.stream_stitching import RowAssembler  # noqa: E402
 from layernet.tiles import tile_grid  # noqa: E402
 from layernet.tiling import predict_tiled  # noqa: E402
@@ -353,3 +354,122 @@ def test_tile_stacks_keep_their_objects_in_fewer_slices():
     wide[0, 0, 0], wide[1, 0, 0] = 70000, 70001     # ids beyond uint16 keep their dtype
     assert small_tile_stack(wide).dtype == np.int64
     assert small_tile_stack(np.zeros((8, 4, 4), np.int32)).shape == (1, 4, 4)
+
+
+class _BlockRecorder:
+    """A RowWriter that keeps the label stack in memory and records every block it receives."""
+
+    def __init__(self, shape):
+        self.stack = np.zeros((0,) + tuple(shape), np.uint32)
+        self.blocks = []
+
+    def write_block(self, top, left, layers):
+        if len(layers) > len(self.stack):
+            grown = np.zeros((len(layers),) + self.stack.shape[1:], np.uint32)
+            grown[:len(self.stack)] = self.stack
+            self.stack = grown
+        rows, columns = layers[0].shape
+        self.blocks.append((top, left, rows, columns))
+        for index, layer in enumerate(layers):
+            self.stack[index, top:top + rows, left:left + columns] = layer
+
+
+def _dense_first_fit(shape, objects):
+    """Slow reference: every object, in order, into the first image-sized slice where it
+    overlaps nothing (ids 1, 2, ... in placement order)."""
+    from layernet.instances import first_free_slice
+
+    layers = []
+    for number, ((top, left), mask) in enumerate(objects, start=1):
+        window = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
+        index = first_free_slice(layers, window, mask)
+        if index is None:
+            layers.append(np.zeros(shape, np.uint32))
+            index = len(layers) - 1
+        layers[index][window][mask] = number
+    return np.stack(layers) if layers else np.zeros((1,) + shape, np.uint32)
+
+
+def test_row_assembler_places_first_fit_like_a_dense_stack():
+    # Random overlapping blobs of many sizes (some taller than a flush band, some wider than a
+    # written block), placed in order of their top row as the stitcher hands them out and
+    # flushed in between; the blocks written add up to the dense first-fit stack.
+    rng = np.random.default_rng(11)
+    shape = (300, 250)
+    objects = []
+    for _ in range(120):
+        height, width = int(rng.integers(1, 90)), int(rng.integers(1, 120))
+        top, left = int(rng.integers(0, shape[0] - height)), int(rng.integers(0, shape[1] - width))
+        mask = rng.random((height, width)) < 0.7
+        mask[0, int(np.argmax(mask[0]))] = True  # the top row holds a pixel
+        objects.append(((top, left), mask))
+    objects.sort(key=lambda item: item[0][0])
+    reference = _dense_first_fit(shape, objects)
+    writer = _BlockRecorder(shape)
+    assembler = RowAssembler(shape, writer, flush_rows=16, block_columns=40)
+    numbers, seen = [], set()
+    for position, (top_left, mask) in enumerate(objects):
+        numbers.append(assembler.place(top_left, mask))
+        if position % 7 == 6:  # no later object starts above the next one's top row
+            assembler.flush(objects[position + 1][0][0] if position + 1 < len(objects)
+                            else shape[0])
+    assembler.flush(shape[0])
+    assert numbers == list(range(1, len(objects) + 1))
+    assert assembler.slices == len(reference) >= 3
+    np.testing.assert_array_equal(writer.stack, reference)
+    # every pixel written exactly once, in blocks of at most 48 columns (40 rounded up to 16s)
+    coverage = np.zeros(shape, int)
+    for top, left, rows, columns in writer.blocks:
+        assert columns <= 48 and (top % 16 == 0) and (left % 48 == 0)
+        coverage[top:top + rows, left:left + columns] += 1
+    assert (coverage == 1).all()
+    with pytest.raises(RuntimeError, match="above the flushed rows"):
+        assembler.place((10, 10), np.ones((2, 2), bool))
+
+
+def test_row_assembler_memory_follows_the_objects_not_the_width():
+    # Three small objects on an image 200,000 pixels wide: what waits to be written is their
+    # masks (a band of rows of ids would be 200 x 200,000 x 4 bytes = 160 MB per slice).
+    shape = (200, 200_000)
+    writer = _BlockRecorder((1, 1))
+    writer.write_block = lambda top, left, layers: writer.blocks.append(
+        (top, left, [(int(layer.max()), layer.shape) for layer in layers]))
+    assembler = RowAssembler(shape, writer, flush_rows=64, block_columns=65536)
+    for left in (5, 100_000, 199_990):
+        assembler.place((30, left), np.ones((120, 8), bool))
+    assembler.place((40, 100_004), np.ones((20, 20), bool))  # overlaps the middle one
+    assert assembler.peak_pixels == 3 * 120 * 8 + 400 and assembler.slices == 2
+    assembler.flush(64)  # rows 0-63 written, the objects' lower rows still wait
+    assert assembler.peak_pixels == 3 * 120 * 8 + 400
+    assert sum(item.mask.size for item in assembler._pending) == 3 * 86 * 8
+    assembler.flush(shape[0])
+    assert assembler._pending == [] and assembler.top == shape[0]
+    ids = {value for _, _, layers in writer.blocks for value, _ in layers}
+    assert ids == {0, 1, 2, 3, 4}
+
+
+def test_strips_are_read_once_per_tile_row_in_the_files_pixel_type():
+    # The strip of a tile row is read once (not once per batch), as the file's uint8 pixels;
+    # each batch is converted to float32 on its own, so no float32 copy of the strip is held.
+    image = np.zeros((300, 1000, 1), np.uint8)
+    image[40:60, 100:900] = 200
+    lazy = open_lazy_image(image)
+    reads = []
+    original = lazy.raw
+    lazy.raw = lambda *args, **kwargs: reads.append(original(*args, **kwargs)) or reads[-1]
+    tiles = tile_grid(image.shape[:2], 128, 16)
+    seen = []
+
+    def maps(batch):
+        seen.append(batch.shape)
+        return batch[..., 0] / 255.0, np.stack([batch[..., 0] / 255.0] * 2, axis=-1)
+
+    groups = list(local_strip_instances(
+        lazy, lambda batch: batch, maps,
+        lambda foreground, layering: (foreground > 0.5)[None].astype(np.uint16), tiles,
+        batch_size=3))
+    rows = len({tile.rect[0] for tile in tiles})
+    assert len(reads) == rows and all(read.dtype == np.uint8 for read in reads)
+    assert all(read.shape[1] == 1000 for read in reads)
+    assert len(groups) == len(seen) == sum(-(-len(row) // 3) for row in tile_rows(tiles))
+    assert [tile.index for group in groups for tile, _ in group] == [tile.index for tile in tiles]
