@@ -1,20 +1,22 @@
 #!/usr/bin/env python
 """Time and peak memory of ``predict.py`` on very large images, against the image's pixels.
 
-For every side of ``--sizes`` this writes a synthetic image of ``side`` x ``side`` pixels as a
-tiled, zlib-compressed BigTIFF (synthetic scenes of the built-in ``cells`` or ``worms`` kind, 256
+For every size of ``--sizes`` (a side, or ``ROWSxCOLUMNS``) this writes a synthetic image of that
+many pixels as a tiled, zlib-compressed BigTIFF (synthetic scenes of the built-in ``cells`` or ``worms`` kind, 256
 px each, written tile by tile: never more than one tile of the image in memory), then runs
 ``predict.py --strips always`` on it in a fresh process and measures its wall time and peak
 resident memory (``ru_maxrss`` of the child, as ``bench/predict_memory.py``). It prints one
 markdown table::
 
-    | side | pixels | seconds | peak RSS MB | MB per megapixel | objects |
+    | size | pixels | seconds | peak RSS MB | MB per megapixel | objects |
 
 Memory bounded by the tile shows as a flat ``peak RSS MB`` column (and a falling MB per
-megapixel); time linear in the pixels as a constant seconds per pixel. Examples::
+megapixel); time linear in the pixels as a constant seconds per pixel. Wide, short images
+(``2048x32768``) show what the width alone costs at a fraction of a square's time. Examples::
 
     python -m bench.big_image                                  # 2k, 8k, 16k, 32k; untrained M/16
     python -m bench.big_image --sizes 2048 --out /tmp/big      # a quick check
+    python -m bench.big_image --sizes 2048x2048 2048x32768     # the cost of the width
     python -m bench.big_image --model runs/cells --sizes 10000 --output-format zarr
 
 ``--model`` defaults to an untrained UNet-M with 16 filters (the architecture, not the weights,
@@ -51,15 +53,35 @@ POOL = 64
 more time than predicting it)."""
 
 
-def write_synthetic_bigtiff(path: str, side: int, kind: str = "cells", seed: int = 0) -> None:
-    """Write a ``side`` x ``side`` uint16 synthetic image as a tiled BigTIFF, tile by tile.
+def parse_size(text: str) -> tuple[int, int]:
+    """``"2048"`` -> ``(2048, 2048)``; ``"1024x8192"`` -> ``(1024, 8192)`` (rows x columns).
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For anything else, or sizes below 1.
+    """
+    parts = text.lower().split("x")
+    try:
+        rows, columns = (int(parts[0]), int(parts[0])) if len(parts) == 1 else map(int, parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a side (2048) or ROWSxCOLUMNS (1024x8192)") from None
+    if rows < 1 or columns < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
+    return rows, columns
+
+
+def write_synthetic_bigtiff(path: str, side: int | tuple[int, int], kind: str = "cells",
+                            seed: int = 0) -> None:
+    """Write a uint16 synthetic image as a tiled BigTIFF, tile by tile.
 
     Parameters
     ----------
     path : str
         Output ``.tif``.
-    side : int
-        Rows and columns.
+    side : int or tuple of int
+        Rows and columns (one number: a square).
     kind : str, optional
         Synthetic scene kind (``cells`` or ``worms``, :mod:`datasets.synthetic`).
     seed : int, optional
@@ -74,14 +96,14 @@ def write_synthetic_bigtiff(path: str, side: int, kind: str = "cells", seed: int
     for index in range(POOL):
         sample = generate_sample(np.random.default_rng([seed, index]), kind, BLOCK)
         pool.append((np.clip(sample.image[..., 0], 0, None) * 1000).astype(np.uint16))
-    blocks = -(-side // BLOCK)
+    rows, columns = (side, side) if isinstance(side, int) else side
 
     def tiles():
-        for row in range(blocks):
-            for column in range(blocks):
+        for row in range(-(-rows // BLOCK)):
+            for column in range(-(-columns // BLOCK)):
                 yield pool[(row * 7919 + column * 104729) % POOL]
 
-    tifffile.imwrite(path, tiles(), shape=(side, side), dtype=np.uint16, tile=(BLOCK, BLOCK),
+    tifffile.imwrite(path, tiles(), shape=(rows, columns), dtype=np.uint16, tile=(BLOCK, BLOCK),
                      bigtiff=True, compression="zlib", photometric="minisblack")
 
 
@@ -108,8 +130,9 @@ def _measure(image: str, run: str, out: str, output_format: str, tile_size: str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES),
-                        metavar="SIDE", help="image sides in pixels (default 2048 8192 16384 "
+    parser.add_argument("--sizes", type=parse_size, nargs="+",
+                        default=[(side, side) for side in DEFAULT_SIZES], metavar="SIZE",
+                        help="image sides in pixels, or ROWSxCOLUMNS (default 2048 8192 16384 "
                         "32768)")
     parser.add_argument("--model", metavar="RUN",
                         help="run folder of a trained model (default: an untrained UNet-M/16)")
@@ -134,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             image, run, out, tile_size, extra + (() if overlay == "1" else ("--no-overlay",)))
         print(f"{seconds:.1f} {peak:.0f} {_objects(stderr)}")
         return 0
-    if any(side < 1 for side in args.sizes):
-        parser.error("--sizes must be positive")
     folder = args.out or tempfile.mkdtemp(prefix="layernet-big-")
     os.makedirs(folder, exist_ok=True)
     try:
@@ -147,19 +168,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict.py --strips always --output-format {args.output_format} --tile-size "
               f"{args.tile_size}; model {args.model or 'untrained UNet-M/16'}; {args.kind}",
               file=sys.stderr)
-        print("| side | pixels | seconds | peak RSS MB | MB per megapixel | objects |")
+        print("| size | pixels | seconds | peak RSS MB | MB per megapixel | objects |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-        for side in args.sizes:
-            image = os.path.join(folder, f"synthetic-{side}.tif")
+        for rows, columns in args.sizes:
+            name = f"{rows}" if rows == columns else f"{rows}x{columns}"
+            image = os.path.join(folder, f"synthetic-{name}.tif")
             clock = time.perf_counter()
-            write_synthetic_bigtiff(image, side, args.kind)
+            write_synthetic_bigtiff(image, (rows, columns), args.kind)
             print(f"wrote {image} in {time.perf_counter() - clock:.0f} s", file=sys.stderr)
-            out = os.path.join(folder, f"out-{side}")
+            out = os.path.join(folder, f"out-{name}")
             seconds, peak, objects = _measure(image, run, out, args.output_format,
                                               args.tile_size, not args.no_overlay)
-            megapixels = side * side / 1e6
-            print(f"| {side} | {side * side:,} | {seconds:.1f} | {peak:.0f} | "
-                  f"{peak / megapixels:.2f} | {objects} |", flush=True)
+            label = f"{rows:,}²" if rows == columns else f"{rows:,} x {columns:,}"
+            print(f"| {label} | {rows * columns:,} | {seconds:.1f} | {peak:.0f} | "
+                  f"{peak / (rows * columns / 1e6):.2f} | {objects} |", flush=True)
     finally:
         if not args.out:
             shutil.rmtree(folder, ignore_errors=True)

@@ -473,3 +473,25 @@ def test_strips_are_read_once_per_tile_row_in_the_files_pixel_type():
     assert all(read.shape[1] == 1000 for read in reads)
     assert len(groups) == len(seen) == sum(-(-len(row) // 3) for row in tile_rows(tiles))
     assert [tile.index for group in groups for tile, _ in group] == [tile.index for tile in tiles]
+
+
+def test_big_image_bench_measures_wide_images(tmp_path, capsys):
+    import argparse
+
+    import tifffile
+
+    from bench.big_image import main, parse_size, write_synthetic_bigtiff
+
+    assert parse_size("2048") == (2048, 2048) and parse_size("300X700") == (300, 700)
+    for bad in ("0", "12x", "axb", "3x4x5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)
+    path = str(tmp_path / "wide.tif")
+    write_synthetic_bigtiff(path, (300, 700), "worms")
+    with tifffile.TiffFile(path) as tiff:
+        assert tiff.pages[0].shape == (300, 700) and tiff.pages[0].is_tiled
+        assert tiff.asarray().std() > 0
+    assert main(["--sizes", "200x520", "--no-overlay", "--out", str(tmp_path / "bench")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 200")]
+    assert len(rows) == 1 and rows[0].split("|")[1].strip() == "200 x 520"
+    assert rows[0].split("|")[2].strip() == "104,000" and float(rows[0].split("|")[4]) > 0
