@@ -155,6 +155,10 @@ class Config:
     # exponential moving average of the weights (0 = off, else its momentum, e.g. 0.99):
     # validation, best.h5 and last.h5 use the averaged weights, training the raw ones
     ema_momentum: float = 0.0
+    # best.h5: the epoch whose mean validation meanAP over the last select_window epochs (its
+    # own and the ones before it) is highest, so that one lucky score on a few validation
+    # images does not choose the model; 1 = its own score (the paper's "best model")
+    select_window: int = 1
     seed: int = 0  # seed of augmentation and initialisation (the split has split_seed)
     # bit-identical reruns on CPU (TensorFlow's deterministic kernels); --seed and --split-seed
     # alone fix the split, augmentation and initialisation but multi-threaded reductions may
@@ -270,6 +274,9 @@ class Config:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ConfigError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
+        if int(self.select_window) != self.select_window or self.select_window < 1:
+            raise ConfigError(f"select_window must be a whole number >= 1, got "
+                              f"{self.select_window}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"ema_momentum must be in [0, 1) (0 = off), got {self.ema_momentum}")
         if self.layer_target_weight < 0:

@@ -409,12 +409,19 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
 
 
 class EpochEnd(keras.callbacks.Callback):
-    """Validate by the paper's metric, write checkpoints, state and history after every epoch."""
+    """Validate by the paper's metric, write checkpoints, state and history after every epoch.
+
+    ``best.h5`` is written when the validation meanAP (AJI breaks ties) averaged over the last
+    ``config.select_window`` epochs (fewer at the start) is the highest so far; ``best`` and
+    ``best_aji`` are the scores of that epoch itself, ``best_selection`` the averages that
+    chose it (default: ``(best, best_aji)``).
+    """
 
     def __init__(self, run_dir: str, config: Config, val: Sequence[PreparedSample],
                  history: list[dict[str, Any]], best: float, best_epoch: int,
                  best_aji: float = -1.0, planner: BudgetPlanner | None = None,
-                 spent_seconds: float = 0.0) -> None:
+                 spent_seconds: float = 0.0,
+                 best_selection: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.config = config
@@ -423,6 +430,7 @@ class EpochEnd(keras.callbacks.Callback):
         self.best = best
         self.best_epoch = best_epoch
         self.best_aji = best_aji
+        self.best_selection = best_selection if best_selection is not None else (best, best_aji)
         self.planner = planner
         self.spent_seconds = spent_seconds  # training time of earlier calls (--resume)
         self.train_start = time.perf_counter()
@@ -446,8 +454,10 @@ class EpochEnd(keras.callbacks.Callback):
         with averaged_weights_in(net, optimizer):
             scores = validation_scores(self.predictor, self.val)
             score = scores["meanAP"]
-            # best = highest validation meanAP; AJI breaks ties (e.g. while meanAP is still 0)
-            improved = (score, scores["AJI"]) > (self.best, self.best_aji) or self.best_epoch < 0
+            # best = highest validation meanAP (over the selection window); AJI breaks ties
+            # (e.g. while meanAP is still 0)
+            selection = self.selection_score(score, scores["AJI"])
+            improved = selection > self.best_selection or self.best_epoch < 0
             if improved:  # best.h5 holds the weights that were scored: the averages, if any
                 runfolder.save_model_atomic(net, os.path.join(self.run_dir, runfolder.BEST_FILE))
         for key, value in scores.items():
@@ -467,6 +477,7 @@ class EpochEnd(keras.callbacks.Callback):
              for index, variable in enumerate(optimizer.variables)})
         if improved:
             self.best, self.best_aji, self.best_epoch = score, scores["AJI"], epoch + 1
+            self.best_selection = selection
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "learning_rate": learning_rate}
         row.update({key: float(value) for key, value in logs.items()})
         now = time.perf_counter()
@@ -476,6 +487,8 @@ class EpochEnd(keras.callbacks.Callback):
         state: dict[str, Any] = {
             "epoch": epoch + 1, "step": step, "best_score": self.best,
             "best_aji": self.best_aji, "best_epoch": self.best_epoch, "best_metric": "val_meanAP",
+            "best_selection": list(self.best_selection),
+            "select_window": int(self.config.select_window),
             "phase": self.config.phase,
             "train_seconds": self.spent_seconds + now - self.train_start}
         if self.planner is not None:
@@ -488,8 +501,20 @@ class EpochEnd(keras.callbacks.Callback):
         self.mark = (step, now)
         runfolder.save_json_atomic(os.path.join(path, runfolder.STATE_FILE), state)
         runfolder.commit_pending(path, epoch + 1)
-        logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s", epoch + 1, score, scores["AJI"],
+        window = int(self.config.select_window)
+        logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s%s", epoch + 1, score, scores["AJI"],
+                    f" (mean of the last {min(window, len(self.history))} epochs: "
+                    f"{selection[0]:.4f}, {selection[1]:.4f})" if window > 1 else "",
                     " (best, saved best.h5)" if improved else "")
+
+    def selection_score(self, score: float, aji: float) -> tuple[float, float]:
+        """``(meanAP, AJI)`` of this epoch averaged with those of the ``select_window - 1``
+        epochs before it in the history (fewer at the start of a run)."""
+        earlier = self.history[len(self.history) - (int(self.config.select_window) - 1):] \
+            if self.config.select_window > 1 else []
+        scores = [float(row["val_meanAP"]) for row in earlier] + [score]
+        ajis = [float(row["val_AJI"]) for row in earlier] + [aji]
+        return float(np.mean(scores)), float(np.mean(ajis))
 
 
 def _schedule_of(optimizer: keras.optimizers.Optimizer) -> TrainingSchedule:
@@ -715,7 +740,9 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
                if budgeted else None)
     epoch_end = EpochEnd(run_dir, config, data.val, history, float(state["best_score"]),
                          int(state["best_epoch"]), float(state.get("best_aji", -1.0)),
-                         planner=planner, spent_seconds=spent)
+                         planner=planner, spent_seconds=spent,
+                         best_selection=(tuple(state["best_selection"])
+                                         if "best_selection" in state else None))
     callbacks = [epoch_end, keras.callbacks.TensorBoard(
         os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
     if config.time_budget_minutes > 0:

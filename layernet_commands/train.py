@@ -136,6 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="cosine/onecycle: last learning rate as a fraction of --lr (0.01)")
     fit.add_argument("--ema", type=float, metavar="MOMENTUM", help="validate and save a moving "
                      "average of the weights with this momentum, e.g. 0.99 (0 = off)")
+    fit.add_argument("--select-window", type=int, metavar="EPOCHS",
+                     help="best.h5 is the epoch with the highest validation meanAP averaged over "
+                     "it and the EPOCHS - 1 before it (1: its own score); for validation splits "
+                     "of a few images, whose scores jump between epochs")
     fit.add_argument("--seed", type=int, help="seed of augmentation and initialisation (0); "
                      "the split has --split-seed")
     fit.add_argument("--deterministic", action="store_true", default=None,
@@ -172,6 +176,7 @@ def build_config(args: argparse.Namespace) -> Config:
         "optimizer": args.optimizer, "weight_decay": args.weight_decay,
         "lr_schedule": args.lr_schedule, "warmup_fraction": args.warmup,
         "final_lr_fraction": args.final_lr, "ema_momentum": args.ema,
+        "select_window": args.select_window,
         "foreground_dice_weight": args.foreground_dice,
     }
     fields.update(parse_key_values(args.set, flag="--set"))

@@ -176,3 +176,52 @@ def test_time_budget_schedule_reaches_its_end(tmp_path):
     assert last_step / 2 <= state["total_steps"] <= 2 * last_step + 10
     assert history[-1]["learning_rate"] < 0.5 * config.learning_rate
     assert state["train_seconds"] >= 30
+
+
+def test_selection_window_averages_the_last_epochs():
+    from layernet.training import EpochEnd
+
+    history = [{"val_meanAP": value, "val_AJI": aji}
+               for value, aji in ((0.1, 0.5), (0.6, 0.7), (0.2, 0.4))]
+
+    def chooser(window):
+        return EpochEnd("unused", Config(select_window=window, **TINY).validate(), [],
+                        history, -1.0, -1)
+    assert chooser(1).selection_score(0.3, 0.6) == (0.3, 0.6)
+    assert chooser(3).selection_score(0.3, 0.6) == pytest.approx((1.1 / 3, 1.7 / 3))
+    assert chooser(10).selection_score(0.3, 0.6) == pytest.approx((1.2 / 4, 2.2 / 4))
+    with pytest.raises(ConfigError, match="select_window"):
+        Config(select_window=0).validate()
+    with pytest.raises(ConfigError, match="select_window"):
+        Config(select_window=2.5).validate()
+
+
+@pytest.mark.parametrize("window, best_epoch", [(1, 2), (3, 6)])
+def test_best_checkpoint_is_chosen_by_the_windowed_score(tmp_path, monkeypatch, window,
+                                                         best_epoch):
+    """The validation meanAPs of a tiny run are scripted (0 for an untrained net otherwise):
+    0.1, 0.5, 0.1, 0.3, 0.35, 0.4. One lucky epoch (2) is the best by its own score; averaged
+    over three epochs (0.1, 0.3, 0.23, 0.3, 0.25, 0.35) the last one is, and best.h5 then holds
+    the weights of the last epoch (last.h5: no moving average here)."""
+    import layernet.training as training
+    from datasets import load_source
+    from layernet.model import build_model, load_model_weights
+
+    scripted = iter([0.1, 0.5, 0.1, 0.3, 0.35, 0.4])
+    monkeypatch.setattr(training, "validation_scores",
+                        lambda predictor, samples: {"meanAP": next(scripted), "AJI": 0.5})
+    config = Config(epochs=6, steps_per_epoch=2, optimizer="adam", select_window=window,
+                    **TINY).validate()
+    run = tmp_path / "run"
+    training.train(config, str(run), verbose=0, load_source=load_source)
+    state = runfolder.load_json(str(run / runfolder.STATE_FILE))
+    assert state["best_epoch"] == best_epoch and state["select_window"] == window
+    assert state["best_score"] == pytest.approx([0.1, 0.5, 0.1, 0.3, 0.35, 0.4][best_epoch - 1])
+    expected = {1: 0.5, 3: (0.3 + 0.35 + 0.4) / 3}[window]
+    assert state["best_selection"] == pytest.approx([expected, 0.5])
+    best, last = build_model(config), build_model(config)
+    load_model_weights(best, str(run / runfolder.BEST_FILE))
+    load_model_weights(last, str(run / runfolder.LAST_FILE))
+    same = all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(best.weights, last.weights))
+    assert same == (best_epoch == 6)
