@@ -240,13 +240,16 @@ class RowAssembler:
         count = bound - self.top
         if count <= 0:
             return
-        reaching = [item for item in self._pending if item.top < bound]
-        for left in range(0, self.width, self.block_columns):
-            right = min(left + self.block_columns, self.width)
+        columns = self.block_columns
+        reaching: list[list[_Pending]] = [[] for _ in range(-(-self.width // columns))]
+        for item in self._pending:
+            if item.top < bound:
+                for block in range(item.left // columns, (item.right - 1) // columns + 1):
+                    reaching[block].append(item)
+        for block, items in enumerate(reaching):
+            left, right = block * columns, min((block + 1) * columns, self.width)
             layers = [np.zeros((count, right - left), self.dtype) for _ in range(self.slices)]
-            for item in reaching:
-                if item.right <= left or item.left >= right:
-                    continue
+            for item in items:
                 y1 = min(item.bottom, bound)
                 x0, x1 = max(item.left, left), min(item.right, right)
                 part = item.mask[:y1 - item.top, x0 - item.left:x1 - item.left]
