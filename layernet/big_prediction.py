@@ -219,7 +219,6 @@ def stitch_strips(strips: StripInstances, shape: tuple[int, int], tiles: list[Ti
         for tile, stack in results:
             stitcher.add(tile.index, stack)
             ends_row = ends_row or tile.index in row_ends
-        del results, stack
         if ends_row:
             for _, _, top_left, mask in stitcher.pop_final():
                 assembler.place(top_left, mask)

@@ -202,6 +202,7 @@ class TileStitcher:
         dropped = (self._small_interior(tile, local, areas) if self.min_size > 1 and count
                    else np.zeros(count + 1, dtype=bool))
         offset = len(self._union.parent)
+        small = np.min_scalar_type(count)  # the tile's own ids, kept for later neighbours
         self._union.add(count)
 
         core = rect_in_tile(tile.core, tile.rect)
@@ -224,7 +225,6 @@ class TileStitcher:
                 self._match(_fragment_ids(*self._pending.pop((other, tile_index))),
                             _fragment_ids(crop, offset))
             else:  # kept with the tile's own ids, in as few bytes as they fit
-                small = np.min_scalar_type(count)
                 self._pending[(tile_index, other)] = (crop.astype(small), offset)
 
     def _small_interior(self, tile: Tile, local: np.ndarray, areas: np.ndarray) -> np.ndarray:

@@ -510,8 +510,8 @@ class EpochEnd(keras.callbacks.Callback):
     def selection_score(self, score: float, aji: float) -> tuple[float, float]:
         """``(meanAP, AJI)`` of this epoch averaged with those of the ``select_window - 1``
         epochs before it in the history (fewer at the start of a run)."""
-        earlier = self.history[len(self.history) - (int(self.config.select_window) - 1):] \
-            if self.config.select_window > 1 else []
+        window = int(self.config.select_window)
+        earlier = self.history[-(window - 1):] if window > 1 else []
         scores = [float(row["val_meanAP"]) for row in earlier] + [score]
         ajis = [float(row["val_AJI"]) for row in earlier] + [aji]
         return float(np.mean(scores)), float(np.mean(ajis))
