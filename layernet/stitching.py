@@ -44,19 +44,30 @@ __all__ = ["TileStitcher"]
 
 
 class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: list[int] = []
+    """Disjoint sets of the fragment ids ``0..size-1``.
 
-    def add(self, count: int) -> None:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
+    Only merged fragments take memory: ``parent`` holds an entry for every fragment that is not
+    the root of its set (the root of a set is its smallest id), so the thousands of fragments per
+    tile that are never matched cost nothing, and :meth:`trim` forgets the fragments that can no
+    longer be asked about.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.parent: dict[int, int] = {}
+
+    def add(self, count: int) -> int:
+        """Add ``count`` new singleton fragments; return the first new id."""
+        start = self.size
+        self.size += int(count)
+        return start
 
     def find(self, item: int) -> int:
         parent = self.parent
         root = item
-        while parent[root] != root:
+        while root in parent:
             root = parent[root]
-        while parent[item] != root:
+        while item != root:  # path compression: every fragment on the way points at the root
             parent[item], item = root, parent[item]
         return root
 
@@ -64,6 +75,16 @@ class _UnionFind:
         root_a, root_b = self.find(a), self.find(b)
         if root_a != root_b:
             self.parent[max(root_a, root_b)] = min(root_a, root_b)
+
+    def trim(self, keep: set[int]) -> None:
+        """Forget every fragment but those in ``keep`` (and the roots of their sets).
+
+        Afterwards :meth:`find` of a kept fragment gives the same root as before, and so do later
+        unions of kept or new fragments; other fragments must not be asked about again.
+        """
+        for item in keep:
+            self.find(item)  # now points straight at its root, or is one
+        self.parent = {item: self.parent[item] for item in keep if item in self.parent}
 
 
 @dataclass
@@ -201,9 +222,8 @@ class TileStitcher:
         count = int(local.max()) if local.size else 0
         dropped = (self._small_interior(tile, local, areas) if self.min_size > 1 and count
                    else np.zeros(count + 1, dtype=bool))
-        offset = len(self._union.parent)
+        offset = self._union.add(count)
         small = np.min_scalar_type(count)  # the tile's own ids, kept for later neighbours
-        self._union.add(count)
 
         core = rect_in_tile(tile.core, tile.rect)
         for layer_index, layer in enumerate(local):

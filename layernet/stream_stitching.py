@@ -5,7 +5,8 @@ objects) for tiles added in raster order, one strip (tile row) after the other. 
 *closed* once all tiles that overlap it have been added; an object is *final* once every tile
 that holds a piece of it is closed, because only pieces in open tiles can still be matched to
 pieces of tiles not yet added. :meth:`StreamingStitcher.pop_final` returns the final objects and
-forgets them, so the stitcher holds only the objects of the last strips, however long the image.
+forgets them, and the fragment ids of the closed tiles with them, so the stitcher holds only the
+objects of the last strips, however long the image.
 
 :class:`RowAssembler` gives the final objects ids and slices, first fit: an object goes to the
 first slice where it overlaps nothing (a slice is added when none is free), so the stack has as
@@ -51,9 +52,9 @@ class StreamingStitcher(TileStitcher):
 
     def add(self, tile_index: int, stack: np.ndarray) -> None:
         """Add the label stack ``(L, h, w)`` of one tile (see :meth:`TileStitcher.add`)."""
-        start = len(self._union.parent)
+        start = self._union.size
         super().add(tile_index, stack)
-        self._fragments[tile_index] = range(start, len(self._union.parent))
+        self._fragments[tile_index] = range(start, self._union.size)
         self._open.add(tile_index)
         for tile in [tile_index] + [other for other, _ in self._neighbours[tile_index]]:
             if tile in self._open and all(other in self._added
@@ -65,7 +66,8 @@ class StreamingStitcher(TileStitcher):
         """Take out the objects that no tile still to come can change, in raster order of their
         first pixel; objects with fewer than ``min_size`` pixels are dropped."""
         find = self._union.find
-        open_roots = {find(fragment) for tile in self._open for fragment in self._fragments[tile]}
+        open_fragments = {fragment for tile in self._open for fragment in self._fragments[tile]}
+        open_roots = {find(fragment) for fragment in open_fragments}
         kept, groups = [], {}
         for part in self._parts:
             root = find(part.fragment)
@@ -74,6 +76,8 @@ class StreamingStitcher(TileStitcher):
             else:
                 groups.setdefault(root, []).append(part)
         self._parts = kept
+        # Only fragments of open tiles can still be matched, and only waiting parts looked up.
+        self._union.trim(open_fragments | {part.fragment for part in kept})
         objects = [item for item in map(self._assemble, groups.values()) if item is not None]
         objects.sort(key=lambda item: item[0])
         return objects

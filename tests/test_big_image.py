@@ -32,7 +32,8 @@ from layernet.ordered_worker import OrderedWorker  # noqa: E402
 from layernet.postprocess import postprocess  # noqa: E402
 from layernet.big_prediction import (local_strip_instances, predict_strips,  # noqa: E402
                                      tile_rows)
-from layernet.stream_stitching import RowAssembler  # noqa: E402
+from layernet.stitching import TileStitcher, _UnionFind  # noqa: E402
+from layernet.stream_stitching import RowAssembler, StreamingStitcher  # noqa: E402
 from layernet.tiles import tile_grid  # noqa: E402
 from layernet.tiling import predict_tiled  # noqa: E402
 from tests.test_tiling import FakeNetwork, _ellipse  # noqa: E402
@@ -446,6 +447,72 @@ def test_row_assembler_memory_follows_the_objects_not_the_width():
     assert assembler._pending == [] and assembler.top == shape[0]
     ids = {value for _, _, layers in writer.blocks for value, _ in layers}
     assert ids == {0, 1, 2, 3, 4}
+
+
+def _reference_sets(size, unions):
+    """Labels of the sets of ``0..size-1`` after ``unions``, by repeated relabelling (slow)."""
+    labels = list(range(size))
+    for a, b in unions:
+        old, new = max(labels[a], labels[b]), min(labels[a], labels[b])
+        labels = [new if label == old else label for label in labels]
+    return labels
+
+
+def test_union_find_trim_keeps_the_sets_of_the_kept_fragments():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        union = _UnionFind()
+        first = union.add(60)
+        assert first == 0
+        before = [tuple(int(v) for v in rng.integers(0, 60, 2)) for _ in range(40)]
+        for a, b in before:
+            union.union(a, b)
+        keep = {int(v) for v in rng.choice(60, 15, replace=False)}
+        union.trim(keep)
+        assert set(union.parent) <= keep  # the forgotten fragments take no memory
+        assert union.add(30) == 60 and union.size == 90
+        alive = sorted(keep) + list(range(60, 90))
+        after = [(int(rng.choice(alive)), int(rng.choice(alive))) for _ in range(25)]
+        for a, b in after:
+            union.union(a, b)
+        labels = _reference_sets(90, before + after)
+        for a in alive:
+            for b in alive:
+                assert (union.find(a) == union.find(b)) == (labels[a] == labels[b])
+
+
+def test_streaming_stitcher_forgets_the_fragments_of_closed_tiles():
+    # A tall image of objects crossing tile borders, stitched strip by strip: the union-find holds
+    # only fragments of open tiles and of objects still waiting, and the objects are those of
+    # stitching the whole image at once.
+    shape = (1800, 200)
+    rng = np.random.default_rng(8)
+    masks = [_ellipse(shape, (rng.uniform(0, 1800), rng.uniform(0, 200)),
+                      (rng.uniform(8, 30), rng.uniform(8, 60)), rng.uniform(0, np.pi))
+             for _ in range(90)]
+    stack = stack_from_masks(masks)
+    tiles = tile_grid(shape, 96, 24)
+    whole, streaming = TileStitcher(shape, tiles), StreamingStitcher(shape, tiles)
+    popped, largest = [], 0
+    rows = tile_rows(tiles)
+    for row in rows:
+        for tile in row:
+            whole.add(tile.index, stack[(slice(None),) + tile.slices])
+            streaming.add(tile.index, stack[(slice(None),) + tile.slices])
+        popped += streaming.pop_final()
+        allowed = ({f for t in streaming._open for f in streaming._fragments[t]}
+                   | {part.fragment for part in streaming._parts})
+        assert set(streaming._union.parent) <= allowed
+        largest = max(largest, len(streaming._union.parent))
+    assert streaming._parts == [] and not streaming._open
+    assert 0 < 4 * largest < len(whole._union.parent)  # untrimmed, it would keep them all
+    expected = _mask_set(whole.finish())
+    found = []
+    for _, _, (top, left), mask in popped:
+        full = np.zeros(shape, bool)
+        full[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
+        found.append(tuple(np.flatnonzero(full)))
+    assert len(expected) >= 60 and sorted(found) == expected
 
 
 def test_strips_are_read_once_per_tile_row_in_the_files_pixel_type():
