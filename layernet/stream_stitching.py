@@ -21,6 +21,7 @@ Nothing in this module imports TensorFlow.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import Callable, Protocol
 
@@ -66,18 +67,30 @@ class StreamingStitcher(TileStitcher):
         """Take out the objects that no tile still to come can change, in raster order of their
         first pixel; objects with fewer than ``min_size`` pixels are dropped."""
         find = self._union.find
-        open_fragments = {fragment for tile in self._open for fragment in self._fragments[tile]}
-        open_roots = {find(fragment) for fragment in open_fragments}
+        ranges = sorted((self._fragments[tile].start, self._fragments[tile].stop)
+                        for tile in self._open)
+        starts = [start for start, _ in ranges]
+
+        def is_open(fragment: int) -> bool:
+            """Whether the fragment belongs to an open tile (its ids are a range per tile)."""
+            index = bisect.bisect_right(starts, fragment) - 1
+            return index >= 0 and fragment < ranges[index][1]
+
+        # A set is open when it holds a fragment of an open tile: such a fragment is either its
+        # root or was merged (so it has a parent entry); the thousands of never-merged fragments
+        # of a tile are not visited one by one.
+        merged_open = [fragment for fragment in self._union.parent if is_open(fragment)]
+        open_roots = {find(fragment) for fragment in merged_open}
         kept, groups = [], {}
         for part in self._parts:
             root = find(part.fragment)
-            if root in open_roots:
+            if root in open_roots or is_open(root):
                 kept.append(part)
             else:
                 groups.setdefault(root, []).append(part)
         self._parts = kept
         # Only fragments of open tiles can still be matched, and only waiting parts looked up.
-        self._union.trim(open_fragments | {part.fragment for part in kept})
+        self._union.trim(set(merged_open) | {part.fragment for part in kept})
         objects = [item for item in map(self._assemble, groups.values()) if item is not None]
         objects.sort(key=lambda item: item[0])
         return objects
