@@ -345,10 +345,12 @@ def rgb_folder_of_odd_sizes(root) -> str:
     return str(root)
 
 
-def test_fine_tuning_a_published_model_on_rgb_images_of_any_size(published, tmp_path,
-                                                                  caplog) -> None:
+def test_fine_tuning_a_published_model_on_rgb_images_of_any_size(published, tmp_path, caplog,
+                                                                  monkeypatch) -> None:
     from layernet_commands import train
 
+    # the note is logged once per process: an earlier test in this worker may have logged it
+    monkeypatch.setattr("layernet.io._grayscale_noted", False)
     data = rgb_folder_of_odd_sizes(tmp_path / "mine")
     out = str(tmp_path / "tuned")
     with caplog.at_level("INFO"):
