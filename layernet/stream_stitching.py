@@ -79,7 +79,7 @@ class StreamingStitcher(TileStitcher):
         # A set is open when it holds a fragment of an open tile: such a fragment is either its
         # root or was merged (so it has a parent entry); the thousands of never-merged fragments
         # of a tile are not visited one by one.
-        merged_open = [fragment for fragment in self._union.parent if is_open(fragment)]
+        merged_open = {fragment for fragment in self._union.parent if is_open(fragment)}
         open_roots = {find(fragment) for fragment in merged_open}
         kept, groups = [], {}
         for part in self._parts:
@@ -90,7 +90,7 @@ class StreamingStitcher(TileStitcher):
                 groups.setdefault(root, []).append(part)
         self._parts = kept
         # Only fragments of open tiles can still be matched, and only waiting parts looked up.
-        self._union.trim(set(merged_open) | {part.fragment for part in kept})
+        self._union.trim(merged_open | {part.fragment for part in kept})
         objects = [item for item in map(self._assemble, groups.values()) if item is not None]
         objects.sort(key=lambda item: item[0])
         return objects

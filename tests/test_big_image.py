@@ -494,8 +494,7 @@ def test_streaming_stitcher_forgets_the_fragments_of_closed_tiles():
     tiles = tile_grid(shape, 96, 24)
     whole, streaming = TileStitcher(shape, tiles), StreamingStitcher(shape, tiles)
     popped, largest = [], 0
-    rows = tile_rows(tiles)
-    for row in rows:
+    for row in tile_rows(tiles):
         for tile in row:
             whole.add(tile.index, stack[(slice(None),) + tile.slices])
             streaming.add(tile.index, stack[(slice(None),) + tile.slices])
