@@ -91,6 +91,9 @@ def main() -> None:
     if not 0.0 < args.phase1_share <= 1.0:
         parser.error(f"--phase1-share must be in (0, 1], got {args.phase1_share}")
     extra = [item for item in args.train_args if item != "--"]
+    if "--train-on-val" in extra and args.split != "test":
+        parser.error(f"--train-on-val trains on the validation images, so the {args.split!r} "
+                     "split holds images the model has seen: use --split test")
     os.makedirs(args.out, exist_ok=True)
     data = ["--data", args.data] + (["--data-dir", args.data_dir] if args.data_dir else [])
     python = sys.executable

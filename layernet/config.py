@@ -58,6 +58,11 @@ class Config:
     normalize_low: float = 1.0  # percentile mapped to 0 (per image and channel)
     normalize_high: float = 99.8  # percentile mapped to 1
     val_fraction: float = 0.1  # share of the training pool held out for validation (>= 3 images)
+    # train on the whole training pool, validation images included, and validate nothing:
+    # best.h5 is the last epoch's weights (the moving average with ema_momentum) and the
+    # thresholds stay as configured. For datasets too small to spare images for a validation
+    # split that could choose a checkpoint; score such a model on its test split only
+    train_on_val: bool = False
     # seed of the train/validation split (and of the synthetic data), apart from `seed`, so that
     # the validation images stay the same when the training seed changes
     split_seed: int = 0
@@ -277,6 +282,9 @@ class Config:
         if int(self.select_window) != self.select_window or self.select_window < 1:
             raise ConfigError(f"select_window must be a whole number >= 1, got "
                               f"{self.select_window}")
+        if self.train_on_val and self.select_window != 1:
+            raise ConfigError("select_window chooses best.h5 by validation scores; with "
+                              "train_on_val there is no validation (best.h5 is the last epoch)")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"ema_momentum must be in [0, 1) (0 = off), got {self.ema_momentum}")
         if self.layer_target_weight < 0:

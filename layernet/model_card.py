@@ -112,6 +112,13 @@ def _validation_section(run_dir: str, name: str, config: Config, source: str) ->
     """The card's validation scores: tuned thresholds (``thresholds.json``) and the training's
     best epoch (``state.json``, ``history.csv``)."""
     configured = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))  # before tuning
+    if config.train_on_val:
+        return (f"None: the model was trained on all of the training pool of `{config.data}`, "
+                "validation images included (`train_on_val`), with the last epoch's weights "
+                "and the configured thresholds (tau "
+                f"{config.tau:g}, min_size {config.min_size}); nothing was chosen on its "
+                f"images. Score it on images it has not seen (`evaluate.py --model {name} "
+                "--split test`).\n")
     lines = []
     thresholds = _read_optional_json(os.path.join(run_dir, runfolder.THRESHOLDS_FILE))
     if thresholds.get("tuned") and "val_meanAP" in thresholds:
@@ -173,8 +180,10 @@ def _training_section(run_dir: str, config: Config) -> str:
 def _data_section(config: Config) -> str:
     known = DATA_CITATIONS.get(config.data)
     options = f", options {json.dumps(config.data_options)}" if config.data_options else ""
-    where = (f"Dataset `{config.data}`{options}: the training split (split seed "
-             f"{config.split_seed}, validation fraction {config.val_fraction:g}).")
+    where = (f"Dataset `{config.data}`{options}: " + (
+        "the training and validation images (`train_on_val`)." if config.train_on_val else
+        f"the training split (split seed {config.split_seed}, validation fraction "
+        f"{config.val_fraction:g})."))
     if known is None:
         return (f"{where}\n\n{FILL_IN}: what the images are, who made them, and the "
                 "citation of the data's authors (and its official page).\n")

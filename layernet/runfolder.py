@@ -60,6 +60,9 @@ HISTORY_FILE = "history.csv"
 THRESHOLDS_FILE = "thresholds.json"
 ASSIGNMENT_FILE = "layer_assignment.npz"
 COMMAND_FILE = "command.txt"
+LAST_EPOCH_METRIC = "last_epoch"
+"""``state.json`` ``best_metric`` of a run without validation (``Config.train_on_val``): best.h5
+is the last epoch's weights and ``best_score`` is no score."""
 CARD_FILE = "MODEL_CARD.md"
 MODELS_ENV = "LAYERNET_MODELS"
 """Environment variable: folders (``os.pathsep``-separated) searched for models by name before
@@ -222,7 +225,7 @@ def best_validation_scores(run_dir: str) -> dict[str, Any] | None:
     -------
     dict or None
         ``{"epoch": int, "meanAP": float, "AJI": float or None}``, or None when the run
-        records no best epoch.
+        records no best epoch or did not validate (``Config.train_on_val``).
     """
     try:
         with open(os.path.join(run_dir, STATE_FILE), encoding="utf-8") as handle:
@@ -231,7 +234,7 @@ def best_validation_scores(run_dir: str) -> dict[str, Any] | None:
         score = float(state["best_score"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if epoch < 1:
+    if epoch < 1 or state.get("best_metric") == LAST_EPOCH_METRIC:
         return None
     rows = [row for row in read_history(os.path.join(run_dir, HISTORY_FILE))
             if row.get("epoch") == epoch]

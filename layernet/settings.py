@@ -131,8 +131,10 @@ def training_config(
             init = runfolder.config_for_model(model_path)
         values.update(init.to_dict())
         if given.get("data", init.data) != init.data:
-            # another dataset: the model's data options and machine do not apply to it
-            values.update({name: defaults[name] for name in MACHINE_FIELDS + ("data_options",)})
+            # another dataset: the model's data options, machine and use of its validation
+            # images do not apply to it
+            values.update({name: defaults[name]
+                           for name in MACHINE_FIELDS + ("data_options", "train_on_val")})
 
     def default_phase(method: str) -> str:
         if published and method == init.method:

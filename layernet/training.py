@@ -6,7 +6,8 @@ adds the Dice-like overlap-completion loss (Eq. 6).
 
 Training runs under a :mod:`tf.distribute` strategy, with RMSprop and a staircase exponential
 decay of the learning rate, and writes a run folder (:mod:`layernet.runfolder`) after every epoch:
-``last.h5`` + optimizer state (for ``--resume``), ``best.h5`` (best validation score),
+``last.h5`` + optimizer state (for ``--resume``), ``best.h5`` (best validation score; the last
+epoch with ``train_on_val``),
 ``history.csv``, ``state.json`` and TensorBoard logs. All files are written atomically.
 
 Why this module is longer than 500 lines: it is the one place where a run is trained, resumed
@@ -370,19 +371,21 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
     TrainingData
     """
     start = time.perf_counter()
+    # train_on_val: the whole training pool trains and nothing validates
+    splits = ("trainval",) if config.train_on_val else ("train", "val")
     sources = [load_source(config.data, config.data_dir, split, config.split_seed,
                            val_fraction=config.val_fraction, **config.data_options)
-               for split in ("train", "val")]
+               for split in splits]
     if not len(sources[0]):
         raise TrainingError(f"dataset {config.data!r} has no training images")
-    if not len(sources[1]):
+    if not config.train_on_val and not len(sources[1]):
         selecting = sorted(set(config.data_options) & {"count", "limit", "wells"})
         raise TrainingError(
             f"dataset {config.data!r} has no validation images ({len(sources[0])} training "
             f"image(s)): the train/validation split holds out min({MIN_VAL_IMAGES}, n - 1) of the "
             "n images of the training pool, so the pool needs at least 2 images; "
             + (f"check the data option(s) {', '.join(selecting)}, which set or filter the images"
-               if selecting else "add images"))
+               if selecting else "add images, or train on all of them with train_on_val"))
     streamed = use_streaming(config, sources)
     network_config = config.at_network_scale()  # the training split's pixel settings
     if streamed:
@@ -393,15 +396,15 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
         train = prepare_to_cache(sources[0], network_config, cache_dir,
                                  semantic=get_method(config.method).needs_sample_target,
                                  scale=config.input_scale)
-        val = prepare_to_cache(sources[1], config, cache_dir)
+        cached = [prepare_to_cache(source, config, cache_dir) for source in sources[1:]]
         if config.cache_dir is None:
-            prune_cache(cache_dir, train.paths + val.paths)
-        data = TrainingData(train, val, streamed=True)
+            prune_cache(cache_dir, train.paths + [path for val in cached for path in val.paths])
+        data = TrainingData(train, cached[0] if cached else [], streamed=True)
     else:
-        train_samples, val_samples = (source.load_all() for source in sources)
+        train_samples, *val_samples = (source.load_all() for source in sources)
         data = TrainingData(prepare_samples([rescale_sample(sample, config.input_scale)
                                              for sample in train_samples], network_config),
-                            prepare_samples(val_samples, config))
+                            prepare_samples(val_samples[0], config) if val_samples else [])
     logger.info("loaded %d training and %d validation images of %r in %.1f s%s", len(data.train),
                 len(data.val), config.data, time.perf_counter() - start,
                 " (streamed from disk)" if streamed else "")
@@ -414,7 +417,8 @@ class EpochEnd(keras.callbacks.Callback):
     ``best.h5`` is written when the validation meanAP (AJI breaks ties) averaged over the last
     ``config.select_window`` epochs (fewer at the start) is the highest so far; ``best`` and
     ``best_aji`` are the scores of that epoch itself, ``best_selection`` the averages that
-    chose it (default: ``(best, best_aji)``).
+    chose it (default: ``(best, best_aji)``). With ``config.train_on_val`` nothing is
+    validated and ``best.h5`` is written every epoch (the last epoch's weights).
     """
 
     def __init__(self, run_dir: str, config: Config, val: Sequence[PreparedSample],
@@ -451,13 +455,16 @@ class EpochEnd(keras.callbacks.Callback):
         if self.predictor is None:
             self.predictor = Predictor(net, self.config)
         optimizer = self.model.optimizer
+        validating = not self.config.train_on_val  # train_on_val: best.h5 is the last epoch
+        scores: dict[str, float] = {}
+        selection = self.best_selection
         with averaged_weights_in(net, optimizer):
-            scores = validation_scores(self.predictor, self.val)
-            score = scores["meanAP"]
-            # best = highest validation meanAP (over the selection window); AJI breaks ties
-            # (e.g. while meanAP is still 0)
-            selection = self.selection_score(score, scores["AJI"])
-            improved = selection > self.best_selection or self.best_epoch < 0
+            if validating:
+                scores = validation_scores(self.predictor, self.val)
+                # best = highest validation meanAP (over the selection window); AJI breaks
+                # ties (e.g. while meanAP is still 0)
+                selection = self.selection_score(scores["meanAP"], scores["AJI"])
+            improved = not validating or selection > self.best_selection or self.best_epoch < 0
             if improved:  # best.h5 holds the weights that were scored: the averages, if any
                 runfolder.save_model_atomic(net, os.path.join(self.run_dir, runfolder.BEST_FILE))
         for key, value in scores.items():
@@ -476,8 +483,9 @@ class EpochEnd(keras.callbacks.Callback):
             {f"v{index:04d}": np.asarray(variable.numpy())
              for index, variable in enumerate(optimizer.variables)})
         if improved:
-            self.best, self.best_aji, self.best_epoch = score, scores["AJI"], epoch + 1
-            self.best_selection = selection
+            if validating:
+                self.best, self.best_aji = scores["meanAP"], scores["AJI"]
+            self.best_epoch, self.best_selection = epoch + 1, selection
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "learning_rate": learning_rate}
         row.update({key: float(value) for key, value in logs.items()})
         now = time.perf_counter()
@@ -486,7 +494,8 @@ class EpochEnd(keras.callbacks.Callback):
         runfolder.write_history(os.path.join(path, runfolder.HISTORY_FILE), self.history)
         state: dict[str, Any] = {
             "epoch": epoch + 1, "step": step, "best_score": self.best,
-            "best_aji": self.best_aji, "best_epoch": self.best_epoch, "best_metric": "val_meanAP",
+            "best_aji": self.best_aji, "best_epoch": self.best_epoch,
+            "best_metric": "val_meanAP" if validating else runfolder.LAST_EPOCH_METRIC,
             "best_selection": list(self.best_selection),
             "select_window": int(self.config.select_window),
             "phase": self.config.phase,
@@ -502,8 +511,12 @@ class EpochEnd(keras.callbacks.Callback):
         runfolder.save_json_atomic(os.path.join(path, runfolder.STATE_FILE), state)
         runfolder.commit_pending(path, epoch + 1)
         window = int(self.config.select_window)
-        logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s%s", epoch + 1, score, scores["AJI"],
-                    f" (mean of the last {min(window, len(self.history))} epochs: "
+        if not validating:
+            logger.info("epoch %d: loss %.4f, saved best.h5 (the last epoch: train_on_val, no "
+                        "validation)", epoch + 1, float(logs.get("loss", float("nan"))))
+            return
+        logger.info("epoch %d: val meanAP %.4f, AJI %.4f%s%s", epoch + 1, scores["meanAP"],
+                    scores["AJI"], f" (mean of the last {min(window, len(self.history))} epochs: "
                     f"{selection[0]:.4f}, {selection[1]:.4f})" if window > 1 else "",
                     " (best, saved best.h5)" if improved else "")
 
@@ -760,7 +773,10 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
                     steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
     else:
         logger.info("%s: already trained for %d epochs", run_dir, initial_epoch)
-    if config.tune_thresholds and strategy.extended.should_checkpoint:
+    if config.tune_thresholds and config.train_on_val:
+        logger.info("thresholds not tuned: with train_on_val there are no validation images "
+                    "(tau %.2f, min_size %d as configured)", config.tau, config.min_size)
+    elif config.tune_thresholds and strategy.extended.should_checkpoint:
         tune_run_thresholds(net, config, run_dir, data.val)
     return {"run_dir": run_dir, "best_score": epoch_end.best, "best_epoch": epoch_end.best_epoch,
             "epochs": len(history), "last": history[-1] if history else {}}

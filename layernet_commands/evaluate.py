@@ -173,6 +173,11 @@ class _Source:
             data_dir = data_dir or config.data_dir
             # the run's own train/validation split: --split val scores its validation images
             seed, val_fraction = config.split_seed, config.val_fraction
+            if config.train_on_val and args.split != "test":
+                raise ValueError(
+                    f"{args.model}: trained on all of {data!r}'s training and validation images "
+                    f"(train_on_val), so its {args.split!r} split would score images it was "
+                    "trained on; use --split test")
         options.update(parse_key_values(args.data_option))
         # --data-option val_fraction=F (folder datasets took it so before) = --val-fraction F
         val_fraction = options.pop("val_fraction", val_fraction)

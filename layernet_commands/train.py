@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--channels", type=int, help="image channels (default 1)")
     data.add_argument("--val-fraction", type=float, help="validation share of the training data "
                       "(0.1; at least 3 images, or all but one of fewer)")
+    data.add_argument("--train-on-val", action="store_true", default=None,
+                      help="train on the validation images too and validate nothing: best.h5 "
+                      "is the last epoch's weights (the average with --ema) and the thresholds "
+                      "stay as configured; for datasets too small for a validation split that "
+                      "can choose a checkpoint. Score such a model on its test split only")
     data.add_argument("--split-seed", type=int, help="seed of the train/validation split and of "
                       "the synthetic data (0; an --init / --config run's own); --seed does not "
                       "move the validation images")
@@ -165,6 +170,7 @@ def build_config(args: argparse.Namespace) -> Config:
     fields = {
         "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
         "channels": args.channels, "val_fraction": args.val_fraction,
+        "train_on_val": args.train_on_val,
         "split_seed": args.split_seed, "input_scale": args.input_scale, "size": args.size,
         "filters": args.filters, "head_filters": args.head_filters, "layers": args.layers,
         "precision": args.precision, "epochs": args.epochs,
@@ -219,9 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config, run_dir, init=args.init, load_source=load_source, command=command)
     last = result["last"]
     print(f"run folder: {result['run_dir']}")
-    print(f"best validation meanAP {result['best_score']:.4f} at epoch {result['best_epoch']}"
-          + (f"; last epoch: meanAP {last.get('val_meanAP', float('nan')):.4f}, "
-             f"AJI {last.get('val_AJI', float('nan')):.4f}" if last else ""))
+    if config.train_on_val:
+        print(f"trained on the training and validation images; best.h5 is epoch "
+              f"{result['best_epoch']} (the last; no validation)")
+    else:
+        print(f"best validation meanAP {result['best_score']:.4f} at epoch "
+              f"{result['best_epoch']}"
+              + (f"; last epoch: meanAP {last.get('val_meanAP', float('nan')):.4f}, "
+                 f"AJI {last.get('val_AJI', float('nan')):.4f}" if last else ""))
     phases = get_method(config.method).phases
     if config.phase != phases[-1]:
         print(f"next: python train.py --phase {phases[phases.index(config.phase) + 1]} --init "
