@@ -385,7 +385,7 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
             f"image(s)): the train/validation split holds out min({MIN_VAL_IMAGES}, n - 1) of the "
             "n images of the training pool, so the pool needs at least 2 images; "
             + (f"check the data option(s) {', '.join(selecting)}, which set or filter the images"
-               if selecting else "add images, or train on all of them with train_on_val"))
+               if selecting else "add images, or train on all of them (--train-on-val)"))
     streamed = use_streaming(config, sources)
     network_config = config.at_network_scale()  # the training split's pixel settings
     if streamed:

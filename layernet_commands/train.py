@@ -167,6 +167,9 @@ def build_config(args: argparse.Namespace) -> Config:
     merges them with the defaults, the --init model's config, the presets and --config)."""
     from layernet.settings import training_config
 
+    if args.train_on_val and args.val_fraction is not None:
+        raise ValueError("--val-fraction sets the validation images and --train-on-val trains "
+                         "on them: give one")
     fields = {
         "method": args.method, "phase": args.phase, "data": args.data, "data_dir": args.data_dir,
         "channels": args.channels, "val_fraction": args.val_fraction,

@@ -52,6 +52,8 @@ def test_settings_of_train_on_val() -> None:
     # phase 2 (or fine-tuning) on the same data keeps it; another dataset has its own split
     assert training_config(init=model, fields={"phase": "overlap"}).train_on_val
     assert not training_config(init=model, fields={"data": "synthetic"}).train_on_val
+    with pytest.raises(ValueError, match="give one"):
+        build_config(parse_args(SYNTHETIC + ["--train-on-val", "--val-fraction", "0.3"]))
 
 
 def test_a_run_without_validation_keeps_the_last_epoch(tmp_path, monkeypatch) -> None:

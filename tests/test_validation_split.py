@@ -143,7 +143,7 @@ def test_empty_validation_split_says_why(tmp_path) -> None:
     message = str(error.value)
     assert "no validation images (1 training image(s))" in message
     assert "min(3, n - 1)" in message and "at least 2 images" in message
-    assert message.endswith("add images")
+    assert message.endswith("add images, or train on all of them (--train-on-val)")
     with pytest.raises(TrainingError, match="check the data option.s. count"):
         load_training_data(Config(data_options={"count": 1, "size": 64}, streaming="off"),
                            load_source)
