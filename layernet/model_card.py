@@ -111,7 +111,6 @@ def _recorded_command(run_dir: str, depth: int = 0) -> str | None:
 def _validation_section(run_dir: str, name: str, config: Config, source: str) -> str:
     """The card's validation scores: tuned thresholds (``thresholds.json``) and the training's
     best epoch (``state.json``, ``history.csv``)."""
-    configured = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))  # before tuning
     if config.train_on_val:
         return (f"None: the model was trained on all of the training pool of `{config.data}`, "
                 "validation images included (`train_on_val`), with the last epoch's weights "
@@ -119,6 +118,7 @@ def _validation_section(run_dir: str, name: str, config: Config, source: str) ->
                 f"{config.tau:g}, min_size {config.min_size}); nothing was chosen on its "
                 f"images. Score it on images it has not seen (`evaluate.py --model {name} "
                 "--split test`).\n")
+    configured = Config.load(os.path.join(run_dir, runfolder.CONFIG_FILE))  # before tuning
     lines = []
     thresholds = _read_optional_json(os.path.join(run_dir, runfolder.THRESHOLDS_FILE))
     if thresholds.get("tuned") and "val_meanAP" in thresholds:

@@ -401,10 +401,11 @@ def load_training_data(config: Config, load_source: SourceLoader, run_dir: str |
             prune_cache(cache_dir, train.paths + [path for val in cached for path in val.paths])
         data = TrainingData(train, cached[0] if cached else [], streamed=True)
     else:
-        train_samples, *val_samples = (source.load_all() for source in sources)
+        train_source, *val_source = sources  # no validation source with train_on_val
         data = TrainingData(prepare_samples([rescale_sample(sample, config.input_scale)
-                                             for sample in train_samples], network_config),
-                            prepare_samples(val_samples[0], config) if val_samples else [])
+                                             for sample in train_source.load_all()],
+                                            network_config),
+                            prepare_samples(val_source[0].load_all(), config) if val_source else [])
     logger.info("loaded %d training and %d validation images of %r in %.1f s%s", len(data.train),
                 len(data.val), config.data, time.perf_counter() - start,
                 " (streamed from disk)" if streamed else "")
