@@ -117,6 +117,10 @@ class Config:
     # loss of those targets: "bce" = cross-entropy of every layer on the foreground (does not
     # vanish for a switched-off layer); "dice" = Eq. 6
     layer_target_loss: str = "bce"
+    # weight of the pixels covered by two or more objects in the "bce" layer-target loss
+    # (1 = every foreground pixel alike): > 1 stresses overlap completion in phase 1, where
+    # OCC2014's missed cell pixels are (docs/recipes.md, sweep 10; not in the paper)
+    layer_target_overlap_weight: float = 1.0
     # layer of an object with no overlap-free pixel: "full" = argmax of the mean embedding over
     # its whole silhouette; "zero" = layer 0 (authors)
     covered_objects: str = "full"
@@ -290,6 +294,14 @@ class Config:
         if self.layer_target_weight < 0:
             raise ConfigError("layer_target_weight must be >= 0 (0 = the paper's phase 1), got "
                               f"{self.layer_target_weight}")
+        if self.layer_target_overlap_weight <= 0:
+            raise ConfigError("layer_target_overlap_weight must be > 0 (1 = overlap pixels "
+                              f"weigh as others), got {self.layer_target_overlap_weight}")
+        if self.layer_target_overlap_weight != 1 and (self.layer_target_weight == 0
+                                                      or self.layer_target_loss != "bce"):
+            raise ConfigError("layer_target_overlap_weight weighs the pixels of the 'bce' "
+                              "layer-target loss: it needs layer_target_weight > 0 and "
+                              "layer_target_loss 'bce'")
         method = get_method(self.method)
         if self.layer_target_weight > 0 and not method.has_layers:
             raise ConfigError(f"layer_target_weight trains the layering head; method "

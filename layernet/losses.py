@@ -98,11 +98,14 @@ def _binary_cross_entropy(target: tf.Tensor, probability: tf.Tensor) -> tf.Tenso
 
 
 @tf.function(reduce_retracing=True)
-def _layer_target_bce(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor) -> tf.Tensor:
-    foreground = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
+def _layer_target_bce(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor,
+                      overlap_weight: float) -> tf.Tensor:
+    covering = tf.reduce_sum(tf.cast(tf.cast(stack, tf.int32) > 0, tf.float32), axis=-1)
+    foreground = tf.cast(covering > 0, tf.float32)
+    weight = foreground + (overlap_weight - 1.0) * tf.cast(covering > 1, tf.float32)
     per_pixel = tf.reduce_mean(_binary_cross_entropy(tf.cast(targets, tf.float32), embedding),
                                axis=-1)
-    return tf.reduce_sum(per_pixel * foreground) / tf.maximum(tf.reduce_sum(foreground), 1.0)
+    return tf.reduce_sum(per_pixel * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
 
 
 def layer_target_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor,
@@ -111,7 +114,8 @@ def layer_target_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor
 
     ``config.layer_target_loss = "bce"``: the binary cross-entropy of every layer's sigmoid
     output against ``S``, averaged over the ``N`` layers and the foreground pixels of the batch
-    (overlaps included; 0 without foreground). Unlike the Dice of Eq. 6 its gradient with respect
+    (overlaps included; 0 without foreground). With ``config.layer_target_overlap_weight``
+    ``w`` the pixels covered by two or more objects count ``w`` times in that weighted mean. Unlike the Dice of Eq. 6 its gradient with respect
     to a layer's logit is ``e - S``, so a layer that the network has switched off (``e`` near 0)
     is still pulled up where the targets want it. ``"dice"``: :func:`overlap_loss` (Eq. 6).
 
@@ -124,7 +128,8 @@ def layer_target_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor
     stack : tf.Tensor
         Label stack ``(B, H, W, L)`` (defines the foreground).
     config : Config
-        Options ``layer_target_loss`` (and those of :func:`overlap_loss` for ``"dice"``).
+        Options ``layer_target_loss``, ``layer_target_overlap_weight`` (and those of
+        :func:`overlap_loss` for ``"dice"``).
 
     Returns
     -------
@@ -133,7 +138,8 @@ def layer_target_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor
     """
     if config.layer_target_loss == "dice":
         return overlap_loss(embedding, targets, stack, config)
-    return _layer_target_bce(*as_tensors(embedding, targets, stack))
+    return _layer_target_bce(*as_tensors(embedding, targets, stack),
+                             float(config.layer_target_overlap_weight))
 
 
 def foreground_loss(stack: tf.Tensor, fg_pred: tf.Tensor) -> tf.Tensor:

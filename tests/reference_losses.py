@@ -304,15 +304,19 @@ def overlap_loss(embedding: np.ndarray, targets: np.ndarray, stack: np.ndarray,
     return dice_loss(intersection, total)
 
 
-def layer_target_bce(embedding: np.ndarray, targets: np.ndarray, stack: np.ndarray) -> float:
+def layer_target_bce(embedding: np.ndarray, targets: np.ndarray, stack: np.ndarray,
+                     overlap_weight: float = 1.0) -> float:
     """Reference of ``layernet.losses.layer_target_loss`` ("bce"): mean over the foreground
-    pixels and the layers of the clipped binary cross-entropy."""
-    values = []
+    pixels and the layers of the clipped binary cross-entropy, a pixel covered by two or more
+    objects counting ``overlap_weight`` times."""
+    values, weights = [], []
     for b, y, x in zip(*np.nonzero(np.any(stack > 0, axis=-1))):
+        weight = overlap_weight if np.count_nonzero(stack[b, y, x]) > 1 else 1.0
         for e, s in zip(embedding[b, y, x].astype(np.float64), targets[b, y, x]):
             p = min(max(e, 1e-7), 1 - 1e-7)
             values.append(-(s * np.log(p) + (1 - s) * np.log(1 - p)))
-    return float(np.mean(values)) if values else 0.0
+            weights.append(weight)
+    return float(np.average(values, weights=weights)) if values else 0.0
 
 
 def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray], config: Config,
@@ -342,6 +346,7 @@ def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray],
         if config.layer_target_loss == "dice":
             losses["layer_targets"] = overlap_loss(embedding, targets, stack, config)
         else:
-            losses["layer_targets"] = layer_target_bce(embedding, targets, stack)
+            losses["layer_targets"] = layer_target_bce(embedding, targets, stack,
+                                                       config.layer_target_overlap_weight)
         losses["loss"] += config.layer_target_weight * losses["layer_targets"]
     return losses

@@ -19,6 +19,7 @@ from layernet.losses import (
     position_object_layers,
     compute_losses,
     distinct_object_layers,
+    layer_target_loss,
     object_layers,
     orientation_object_layers,
 )
@@ -311,6 +312,40 @@ def test_online_distinct_targets_hand_case() -> None:
     expected = -(4 * (np.log(0.9) + 2 * np.log(0.9)) + 4 * (np.log(0.4) + np.log(0.5)
                                                             + np.log(0.9))) / 24
     np.testing.assert_allclose(float(bce["layer_targets"]), expected, rtol=1e-6)
+
+
+def test_overlap_pixels_weigh_more_in_the_cross_entropy_hand_case() -> None:
+    # two objects on a 1 x 3 strip, sharing the middle pixel; targets: object 1 in layer 0,
+    # object 2 in layer 1, so the middle pixel's targets are [1, 1]
+    stack = np.zeros((1, 1, 3, 2), np.int32)
+    stack[0, 0, :2, 0] = 1
+    stack[0, 0, 1:, 1] = 2
+    embedding = np.array([[[[0.8, 0.3], [0.6, 0.2], [0.1, 0.7]]]], np.float32)
+    targets = np.array([[[[1, 0], [1, 1], [0, 1]]]], np.float32)
+
+    def bce(e, s):
+        return -(s * np.log(e) + (1 - s) * np.log(1 - e))
+
+    per_pixel = [np.mean(bce(embedding[0, 0, x], targets[0, 0, x])) for x in range(3)]
+    for weight in (1.0, 3.0, 0.5):
+        config = Config(layer_assignment="position", layer_target_weight=1.0,
+                        layer_target_overlap_weight=weight)
+        value = float(layer_target_loss(tf.constant(embedding), tf.constant(targets),
+                                        tf.constant(stack), config))
+        expected = (per_pixel[0] + weight * per_pixel[1] + per_pixel[2]) / (2 + weight)
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+    assert not np.isclose(per_pixel[1], np.mean(per_pixel))  # the weight can change the mean
+
+
+def test_config_checks_layer_target_overlap_weight() -> None:
+    Config(layer_target_weight=1, layer_target_overlap_weight=4).validate()
+    with pytest.raises(ConfigError, match="layer_target_overlap_weight must be > 0"):
+        Config(layer_target_weight=1, layer_target_overlap_weight=0).validate()
+    with pytest.raises(ConfigError, match="needs layer_target_weight > 0"):
+        Config(layer_target_overlap_weight=2).validate()   # no layer-target loss to weigh
+    with pytest.raises(ConfigError, match="layer_target_loss 'bce'"):
+        Config(layer_target_weight=1, layer_target_loss="dice",
+               layer_target_overlap_weight=2).validate()
 
 
 def test_cross_entropy_targets_pull_a_switched_off_layer_harder_than_dice() -> None:

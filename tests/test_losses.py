@@ -39,6 +39,8 @@ VARIANTS = {
                                          join_layers=1),
     "targets_position": PAPER.replace(layer_target_weight=1.0, layer_assignment="position",
                                       join_layers=1),
+    "targets_overlap_weight": PAPER.replace(layer_target_weight=1.0, layer_assignment="position",
+                                            layer_target_overlap_weight=4.0),
     "targets_argmax": PAPER.replace(layer_target_weight=2.0, mean_mode="normalized",
                                     layer_target_loss="dice"),
 }
@@ -376,7 +378,8 @@ def edge_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("case", sorted(edge_cases()))
 @pytest.mark.parametrize("fill", ["random", "zeros", "ones"])
-@pytest.mark.parametrize("name", ["paper", "authors", "mixed", "targets"])
+@pytest.mark.parametrize("name", ["paper", "authors", "mixed", "targets",
+                                  "targets_overlap_weight"])
 def test_losses_and_gradients_are_finite(case: str, fill: str, name: str) -> None:
     stack, adjacency = edge_cases()[case]
     config = VARIANTS[name]
