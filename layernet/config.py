@@ -511,13 +511,15 @@ with weight 1: 0.4648 / 0.6122 joined without the limit, 0.5666 / 0.7218 with it
 
 RECIPE_PHASE2: dict[str, dict[str, Any]] = {
     "paper": {},
-    "cpu": dict(learning_rate=1e-4, layer_assignment="distinct", layer_target_weight=0.0),
+    "cpu": dict(learning_rate=1e-4, layer_assignment="distinct", layer_target_weight=0.0,
+                layer_target_overlap_weight=1.0),
 }
 """What a recipe changes for phase 2 (overlap completion, started from phase 1's model).
 ``cpu``: phase 2 fine-tunes at a tenth of phase 1's peak rate (measured on BBBC010 validation:
 a phase 2 at 1e-3 lowered the AJI of the phase-1 model, at 1e-4 much less), and touching objects
 get different layers in the frozen targets (``layer_assignment="distinct"``); phase 1's layer
-targets are not used in phase 2 (``layer_target_weight`` 0)."""
+targets are not used in phase 2 (``layer_target_weight`` 0, and with it the weight of their
+overlap pixels, ``layer_target_overlap_weight``, back to 1)."""
 
 
 def apply_presets(values: dict[str, Any], recipe: str | None = None, authors: bool = False,

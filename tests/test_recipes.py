@@ -87,6 +87,23 @@ def test_init_keeps_its_architecture_under_a_recipe_and_authors(tmp_path):
     assert config.mean_mode == AUTHORS_VARIANTS["mean_mode"]
 
 
+def test_phase2_of_the_cpu_recipe_drops_the_overlap_weight_of_phase1_targets(tmp_path):
+    """A phase 1 trained with layer_target_overlap_weight: the README's phase-2 command
+    (--init RUN --recipe cpu) must build, the weight going with the layer targets it weighs."""
+    run = tmp_path / "phase1"
+    run.mkdir()
+    Config(size="S", filters=8, head_filters=8, data="synthetic", layer_target_weight=3,
+           layer_assignment="position", layer_target_overlap_weight=4).save(
+        str(run / "config.json"))
+    (run / "best.h5").write_bytes(b"")
+    phase2 = build("--init", str(run / "best.h5"), "--recipe", "cpu")
+    assert phase2.phase == "overlap" and phase2.layer_target_weight == 0
+    assert phase2.layer_target_overlap_weight == 1
+    tuned = build("--init", str(run / "best.h5"), "--recipe", "cpu", "--phase", "layering")
+    assert tuned.layer_target_weight == 3   # fine-tuning phase 1: the recipe's targets
+    assert tuned.layer_target_overlap_weight == 4   # and the model's weight of their overlaps
+
+
 def test_set_overrides_any_field_and_rejects_unknown_ones():
     config = build("--set", "elastic_probability=0", "--set", "rotate=false", "--precision",
                    "float32")
