@@ -117,7 +117,8 @@ def layer_target_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor
     (overlaps included; 0 without foreground); with ``config.layer_target_overlap_weight``
     ``w`` the pixels covered by two or more objects count ``w`` times in that mean. Unlike the
     Dice of Eq. 6 its gradient with respect to a layer's logit is ``e - S``, so a layer that the
-    network has switched off (``e`` near 0) is still pulled up where the targets want it. ``"dice"``: :func:`overlap_loss` (Eq. 6).
+    network has switched off (``e`` near 0) is still pulled up where the targets want it.
+    ``"dice"``: :func:`overlap_loss` (Eq. 6).
 
     Parameters
     ----------
