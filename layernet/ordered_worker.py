@@ -85,8 +85,11 @@ class OrderedWorker:
             _run(future, function, args, kwargs)
             return future
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            # kept only once started: a signal that interrupts start() (Ctrl-C, SIGTERM) leaves
+            # no thread for close() to join (joining one not started raises RuntimeError)
+            thread.start()
+            self._thread = thread
         self._jobs.put((future, function, args, kwargs))
         return future
 

@@ -65,6 +65,22 @@ def test_ordered_worker_sequential_runs_jobs_at_once_in_this_thread() -> None:
         OrderedWorker(depth=0)
 
 
+def test_ordered_worker_interrupted_while_starting_its_thread(monkeypatch) -> None:
+    """Ctrl-C or SIGTERM inside Thread.start() (seen in CI: a predict.py worker stopped while
+    starting its post-processing thread): the interruption propagates, not a RuntimeError from
+    joining a thread that never started."""
+    def interrupted_start(thread: threading.Thread) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        with OrderedWorker(depth=1) as worker:
+            worker.submit(lambda: None)
+    monkeypatch.undo()
+    with OrderedWorker(depth=1) as worker:   # and a new worker starts as before
+        assert worker.submit(lambda: 5).result(10) == 5
+
+
 def test_ordered_worker_blocks_when_the_queue_is_full_and_cancels_on_error() -> None:
     release = threading.Event()
     started = threading.Event()
