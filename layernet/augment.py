@@ -11,6 +11,10 @@ One call of :func:`augment` draws, from the given seed,
 * an elastic deformation (probability ``config.elastic_probability``): Gaussian-smoothed normal
   noise (sigma ``config.elastic_smoothness`` px), rescaled so that the mean displacement length is
   ``config.elastic_strength`` px; ``out(p) = in(p - d(p))``.
+* a zoom (probability ``config.zoom_probability``, not in the paper): a magnification about
+  the image centre by a factor log-uniform in ``[1 / config.zoom_range, config.zoom_range]``
+  (above 1 objects get larger; below 1 smaller, and what comes from outside the input is
+  background).
 
 The geometric draws (flips, rotation, elastic field) are composed into **one** field of source
 coordinates, and both the image and the label stack are resampled once through that field: the
@@ -45,6 +49,7 @@ __all__ = [
 ]
 
 _GAMMA, _GAMMA_ON, _GEOMETRY = range(3)
+_ZOOM_FOLD = 7  # folded into the geometry seed for the zoom's draws
 
 
 def _sub_seeds(seed: tf.Tensor, count: int) -> tf.Tensor:
@@ -146,15 +151,15 @@ def source_coordinates(height: tf.Tensor, width: tf.Tensor, config: Config, seed
 
     Output pixel ``(r, c)`` takes its value from input position ``(rows[r, c], cols[r, c])``
     (pixel centres at integer coordinates). The field composes, in the order they act on the
-    image: flips, rotation about the centre, elastic deformation.
+    image: flips, rotation about the centre, zoom about the centre, elastic deformation.
 
     Parameters
     ----------
     height, width : tf.Tensor
         Integer scalars, the image size (the output has the same size).
     config : Config
-        Uses ``flip``, ``rotate``, ``elastic_probability``, ``elastic_smoothness`` and
-        ``elastic_strength``.
+        Uses ``flip``, ``rotate``, ``zoom_probability``, ``zoom_range``,
+        ``elastic_probability``, ``elastic_smoothness`` and ``elastic_strength``.
     seed : tf.Tensor
         ``[2]`` integer seed.
 
@@ -178,6 +183,17 @@ def source_coordinates(height: tf.Tensor, width: tf.Tensor, config: Config, seed
 
         rows, cols = tf.cond(_coin(config.elastic_probability, seeds[1]), displaced,
                              lambda: (rows, cols))
+    if config.zoom_probability > 0:
+        # seeds of their own, so that the other draws of a seed are those without zoom
+        zoom_seeds = _sub_seeds(tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), _ZOOM_FOLD), 2)
+        log_range = math.log(config.zoom_range)
+        factor = tf.exp(tf.random.stateless_uniform([], seed=zoom_seeds[0], minval=-log_range,
+                                                    maxval=log_range))
+        factor = tf.where(_coin(config.zoom_probability, zoom_seeds[1]), factor, 1.0)
+        centre_r, centre_c = (h - 1.0) / 2.0, (w - 1.0) / 2.0
+        rows = (rows - centre_r) / factor + centre_r
+        cols = (cols - centre_c) / factor + centre_c
     if config.rotate:
         angle = tf.random.stateless_uniform([], seed=seeds[2], maxval=2.0 * math.pi)
         cos, sin = tf.cos(angle), tf.sin(angle)
@@ -284,8 +300,8 @@ def augment(image: tf.Tensor, stack: tf.Tensor, config: Config, seed: tf.Tensor
                                                 maxval=math.log(config.gamma_high))
         image = tf.cond(_coin(config.gamma_probability, seeds[_GAMMA_ON]),
                         lambda: adjust_gamma(image, tf.exp(log_gamma)), lambda: image)
-    if config.flip or config.rotate or (config.elastic_probability > 0
-                                        and config.elastic_strength > 0):
+    if (config.flip or config.rotate or config.zoom_probability > 0
+            or (config.elastic_probability > 0 and config.elastic_strength > 0)):
         shape = tf.shape(image)
         rows, cols = source_coordinates(shape[0], shape[1], config, seeds[_GEOMETRY])
         image = warp_bilinear(image, rows, cols)

@@ -140,6 +140,11 @@ class Config:
     elastic_probability: float = 0.5
     elastic_strength: float = 8.0  # mean displacement in pixels
     elastic_smoothness: float = 16.0  # Gaussian sigma of the displacement field in pixels
+    # Not in the paper: with this probability the patch is magnified by a factor drawn
+    # log-uniformly in [1 / zoom_range, zoom_range] about its centre (objects of other sizes
+    # than the training images'); 0 = off (the paper's augmentation)
+    zoom_probability: float = 0.0
+    zoom_range: float = 1.25
 
     # --- training ---------------------------------------------------------------------------
     phase: str = "layering"  # "layering" (phase 1) or "overlap" (phase 2)
@@ -253,6 +258,14 @@ class Config:
             raise ConfigError("normalisation percentiles must satisfy 0 <= low < high <= 100")
         if not 0 < self.gamma_low <= self.gamma_high:
             raise ConfigError("gamma range must satisfy 0 < gamma_low <= gamma_high")
+        if not 0.0 <= self.zoom_probability <= 1.0:
+            raise ConfigError(f"zoom_probability must be in [0, 1], got {self.zoom_probability}")
+        if not 1.0 <= self.zoom_range <= 4.0:
+            raise ConfigError("zoom_range must be in [1, 4] (the factor is drawn in "
+                              f"[1 / zoom_range, zoom_range]), got {self.zoom_range}")
+        if self.zoom_probability > 0 and self.zoom_range == 1.0:
+            raise ConfigError("zoom_probability > 0 needs zoom_range > 1 (a factor of 1 changes "
+                              "nothing)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction must be in [0, 1)")
         scale = self.input_scale

@@ -67,13 +67,17 @@ def patch_margin(config: Config) -> int:
 
     A rotation about the patch centre reads from up to ``patch_size / sqrt(2)`` px from the
     centre; the elastic field moves pixels by about ``elastic_strength`` on average (3x is used
-    as a bound).
+    as a bound); a zoom by ``1 / zoom_range`` (the smallest factor) reads from ``zoom_range``
+    times as far from the centre.
     """
     margin = 0
     if config.rotate:
         margin += math.ceil(config.patch_size * (math.sqrt(2.0) - 1.0) / 2.0)
     if config.elastic_probability > 0:
         margin += math.ceil(3.0 * config.elastic_strength)
+    if config.zoom_probability > 0:
+        reach = config.patch_size / 2.0 + margin
+        margin += math.ceil(reach * (config.zoom_range - 1.0))
     return margin + 1 if margin else 0
 
 

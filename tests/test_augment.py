@@ -140,6 +140,66 @@ def test_elastic_field_strength_smoothness_and_alignment():
         assert not np.array_equal(out, stack)
 
 
+def test_zoom_is_a_magnification_about_the_centre_log_uniform_in_its_range():
+    config = only(zoom_probability=1.0, zoom_range=2.0)
+    centre = (SIZE - 1) / 2
+    yy, xx = np.mgrid[:SIZE, :SIZE].astype(np.float64)
+    factors = []
+    for seed in range(40):
+        rows, cols = source_coordinates(SIZE, SIZE, config, tf.constant([seed, 3]))
+        rows, cols = rows.numpy(), cols.numpy()
+        # out(p) = in(c + (p - c) / f): one factor for both axes, the centre stays
+        factor = (yy[-1, 0] - centre) / (rows[-1, 0] - centre)
+        np.testing.assert_allclose(rows, centre + (yy - centre) / factor, atol=1e-3)
+        np.testing.assert_allclose(cols, centre + (xx - centre) / factor, atol=1e-3)
+        factors.append(factor)
+    factors = np.array(factors)
+    assert factors.min() >= 0.5 - 1e-4 and factors.max() <= 2.0 + 1e-4
+    assert 0.3 < np.mean(factors < 1.0) < 0.7  # log-uniform on [1/2, 2]: median 1
+    # a factor of 2 by hand: output pixel 0 reads the input at c + (0 - c) / 2
+    assert np.isclose(centre + (0 - centre) / 2.0, centre / 2.0)
+
+
+def test_zoom_keeps_labels_aligned_and_valid_and_happens_with_its_probability():
+    stack = disks_stack()
+    config = only(zoom_probability=1.0, zoom_range=1.5)
+    for seed in range(3):
+        image, out = run(config, stack, seed=(seed, 17))
+        assert interior_agreement(image, out) >= 0.99
+        assert_valid_subset(stack, out)
+        assert not np.array_equal(out, stack)
+    half = only(zoom_probability=0.5, zoom_range=1.5)
+    unchanged = [np.array_equal(run(half, stack, seed=(seed, 5))[1], stack) for seed in range(40)]
+    assert 0.25 < np.mean(unchanged) < 0.75
+
+
+def test_zoom_leaves_the_other_draws_of_a_seed_as_they_were():
+    # rotation and flips are linear about the centre: with the zoom on, every source position
+    # is the one without it, moved towards the centre by the zoom's factor
+    base = Config(gamma_probability=0.0, elastic_probability=0.0).validate()
+    zoomed = base.replace(zoom_probability=1.0, zoom_range=1.5).validate()
+    centre = (SIZE - 1) / 2
+    for seed in range(5):
+        rows, cols = (t.numpy() for t in source_coordinates(SIZE, SIZE, base,
+                                                            tf.constant([seed, 8])))
+        z_rows, z_cols = (t.numpy() for t in source_coordinates(SIZE, SIZE, zoomed,
+                                                                tf.constant([seed, 8])))
+        factor = np.hypot(rows[0, 0] - centre, cols[0, 0] - centre) / np.hypot(
+            z_rows[0, 0] - centre, z_cols[0, 0] - centre)
+        assert 1 / 1.5 - 1e-4 <= factor <= 1.5 + 1e-4
+        np.testing.assert_allclose(z_rows, centre + (rows - centre) / factor, atol=1e-3)
+        np.testing.assert_allclose(z_cols, centre + (cols - centre) / factor, atol=1e-3)
+
+
+def test_zoom_settings_are_checked():
+    from layernet.config import ConfigError
+    for changes in (dict(zoom_probability=1.5), dict(zoom_probability=-0.1),
+                    dict(zoom_range=0.8), dict(zoom_range=5.0),
+                    dict(zoom_probability=0.5, zoom_range=1.0)):
+        with pytest.raises(ConfigError, match="zoom"):
+            Config(**changes).validate()
+
+
 def test_gamma_is_log_uniform_keeps_range_and_leaves_labels():
     stack = disks_stack(48, 4)
     config = only(gamma_probability=1.0, gamma_low=0.5, gamma_high=2.0)

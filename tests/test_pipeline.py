@@ -216,6 +216,39 @@ def test_patch_margin_covers_rotation_and_elastic():
     assert patch_margin(config()) >= rotated + 3 * 3.0
 
 
+def test_patch_margin_covers_the_zoom_out():
+    rotated_elastic = config()
+    zoomed = config(zoom_probability=0.5, zoom_range=1.5)
+    reach = 32 / 2 + patch_margin(rotated_elastic)
+    # zoomed out by 1 / 1.5, a patch reads 1.5 times as far from its centre
+    assert 32 / 2 + patch_margin(zoomed) >= 1.5 * (reach - 1)
+    assert patch_margin(config(rotate=False, elastic_probability=0.0, zoom_probability=1.0,
+                               zoom_range=2.0)) == 32 // 2 + 1
+
+
+def test_zoomed_out_patches_read_only_from_inside_their_margin():
+    # the pipeline augments a patch with its margin, then keeps the centre: for a window that
+    # lies inside one object, nothing from outside the window (background) may reach the
+    # centre, whatever the rotation and zoom draw
+    from layernet.augment import augment, center_crop
+    cfg = config(patch_size=24, elastic_probability=0.0, gamma_probability=0.0,
+                 zoom_probability=1.0, zoom_range=1.5)
+    window = cfg.patch_size + 2 * patch_margin(cfg)
+    image = tf.ones((window, window, 1), tf.float32)
+    stack = tf.ones((window, window, 1), tf.int32)
+    for seed in range(20):
+        _, out = augment(image, stack, cfg, tf.constant([seed, 1]))
+        assert np.all(center_crop(out, cfg.patch_size).numpy() == 1)
+    # without the zoom's share of the margin, some zoomed-out draws do read background
+    short = cfg.patch_size + 2 * patch_margin(cfg.replace(zoom_probability=0.0))
+    leaks = 0
+    for seed in range(20):
+        _, out = augment(image[:short, :short], stack[:short, :short], cfg,
+                         tf.constant([seed, 1]))
+        leaks += int(np.any(center_crop(out, cfg.patch_size).numpy() == 0))
+    assert leaks > 0
+
+
 def test_synthetic_dataset_through_the_pipeline():
     synthetic = pytest.importorskip("datasets.synthetic")
     samples = synthetic.load(split="train", seed=0, count=4, size=64)
