@@ -59,6 +59,7 @@ GRIDS: dict[str, dict[str, str]] = {
         "no-free-rotation": "--set rotate=false",
         "no-gamma": "--set gamma_probability=0",
         "flips-only": "--set elastic_probability=0 --set rotate=false --set gamma_probability=0",
+        "zoom-1.25": "--set zoom_probability=0.5 --set zoom_range=1.25",
     },
     "network": {
         "M-16-h32": "--size M --filters 16 --head-filters 32",
