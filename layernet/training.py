@@ -49,7 +49,8 @@ from layernet.model import build_model, load_model_weights
 from layernet.pipeline import PreparedSample, make_dataset, prepare_samples
 from layernet.rescale import rescale_sample
 from layernet.samples import MIN_VAL_IMAGES, SourceLoader
-from layernet.schedules import BudgetPlanner, TrainingSchedule, seconds_per_step
+from layernet.schedules import (BudgetPlanner, TrainingSchedule, ema_too_long_warning,
+                                seconds_per_step)
 from layernet.streaming import prepare_to_cache, prune_cache, use_streaming
 
 logger = logging.getLogger(__name__)
@@ -567,11 +568,15 @@ class TimeBudget(keras.callbacks.Callback):
 class FirstEstimate(keras.callbacks.Callback):
     """A first estimate of a time-budgeted schedule's end, from the training steps of the first
     epoch (between its ``first``-th and ``last``-th batch: the first ones trace the graph);
-    :class:`EpochEnd` corrects it after every epoch."""
+    :class:`EpochEnd` corrects it after every epoch. With ``ema_momentum`` it also warns once
+    when the moving average of the weights is too long for the estimated training
+    (:func:`~layernet.schedules.ema_too_long_warning`)."""
 
-    def __init__(self, planner: BudgetPlanner, first: int = 2, last: int = 12) -> None:
+    def __init__(self, planner: BudgetPlanner, first: int = 2, last: int = 12,
+                 ema_momentum: float = 0.0) -> None:
         super().__init__()
         self.planner = planner
+        self.ema_momentum = ema_momentum
         self.first, self.last = first, last
         self.mark: tuple[int, float] | None = None
         self.done = False
@@ -583,8 +588,12 @@ class FirstEstimate(keras.callbacks.Callback):
         if batch == self.first:
             self.mark = (step, time.perf_counter())
         elif batch >= self.last and self.mark is not None:
-            self.planner.estimate(step, seconds_per_step(*self.mark, step, time.perf_counter()))
+            total = self.planner.estimate(step, seconds_per_step(*self.mark, step,
+                                                                 time.perf_counter()))
             self.done = True
+            warning = ema_too_long_warning(self.ema_momentum, total)
+            if warning is not None:
+                logger.warning(warning)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.done = True
@@ -764,7 +773,11 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
     if planner is not None:
         planner.restart_clock()
         if "total_steps" not in state:  # a fresh run: no estimate yet
-            callbacks.insert(0, FirstEstimate(planner))
+            callbacks.insert(0, FirstEstimate(planner, ema_momentum=config.ema_momentum))
+    elif config.time_budget_minutes <= 0:
+        warning = ema_too_long_warning(config.ema_momentum, max_steps)
+        if warning is not None:
+            logger.warning(warning)
     initial_epoch = int(state["epoch"])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2

@@ -225,3 +225,74 @@ def test_best_checkpoint_is_chosen_by_the_windowed_score(tmp_path, monkeypatch, 
     same = all(np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(best.weights, last.weights))
     assert same == (best_epoch == 6)
+
+
+def test_ema_first_weight_is_what_keras_keeps_of_the_first_step():
+    """The share of the first step's weights in Keras's moving average after n steps is
+    momentum ** (n - 1): a scalar that is 1 after the first step and 0 after all the others."""
+    import keras
+
+    from layernet.schedules import ema_first_weight
+
+    assert ema_first_weight(0.5, 3) == pytest.approx(0.25)
+    assert ema_first_weight(0.9, 1) == 1.0
+    for steps in (1, 2, 5):
+        variable = keras.Variable(0.0, dtype="float32")
+        optimizer = keras.optimizers.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5)
+        optimizer.build([variable])
+        for step in range(steps):
+            gradient = -1.0 if step == 0 else (1.0 if step == 1 else 0.0)
+            optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+        assert float(np.asarray(variable)) == (1.0 if steps == 1 else 0.0)
+        average = float(np.asarray(optimizer._model_variables_moving_average[0]))
+        assert average == pytest.approx(ema_first_weight(0.5, steps))
+
+
+def test_ema_too_long_warning_names_the_share_and_a_fitting_momentum():
+    from layernet.schedules import ema_first_weight, ema_too_long_warning
+
+    # 20 minutes of OCC2014 on the AVX2 machine: about 1,200 steps
+    warning = ema_too_long_warning(0.999, 1200)
+    assert "ema_momentum 0.999" in warning and "1200 steps" in warning and "30%" in warning
+    assert "--ema 0.996 " in warning
+    assert ema_first_weight(0.996, 1200) <= 0.01 < ema_first_weight(0.997, 1200)
+    assert ema_too_long_warning(0.996, 1200) is None
+    assert ema_too_long_warning(0.99, 2400) is None
+    assert ema_too_long_warning(0.0, 10) is None
+    assert ema_too_long_warning(0.9, 1) is None
+
+
+def test_training_warns_of_a_moving_average_too_long_for_it(tmp_path, caplog):
+    """--epochs: warned before training from epochs * steps_per_epoch; --minutes: after the
+    first estimate of the last step (FirstEstimate)."""
+    import logging
+    import types
+
+    from datasets import load_source
+    from layernet.training import FirstEstimate, train
+
+    config = Config(epochs=1, steps_per_epoch=3, optimizer="adam", ema_momentum=0.9,
+                    **TINY).validate()
+    with caplog.at_level(logging.WARNING, logger="layernet.training"):
+        train(config, str(tmp_path / "long"), verbose=0, load_source=load_source)
+    assert "(ema_momentum 0.9) is too long for about 3 steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="layernet.training"):
+        train(config.replace(ema_momentum=0.0), str(tmp_path / "none"), verbose=0,
+              load_source=load_source)
+    assert "too long" not in caplog.text
+
+    # a budget already spent: the estimated end is the next step
+    planner = BudgetPlanner(TrainingSchedule(config, 1000), budget_seconds=1e-9)
+    callback = FirstEstimate(planner, first=0, last=1, ema_momentum=0.999)
+    iterations = types.SimpleNamespace(value=4)
+    iterations.numpy = lambda: iterations.value
+    callback.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(
+        iterations=iterations)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="layernet.training"):
+        callback.on_train_batch_end(0)
+        iterations.value = 5
+        callback.on_train_batch_end(1)
+        callback.on_train_batch_end(2)
+    assert caplog.text.count("(ema_momentum 0.999) is too long for about 6 steps") == 1
