@@ -565,6 +565,13 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def _warn_if_ema_too_long(momentum: float, total_steps: float) -> None:
+    """Log :func:`~layernet.schedules.ema_too_long_warning` when there is one."""
+    warning = ema_too_long_warning(momentum, total_steps)
+    if warning is not None:
+        logger.warning(warning)
+
+
 class FirstEstimate(keras.callbacks.Callback):
     """A first estimate of a time-budgeted schedule's end, from the training steps of the first
     epoch (between its ``first``-th and ``last``-th batch: the first ones trace the graph);
@@ -591,9 +598,7 @@ class FirstEstimate(keras.callbacks.Callback):
             total = self.planner.estimate(step, seconds_per_step(*self.mark, step,
                                                                  time.perf_counter()))
             self.done = True
-            warning = ema_too_long_warning(self.ema_momentum, total)
-            if warning is not None:
-                logger.warning(warning)
+            _warn_if_ema_too_long(self.ema_momentum, total)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.done = True
@@ -775,9 +780,7 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         if "total_steps" not in state:  # a fresh run: no estimate yet
             callbacks.insert(0, FirstEstimate(planner, ema_momentum=config.ema_momentum))
     elif config.time_budget_minutes <= 0:
-        warning = ema_too_long_warning(config.ema_momentum, max_steps)
-        if warning is not None:
-            logger.warning(warning)
+        _warn_if_ema_too_long(config.ema_momentum, max_steps)
     initial_epoch = int(state["epoch"])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
