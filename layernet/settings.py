@@ -21,7 +21,9 @@ layering run started from a training run's model (phase 2 after phase 1) and ``"
 otherwise (a file's phase is not taken over); ``data_options`` are those of the sources above
 updated with ``data_options`` (``--data-option KEY=VALUE``); ``precision`` ``"auto"`` (the
 default of a run that neither starts from a model nor reads a config file) becomes the precision
-that pays on this machine.
+that pays on this machine, and a model's 16-bit precision that this machine would only emulate
+(a model trained in bf16 on a CPU with bf16 instructions, fine-tuned on one without) becomes
+``float32``, logged, unless the run sets ``precision`` itself.
 
 A resumed run keeps its saved configuration; :func:`resume_config` lets it change only the
 :data:`~layernet.config.MACHINE_FIELDS`, which say where and how this machine trains, not what
@@ -34,6 +36,7 @@ which does, when it is resolved).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Mapping
 
@@ -42,6 +45,8 @@ from layernet.config import MACHINE_FIELDS, Config, ConfigError, apply_presets
 from layernet.methods import get_method, method_names
 
 __all__ = ["config_file_fields", "resume_config", "training_config"]
+
+logger = logging.getLogger(__name__)
 
 
 def config_file_fields(path: str | os.PathLike) -> dict[str, Any]:
@@ -149,6 +154,9 @@ def training_config(
         values.update(config_file_fields(config_file))
     if "precision" not in given and init is None and config_file is None:
         given["precision"] = "auto"
+    if ("precision" not in given and init is not None and values["precision"] != "float32"
+            and values["precision"] == init.precision):
+        given["precision"] = _trainable_here(init.precision)
     if given.get("precision") == "auto":
         from layernet.model import resolve_precision  # TensorFlow: only when it is asked for
 
@@ -159,6 +167,19 @@ def training_config(
     values["data_options"] = {**(values.get("data_options") or {}), **(data_options or {})}
     values["version"] = defaults["version"]
     return Config.from_dict(values, source="command line")
+
+
+def _trainable_here(precision: str) -> str:
+    """The precision a run started from a model trained in ``precision`` trains in on this
+    machine: ``precision`` where it is what ``--precision auto`` picks here, else ``float32``
+    (logged): a 16-bit type without native instructions is emulated, several times slower."""
+    from layernet.model import auto_precision  # TensorFlow: only for a 16-bit model
+
+    if auto_precision() == precision:
+        return precision
+    logger.info("the model was trained in %s, which this machine would only emulate: training "
+                "in float32 (--precision %s to keep it)", precision, precision)
+    return "float32"
 
 
 def _default_phase(method: str, from_model: bool) -> str:

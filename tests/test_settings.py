@@ -81,6 +81,21 @@ def test_phase_precision_and_data_options_are_completed(tmp_path, monkeypatch):
     assert merged.data_options == {"size": 96, "count": 12}
 
 
+def test_a_16_bit_model_trains_in_float32_where_it_would_be_emulated(tmp_path, monkeypatch,
+                                                                    caplog):
+    from layernet import model
+
+    init = model_run(tmp_path, precision="mixed_bfloat16")
+    monkeypatch.setattr(model, "auto_precision", lambda: "float32")        # no bf16 units
+    with caplog.at_level("INFO", logger="layernet.settings"):
+        assert training_config(init=init).precision == "float32"
+    assert "only emulate" in caplog.text
+    kept = training_config(init=init, fields={"precision": "mixed_bfloat16"})
+    assert kept.precision == "mixed_bfloat16"                            # asked for: kept
+    monkeypatch.setattr(model, "auto_precision", lambda: "mixed_bfloat16")  # native bf16
+    assert training_config(init=init).precision == "mixed_bfloat16"
+
+
 def test_a_model_keeps_its_machine_fields_only_for_its_own_dataset(tmp_path):
     init = model_run(tmp_path, data="folder", data_dir="/elsewhere/data",
                      cache_dir="/elsewhere/cache", strategy="mirrored", streaming="on",
