@@ -775,12 +775,15 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
     if config.time_budget_minutes > 0:
         callbacks.insert(0, TimeBudget(config.time_budget_minutes, spent))
+    # the average starts at the weights after the first step: from a trained model (init) those
+    # are good weights, and there is no early share to warn of
+    ema_to_check = config.ema_momentum if init is None or resume else 0.0
     if planner is not None:
         planner.restart_clock()
         if "total_steps" not in state:  # a fresh run: no estimate yet
-            callbacks.insert(0, FirstEstimate(planner, ema_momentum=config.ema_momentum))
+            callbacks.insert(0, FirstEstimate(planner, ema_momentum=ema_to_check))
     elif config.time_budget_minutes <= 0:
-        _warn_if_ema_too_long(config.ema_momentum, max_steps)
+        _warn_if_ema_too_long(ema_to_check, max_steps)
     initial_epoch = int(state["epoch"])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2

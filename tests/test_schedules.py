@@ -277,6 +277,11 @@ def test_training_warns_of_a_moving_average_too_long_for_it(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="layernet.training"):
         train(config, str(tmp_path / "long"), verbose=0, load_source=load_source)
     assert caplog.text.count("(ema_momentum 0.9) is too long for about 3 steps") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="layernet.training"):  # from a trained model
+        train(config, str(tmp_path / "tuned"), init=str(tmp_path / "long" / "best.h5"),
+              verbose=0, load_source=load_source)
+    assert "is too long" not in caplog.text
 
     # a budget already spent: the estimated end is the next step
     planner = BudgetPlanner(TrainingSchedule(config, 1000), budget_seconds=1e-9)
