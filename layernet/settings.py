@@ -172,7 +172,7 @@ def training_config(
 def _trainable_here(precision: str) -> str:
     """The precision a run started from a model trained in ``precision`` trains in on this
     machine: ``precision`` where it is what ``--precision auto`` picks here, else ``float32``
-    (logged): a 16-bit type without native instructions is emulated, several times slower."""
+    (logged): a 16-bit type without native instructions is emulated, slower than float32."""
     from layernet.model import auto_precision  # TensorFlow: only for a 16-bit model
 
     if auto_precision() == precision:
