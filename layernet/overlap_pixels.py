@@ -1,7 +1,8 @@
 """How much of the ground truth's overlaps a prediction reproduces, counted in pixels.
 
 meanAP and AJI score whole objects; a model that never predicts two objects on one pixel can
-still score well where objects rarely overlap (BBBC010's crossing worms: 1.4% of the foreground).
+still score well where objects rarely overlap (BBBC010's crossing worms: 1.9% of the
+foreground of its validation wells).
 These counts say directly whether the overlap completion works: a pixel is an *overlap pixel* of
 a label stack ``(L, H, W)`` when two or more slices are non-zero there (:func:`coverage`), that
 is when two or more objects cover it (the stacks of :mod:`layernet.instances` hold every object
