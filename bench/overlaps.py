@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     from datasets import load_dataset
     from layernet.batch_predict import load_predictor
     from layernet.inference import instances_from_maps
-    from layernet.overlap_pixels import OverlapPixels, coverage, overlap_pixels
+    from layernet.overlap_pixels import OverlapPixels, coverage
 
     changes = {} if args.tau is None else {"tau": args.tau}
     predictor = load_predictor(args.model, config_changes=changes, tta=args.tta)
@@ -65,15 +65,15 @@ def main(argv: list[str] | None = None) -> dict:
     at_overlaps, at_single = [], []
     for sample in samples:
         foreground, layering = predictor.maps_normalized(predictor.normalize(sample.image))
-        instances += overlap_pixels(sample.stack, instances_from_maps(foreground, layering,
-                                                                      config))
         covered = coverage(sample.stack)
+        truth = covered >= 2
+        predicted = coverage(instances_from_maps(foreground, layering, config)) >= 2
+        instances += OverlapPixels.from_masks(truth, predicted)
         in_two = (np.count_nonzero(layering > config.tau, axis=-1) >= 2) & (
             foreground > config.tau)
-        maps += OverlapPixels(int((covered >= 2).sum()), int(in_two.sum()),
-                              int((in_two & (covered >= 2)).sum()))
+        maps += OverlapPixels.from_masks(truth, in_two)
         second = second_highest(layering)
-        at_overlaps.append(second[covered >= 2])
+        at_overlaps.append(second[truth])
         at_single.append(second[covered == 1])
     overlaps_second = np.concatenate(at_overlaps)
     single_second = np.concatenate(at_single)

@@ -140,13 +140,10 @@ def native_precision(precision: str) -> str | None:
     precision : str
         The run's precision (``config.precision``).
     """
-    from layernet.model import auto_precision
+    from layernet.model import precision_here
 
-    if precision == "float32" or auto_precision() == precision:
-        return None
-    logger.info("the model was trained in %s, which this machine would only emulate: "
-                "predicting in float32 (--precision %s to keep it)", precision, precision)
-    return "float32"
+    chosen = precision_here(precision, "predicting")
+    return None if chosen == precision else chosen
 
 
 def load_predictor(model_path: str, precision: str | None = None,

@@ -125,6 +125,25 @@ def resolve_precision(precision: str | None) -> str | None:
     return chosen
 
 
+def precision_here(precision: str, doing: str) -> str:
+    """The precision to run a model trained in ``precision`` in on this machine: ``precision``
+    where it is float32 or what :func:`auto_precision` picks here, else ``"float32"`` (logged):
+    a 16-bit type without native instructions is emulated, slower than float32.
+
+    Parameters
+    ----------
+    precision : str
+        The model's precision (``config.precision``).
+    doing : str
+        What the model is loaded for, for the log (``"training"``, ``"predicting"``).
+    """
+    if precision == "float32" or auto_precision() == precision:
+        return precision
+    logger.info("the model was trained in %s, which this machine would only emulate: %s in "
+                "float32 (--precision %s to keep it)", precision, doing, precision)
+    return "float32"
+
+
 def build_model(config: Config) -> keras.Model:
     """Build the layering UNet described in the module docstring.
 

@@ -42,6 +42,14 @@ class OverlapPixels:
         return OverlapPixels(self.ground_truth + other.ground_truth,
                              self.predicted + other.predicted, self.found + other.found)
 
+    @classmethod
+    def from_masks(cls, truth: np.ndarray, predicted: np.ndarray) -> "OverlapPixels":
+        """The counts of two boolean ``(H, W)`` masks of overlap pixels."""
+        if truth.shape != predicted.shape:
+            raise ValueError(f"ground truth is {truth.shape[0]}x{truth.shape[1]} pixels, the "
+                             f"prediction {predicted.shape[0]}x{predicted.shape[1]}")
+        return cls(int(truth.sum()), int(predicted.sum()), int((truth & predicted).sum()))
+
     @property
     def recall(self) -> float:
         """``found / ground_truth``; 1.0 when the ground truth has no overlap pixel."""
@@ -88,8 +96,4 @@ def overlap_pixels(ground_truth: np.ndarray, prediction: np.ndarray) -> OverlapP
     -------
     OverlapPixels
     """
-    truth, predicted = coverage(ground_truth) >= 2, coverage(prediction) >= 2
-    if truth.shape != predicted.shape:
-        raise ValueError(f"ground truth is {truth.shape[0]}x{truth.shape[1]} pixels, the "
-                         f"prediction {predicted.shape[0]}x{predicted.shape[1]}")
-    return OverlapPixels(int(truth.sum()), int(predicted.sum()), int((truth & predicted).sum()))
+    return OverlapPixels.from_masks(coverage(ground_truth) >= 2, coverage(prediction) >= 2)

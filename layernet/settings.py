@@ -36,7 +36,6 @@ which does, when it is resolved).
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any, Mapping
 
@@ -45,8 +44,6 @@ from layernet.config import MACHINE_FIELDS, Config, ConfigError, apply_presets
 from layernet.methods import get_method, method_names
 
 __all__ = ["config_file_fields", "resume_config", "training_config"]
-
-logger = logging.getLogger(__name__)
 
 
 def config_file_fields(path: str | os.PathLike) -> dict[str, Any]:
@@ -156,7 +153,9 @@ def training_config(
         given["precision"] = "auto"
     if ("precision" not in given and init is not None and values["precision"] != "float32"
             and values["precision"] == init.precision):
-        given["precision"] = _trainable_here(init.precision)
+        from layernet.model import precision_here  # TensorFlow: only for a 16-bit model
+
+        given["precision"] = precision_here(init.precision, "training")
     if given.get("precision") == "auto":
         from layernet.model import resolve_precision  # TensorFlow: only when it is asked for
 
@@ -167,19 +166,6 @@ def training_config(
     values["data_options"] = {**(values.get("data_options") or {}), **(data_options or {})}
     values["version"] = defaults["version"]
     return Config.from_dict(values, source="command line")
-
-
-def _trainable_here(precision: str) -> str:
-    """The precision a run started from a model trained in ``precision`` trains in on this
-    machine: ``precision`` where it is what ``--precision auto`` picks here, else ``float32``
-    (logged): a 16-bit type without native instructions is emulated, slower than float32."""
-    from layernet.model import auto_precision  # TensorFlow: only for a 16-bit model
-
-    if auto_precision() == precision:
-        return precision
-    logger.info("the model was trained in %s, which this machine would only emulate: training "
-                "in float32 (--precision %s to keep it)", precision, precision)
-    return "float32"
 
 
 def _default_phase(method: str, from_model: bool) -> str:

@@ -87,7 +87,7 @@ def test_a_16_bit_model_trains_in_float32_where_it_would_be_emulated(tmp_path, m
 
     init = model_run(tmp_path, precision="mixed_bfloat16")
     monkeypatch.setattr(model, "auto_precision", lambda: "float32")        # no bf16 units
-    with caplog.at_level("INFO", logger="layernet.settings"):
+    with caplog.at_level("INFO", logger="layernet.model"):
         assert training_config(init=init).precision == "float32"
     assert "only emulate" in caplog.text
     kept = training_config(init=init, fields={"precision": "mixed_bfloat16"})
