@@ -93,6 +93,11 @@ class Config:
     # weight of a soft Dice loss on the foreground added to Eq. 1's cross-entropy (0 = paper);
     # every method (for UNet-3 the foreground is 1 - P(background))
     foreground_dice_weight: float = 0.0
+    # weight of the pixels on either side of the objects' outlines (the outermost object row
+    # and the background row around it, layernet.losses.outline_band) in the foreground's
+    # cross-entropy (UNet-2/3: in the head's cross-entropy); 1 = the paper's, every pixel alike.
+    # For thin objects, whose IoU at 0.7-0.9 is decided by that row (docs/recipes.md)
+    foreground_outline_weight: float = 1.0
     # "raw": u_i = mean of raw e_p (paper Eq. 2); "normalized": mean of e_p/|e_p| (authors)
     mean_mode: str = "raw"
     # "object": (1/C) sum_i 1/|Adj(i)| sum_j (paper Eq. 3); "pair": mean over adjacent pairs
@@ -323,6 +328,9 @@ class Config:
                 and self.overlap_targets == "frozen"):
             raise ConfigError(f"layer_assignment {self.layer_assignment!r} follows the augmented "
                               "crop: phase 'overlap' needs overlap_targets 'online' with it")
+        if self.foreground_outline_weight <= 0:
+            raise ConfigError("foreground_outline_weight must be > 0 (1 = the outline pixels "
+                              f"weigh as others), got {self.foreground_outline_weight}")
         if self.foreground_dice_weight < 0:
             raise ConfigError("foreground_dice_weight must be >= 0 (0 = the paper's loss), got "
                               f"{self.foreground_dice_weight}")

@@ -62,6 +62,7 @@ __all__ = [
     "overlap_free_id_map",
     "foreground_loss",
     "foreground_dice_loss",
+    "outline_band",
     "layering_loss",
     "combine_layering_sums",
     "object_layers",
@@ -85,9 +86,36 @@ FOREGROUND_DICE_SMOOTH = 1.0  # pixels added to both sides of the foreground Dic
 
 
 @tf.function(reduce_retracing=True)
-def _foreground_bce(stack: tf.Tensor, fg_pred: tf.Tensor) -> tf.Tensor:
+def _foreground_bce(stack: tf.Tensor, fg_pred: tf.Tensor, outline_weight: float) -> tf.Tensor:
     target = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
-    return tf.reduce_mean(_binary_cross_entropy(target, fg_pred[..., 0]))
+    per_pixel = _binary_cross_entropy(target, fg_pred[..., 0])
+    if outline_weight != 1.0:
+        per_pixel = per_pixel * (1.0 + (outline_weight - 1.0) * outline_band(target))
+    return tf.reduce_mean(per_pixel)
+
+
+def outline_band(foreground: tf.Tensor) -> tf.Tensor:
+    """The pixels on either side of a foreground mask's outline.
+
+    A pixel is in the band when its 3x3 neighbourhood (the part of it inside the image) holds
+    both foreground and background pixels: the outermost row of the objects and the row of
+    background around them, 8-connected.
+
+    Parameters
+    ----------
+    foreground : tf.Tensor
+        ``(B, H, W)`` float32 mask of 0 and 1.
+
+    Returns
+    -------
+    tf.Tensor
+        ``(B, H, W)`` float32 mask of 0 and 1.
+    """
+    mask = foreground[..., tf.newaxis]
+    # max pooling with "SAME" padding ignores the pixels outside the image
+    dilated = tf.nn.max_pool2d(mask, 3, 1, "SAME")
+    eroded = -tf.nn.max_pool2d(-mask, 3, 1, "SAME")
+    return (dilated - eroded)[..., 0]
 
 
 def _binary_cross_entropy(target: tf.Tensor, probability: tf.Tensor) -> tf.Tensor:
@@ -143,7 +171,8 @@ def layer_target_loss(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor
                              float(config.layer_target_overlap_weight))
 
 
-def foreground_loss(stack: tf.Tensor, fg_pred: tf.Tensor) -> tf.Tensor:
+def foreground_loss(stack: tf.Tensor, fg_pred: tf.Tensor,
+                    outline_weight: float = 1.0) -> tf.Tensor:
     """Binary cross-entropy of the foreground head over the whole image (Eq. 1, area S).
 
     Parameters
@@ -152,13 +181,18 @@ def foreground_loss(stack: tf.Tensor, fg_pred: tf.Tensor) -> tf.Tensor:
         Label stack ``(B, H, W, L)``; the target is "any object" (overlaps included).
     fg_pred : tf.Tensor
         Sigmoid output ``(B, H, W, 1)``; clipped to ``[1e-7, 1 - 1e-7]``.
+    outline_weight : float, optional
+        Weight of the pixels of the target's :func:`outline_band` (``Config.
+        foreground_outline_weight``; 1 = the paper's loss, every pixel alike).
 
     Returns
     -------
     tf.Tensor
-        Float32 scalar, the mean over all ``B * H * W`` pixels.
+        Float32 scalar, the (weighted) sum over all ``B * H * W`` pixels divided by their
+        number.
     """
-    return _foreground_bce(*as_tensors(stack, fg_pred))
+    stack, fg_pred = as_tensors(stack, fg_pred)
+    return _foreground_bce(stack, fg_pred, float(outline_weight))
 
 
 def _foreground_dice(target: tf.Tensor, probability: tf.Tensor) -> tf.Tensor:
@@ -468,7 +502,8 @@ def compute_losses(outputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tens
     embedding = outputs["layering"]
     stack = batch["stack"]
     adjacency = batch["adjacency"]
-    losses = {"foreground": foreground_loss(stack, outputs["foreground"])}
+    losses = {"foreground": foreground_loss(stack, outputs["foreground"],
+                                            config.foreground_outline_weight)}
     losses.update(layering_loss(embedding, stack, adjacency, config))
     total = losses["foreground"] + losses["layering"]
     if config.foreground_dice_weight > 0:

@@ -82,27 +82,35 @@ def semantic_losses(outputs: Mapping, batch: Mapping, config: Config,
     Returns
     -------
     dict of str to tf.Tensor
-        Float32 scalars ``semantic`` (the cross-entropy, mean over all pixels),
+        Float32 scalars ``semantic`` (the cross-entropy, mean over all pixels, the pixels of
+        the objects' outline band weighted ``config.foreground_outline_weight`` times),
         ``foreground_dice`` (if ``config.foreground_dice_weight > 0``; the foreground of UNet-3
         is ``1 - P(background)``) and ``loss`` = ``semantic + foreground_dice_weight *
         foreground_dice``.
     """
     import tensorflow as tf
 
-    from layernet.losses import foreground_dice_loss, foreground_loss
+    from layernet.losses import foreground_dice_loss, foreground_loss, outline_band
 
     check_baseline(config.method)
     if phase != "layering":
         raise BaselineError(f"method {config.method!r} has no phase {phase!r}")
     if config.method == "unet2":
-        loss = foreground_loss(batch["stack"], outputs["semantic"])
+        loss = foreground_loss(batch["stack"], outputs["semantic"],
+                               config.foreground_outline_weight)
     else:
         if "semantic" not in batch:
             raise BaselineError("UNet-3 training needs batch['semantic'] (attach_semantic_targets)")
         probability = tf.clip_by_value(tf.cast(outputs["semantic"], tf.float32),
                                        PROBABILITY_CLIP, 1.0)
         target = tf.one_hot(tf.cast(batch["semantic"], tf.int32), 3, dtype=tf.float32)
-        loss = tf.reduce_mean(-tf.reduce_sum(target * tf.math.log(probability), axis=-1))
+        per_pixel = -tf.reduce_sum(target * tf.math.log(probability), axis=-1)
+        if config.foreground_outline_weight != 1.0:
+            objects = tf.cast(tf.reduce_any(tf.cast(batch["stack"], tf.int32) > 0, axis=-1),
+                              tf.float32)
+            per_pixel = per_pixel * (1.0 + (float(config.foreground_outline_weight) - 1.0)
+                                     * outline_band(objects))
+        loss = tf.reduce_mean(per_pixel)
     losses = {"semantic": loss}
     if config.foreground_dice_weight > 0:
         foreground = foreground_of(tf.cast(outputs["semantic"], tf.float32), config.method)
