@@ -112,7 +112,7 @@ class KerasBackend:
         self.net = net
         # Traced once per input shape: Keras' bilinear up-sampling needs static spatial sizes.
         # Shapes repeat (tiles, validation images), so retracing is rare.
-        self._forward = tf.function(lambda x: net(x, training=False))
+        self._forward = tf.function(lambda x: net(x, training=False), autograph=False)
         self._tf = tf
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -65,7 +65,7 @@ def _distinct_batch(scores: "np.ndarray", adjacency: "np.ndarray") -> "np.ndarra
                      for image_scores, image_adjacency in zip(scores, adjacency)]).astype(np.int32)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _distinct_object_layers(embedding: tf.Tensor, stack: tf.Tensor,
                             adjacency: tf.Tensor, mean_mode: str) -> tf.Tensor:
     segments_per_image = tf.shape(adjacency)[1]
@@ -123,7 +123,7 @@ def _orientation_batch(index: "np.ndarray", adjacency: "np.ndarray", layers: int
                      for row, image_adjacency in zip(index, adjacency)]).astype(np.int32)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _orientation_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int,
                                spacing: int) -> tf.Tensor:
     stack = tf.cast(stack, tf.int32)
@@ -206,7 +206,7 @@ def _position_batch(column_sums: "np.ndarray", pixels: "np.ndarray", adjacency: 
                     ).astype(np.int32)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _position_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int,
                             spacing: int) -> tf.Tensor:
     stack = tf.cast(stack, tf.int32)
@@ -261,7 +261,7 @@ def position_object_layers(stack: tf.Tensor, adjacency: tf.Tensor, layers: int,
     return _position_object_layers(stack, adjacency, int(layers), int(spacing))
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _object_layers(embedding: tf.Tensor, stack: tf.Tensor, segments_per_image: tf.Tensor,
                    mean_mode: str, covered_objects: str) -> tf.Tensor:
     batch = tf.shape(embedding)[0]
@@ -313,7 +313,7 @@ def object_layers(embedding: tf.Tensor, stack: tf.Tensor, num_segments: int | tf
                           config.covered_objects)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _overlap_targets(stack: tf.Tensor, layer_of: tf.Tensor, layers: int) -> tf.Tensor:
     stack = tf.cast(stack, tf.int32)
     shape = tf.shape(stack)

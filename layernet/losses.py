@@ -85,7 +85,7 @@ FOREGROUND_DICE_SMOOTH = 1.0  # pixels added to both sides of the foreground Dic
 # foreground
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _foreground_bce(stack: tf.Tensor, fg_pred: tf.Tensor, outline_weight: float) -> tf.Tensor:
     target = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
     per_pixel = _binary_cross_entropy(target, fg_pred[..., 0])
@@ -125,7 +125,7 @@ def _binary_cross_entropy(target: tf.Tensor, probability: tf.Tensor) -> tf.Tenso
     return -(target * tf.math.log(probability) + (1.0 - target) * tf.math.log(1.0 - probability))
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _layer_target_bce(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor,
                       overlap_weight: float) -> tf.Tensor:
     covering = tf.reduce_sum(tf.cast(tf.cast(stack, tf.int32) > 0, tf.float32), axis=-1)
@@ -235,7 +235,7 @@ def foreground_dice_loss(stack: tf.Tensor, fg_probability: tf.Tensor) -> tf.Tens
 # layering (phase 1)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _layering_terms(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor,
                     mean_mode: str, repulsion_mode: str, sparsity_mode: str,
                     per_image: bool) -> dict[str, tf.Tensor]:
@@ -402,7 +402,7 @@ def layering_loss(embedding: tf.Tensor, stack: tf.Tensor, adjacency: tf.Tensor,
 # overlap completion (phase 2)
 
 
-@tf.function(reduce_retracing=True)
+@tf.function(reduce_retracing=True, autograph=False)
 def _overlap_dice(embedding: tf.Tensor, targets: tf.Tensor, stack: tf.Tensor, smooth: float,
                   per_image: bool) -> tf.Tensor:
     foreground = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1, keepdims=True),

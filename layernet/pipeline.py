@@ -154,7 +154,8 @@ def _streamed_elements(cached: CachedSamples, order: tf.data.Dataset,
             element[key] = value
         return element
 
-    return order.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return order.map(tf.autograph.experimental.do_not_convert(load),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: bool,
@@ -232,7 +233,8 @@ def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: b
 
     if start < 0:
         raise PipelineError(f"start must be >= 0, got {start}")
-    order = tf.data.Dataset.range(2 ** 62).flat_map(epoch_order).skip(start)
+    order = tf.data.Dataset.range(2 ** 62).flat_map(
+        tf.autograph.experimental.do_not_convert(epoch_order)).skip(start)
     dataset = elements(order)
     size = config.patch_size
     margin = patch_margin(config)
@@ -261,8 +263,9 @@ def make_dataset(prepared: Sequence[PreparedSample], config: Config, training: b
         result["stack"] = stack
         return result
 
-    dataset = dataset.enumerate(start=start).map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
-                                      deterministic=True)
+    dataset = dataset.enumerate(start=start).map(
+        tf.autograph.experimental.do_not_convert(crop_and_augment),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     padded_shapes = {"image": [size, size, config.channels], "stack": [size, size, None],
                      "adjacency": [None, None], "layer_of": [None]}
     padding_values = {"image": 0.0, "stack": 0, "adjacency": 0.0, "layer_of": -1}

@@ -565,6 +565,30 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def moving_average_to_check(ema_momentum: float, init: str | None, resume: bool) -> float:
+    """The moving-average momentum whose early share :func:`ema_too_long_warning` checks.
+
+    Keras's average starts at the weights after the first step: in a fresh run (or a resumed
+    one) those are the random start's, in a run initialised from a trained model (``init``)
+    they are good weights, and there is no early share to warn of (0.0).
+
+    Parameters
+    ----------
+    ema_momentum : float
+        ``Config.ema_momentum`` (0 = no average).
+    init : str or None
+        The ``--init`` model of the run, if any.
+    resume : bool
+        Whether the run continues a run folder.
+
+    Returns
+    -------
+    float
+        ``ema_momentum``, or 0.0 when there is nothing to warn of.
+    """
+    return ema_momentum if init is None or resume else 0.0
+
+
 def _warn_if_ema_too_long(momentum: float, total_steps: float) -> None:
     """Log :func:`~layernet.schedules.ema_too_long_warning` when there is one."""
     warning = ema_too_long_warning(momentum, total_steps)
@@ -775,9 +799,7 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
         os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")]
     if config.time_budget_minutes > 0:
         callbacks.insert(0, TimeBudget(config.time_budget_minutes, spent))
-    # the average starts at the weights after the first step: from a trained model (init) those
-    # are good weights, and there is no early share to warn of
-    ema_to_check = config.ema_momentum if init is None or resume else 0.0
+    ema_to_check = moving_average_to_check(config.ema_momentum, init, resume)
     if planner is not None:
         planner.restart_clock()
         if "total_steps" not in state:  # a fresh run: no estimate yet

@@ -51,15 +51,25 @@ def object_mask(stack_image: np.ndarray, label: int) -> np.ndarray:
     return np.any(stack_image == label, axis=-1)
 
 
-def foreground_loss(stack: np.ndarray, fg_pred: np.ndarray) -> float:
-    """Mean binary cross-entropy over all pixels; target = any object."""
+def on_outline(stack_image: np.ndarray, y: int, x: int) -> bool:
+    """Whether the 3x3 neighbourhood of (y, x) inside the image holds object and background."""
+    values = {bool(np.any(stack_image[v, u] > 0))
+              for v in range(max(y - 1, 0), min(y + 2, stack_image.shape[0]))
+              for u in range(max(x - 1, 0), min(x + 2, stack_image.shape[1]))}
+    return len(values) == 2
+
+
+def foreground_loss(stack: np.ndarray, fg_pred: np.ndarray, outline_weight: float = 1.0) -> float:
+    """Mean binary cross-entropy over all pixels; target = any object; the pixels on either
+    side of an outline count ``outline_weight`` times (the mean stays over all pixels)."""
     total, pixels = 0.0, 0
     for b in range(stack.shape[0]):
         for y in range(stack.shape[1]):
             for x in range(stack.shape[2]):
                 target = 1.0 if np.any(stack[b, y, x] > 0) else 0.0
                 p = min(max(float(fg_pred[b, y, x, 0]), PROBABILITY_CLIP), 1 - PROBABILITY_CLIP)
-                total += -(target * np.log(p) + (1 - target) * np.log(1 - p))
+                weight = outline_weight if on_outline(stack[b], y, x) else 1.0
+                total += -weight * (target * np.log(p) + (1 - target) * np.log(1 - p))
                 pixels += 1
     return total / pixels
 
@@ -324,7 +334,8 @@ def compute_losses(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray],
     """Reference of ``layernet.losses.compute_losses``."""
     embedding = outputs["layering"]
     stack = batch["stack"]
-    losses = {"foreground": foreground_loss(stack, outputs["foreground"])}
+    losses = {"foreground": foreground_loss(stack, outputs["foreground"],
+                                            config.foreground_outline_weight)}
     losses.update(layering_loss(embedding, stack, batch["adjacency"], config))
     losses["loss"] = losses["foreground"] + losses["layering"]
     if config.foreground_dice_weight > 0:

@@ -196,6 +196,23 @@ def test_semantic_losses_against_numpy():
     reference = -np.mean(np.where(target, np.log(sigmoid[..., 0]), np.log(1 - sigmoid[..., 0])))
     assert np.isclose(float(losses["loss"]), reference, rtol=1e-5)
     assert np.isclose(float(losses["loss"]), float(foreground_loss(stack, sigmoid)))
+    # foreground_outline_weight: the pixels on either side of the objects' outlines weigh w
+    # times in both cross-entropies (NumPy band: 3x3 neighbourhood holds object and background)
+    objects = target.astype(np.float32)
+    padded = np.pad(objects, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+    band = windows.max(axis=(-1, -2)) != windows.min(axis=(-1, -2))
+    weight = np.where(band, 4.0, 1.0)
+    picked = np.take_along_axis(softmax, classes[..., None], -1)[..., 0]
+    for method, output, per_pixel in (
+            ("unet3", softmax, -np.log(picked)),
+            ("unet2", sigmoid, -np.where(target, np.log(sigmoid[..., 0]),
+                                         np.log(1 - sigmoid[..., 0])))):
+        losses = baselines.semantic_losses(
+            {"semantic": tf.constant(output, tf.float32)}, {"stack": stack, "semantic": classes},
+            Config(method=method, foreground_outline_weight=4.0))
+        assert np.isclose(float(losses["loss"]), np.mean(weight * per_pixel), rtol=1e-5)
+        assert float(losses["loss"]) > np.mean(per_pixel)
     with pytest.raises(BaselineError, match="semantic"):
         baselines.semantic_losses({"semantic": tf.constant(softmax, tf.float32)},
                                   {"stack": stack}, Config(method="unet3"))

@@ -32,7 +32,8 @@ VARIANTS = {
     "mixed": PAPER.replace(mean_mode="normalized", sparsity_mode="authors", dice_smooth=1.0,
                            covered_objects="zero", overlap_targets="online",
                            foreground_dice_weight=0.5),
-    "pair": PAPER.replace(repulsion_mode="pair", sparsity_weight=0.5, overlap_weight=2.0),
+    "pair": PAPER.replace(repulsion_mode="pair", sparsity_weight=0.5, overlap_weight=2.0,
+                          foreground_outline_weight=3.0),
     "targets": PAPER.replace(layer_target_weight=0.5, layer_assignment="distinct",
                              overlap_targets="online"),
     "targets_orientation": PAPER.replace(layer_target_weight=1.0, layer_assignment="orientation",
@@ -237,6 +238,32 @@ def test_foreground_loss_hand_value() -> None:
     fg_pred = np.array([[[[0.8], [0.0]]]], np.float32)
     value = float(foreground_loss(tf.constant(stack), tf.constant(fg_pred)))
     np.testing.assert_allclose(value, (-np.log(0.8) - np.log(1 - 1e-7)) / 2, rtol=1e-5)
+
+
+def test_outline_band_and_weighted_foreground_loss_hand_values() -> None:
+    from layernet.losses import outline_band
+
+    # a 2x3 object in a 6x7 image: the band is the object and the ring of 14 pixels around it
+    foreground = np.zeros((1, 6, 7), np.float32)
+    foreground[0, 2:4, 2:5] = 1
+    expected = np.zeros((6, 7), np.float32)
+    expected[1:5, 1:6] = 1
+    np.testing.assert_array_equal(outline_band(tf.constant(foreground)).numpy()[0], expected)
+    # the image border is not an outline: an object filling a row at the border
+    border = np.zeros((1, 3, 3), np.float32)
+    border[0, 0, :] = 1
+    np.testing.assert_array_equal(outline_band(tf.constant(border)).numpy()[0],
+                                  [[1, 1, 1], [1, 1, 1], [0, 0, 0]])
+    stack = foreground[..., None].astype(np.int32)
+    fg_pred = np.full((1, 6, 7, 1), 0.3, np.float32)
+    inside, outside = -np.log(0.3), -np.log(0.7)
+    plain = (6 * inside + 36 * outside) / 42
+    weighted = (3 * 6 * inside + 3 * 14 * outside + 22 * outside) / 42
+    np.testing.assert_allclose(float(foreground_loss(tf.constant(stack), tf.constant(fg_pred))),
+                               plain, rtol=1e-6)
+    np.testing.assert_allclose(float(foreground_loss(tf.constant(stack), tf.constant(fg_pred),
+                                                     outline_weight=3.0)), weighted, rtol=1e-6)
+    assert np.isclose(ref.foreground_loss(stack, fg_pred, 3.0), weighted)
 
 
 def test_foreground_dice_hand_values() -> None:

@@ -210,3 +210,10 @@ def test_training_measures_the_object_area_of_the_join_limit(tmp_path):
         1.5 * expected
     assert median_object_area([]) == 0 and median_object_area([np.zeros((1, 4, 4))]) == 0
     assert median_object_area([np.array([[[1, 1, 2], [3, 3, 3]]])]) == 2
+
+
+def test_foreground_outline_weight_is_set_by_set_and_must_be_positive():
+    config = build("--set", "foreground_outline_weight=4", "--precision", "float32")
+    assert config.foreground_outline_weight == 4.0
+    with pytest.raises(ConfigError, match="foreground_outline_weight"):
+        build("--set", "foreground_outline_weight=0", "--precision", "float32")
