@@ -381,6 +381,18 @@ def is_published_model(path: str) -> bool:
     return os.path.isfile(os.path.join(folder, CARD_FILE))
 
 
+def check_free_for_a_new_run(run_dir: str) -> None:
+    """Raise :class:`RunFolderError` when ``run_dir`` already holds a run (its state file).
+
+    Parameters
+    ----------
+    run_dir : str
+        The folder a new training run would write.
+    """
+    if os.path.exists(os.path.join(run_dir, STATE_FILE)):
+        raise RunFolderError(f"{run_dir} already holds a run; use --resume or another --out")
+
+
 def record_command(run_dir: str, command: str) -> None:
     """Add the command line that trains in ``run_dir`` to its ``command.txt`` (one per call:
     the first training, then every ``--resume``)."""

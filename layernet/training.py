@@ -714,8 +714,10 @@ def train(config: Config, run_dir: str, init: str | None = None, resume: bool = 
             raise TrainingError(f"{run_dir}: nothing to resume (no {runfolder.STATE_FILE})")
         state = runfolder.load_json(state_path)
     else:
-        if os.path.exists(state_path):
-            raise TrainingError(f"{run_dir} already holds a run; use --resume or another --out")
+        try:
+            runfolder.check_free_for_a_new_run(run_dir)
+        except runfolder.RunFolderError as error:
+            raise TrainingError(str(error)) from None
         state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1}
         config.save(os.path.join(run_dir, runfolder.CONFIG_FILE))
     if command is not None:

@@ -204,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     command = "python train.py " + shlex.join(argv)  # recorded in the run folder
-    from datasets import check_options, load_source
     from layernet import runfolder
+
+    if args.resume is None and args.out:  # at once, before TensorFlow starts
+        runfolder.check_free_for_a_new_run(args.out)
+    from datasets import check_options, load_source
     from layernet.config import Config
     from layernet.settings import resume_config
     from layernet.training import train

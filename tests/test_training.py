@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -50,18 +51,19 @@ def test_loss_falls_on_synthetic_data(tmp_path):
     assert saved == config
 
 
-def test_cli_phase1_then_phase2_from_best(tmp_path):
-    first = tmp_path / "layering"
+def test_cli_phase2_from_the_best_model_of_a_phase1_run(tiny_run, tmp_path):
+    """Phase 2 from the phase-1 run of ``tiny_run`` (``train.py``, synthetic cells): the
+    network's settings come from the model, the overlap loss is in the history and the frozen
+    object -> layer assignment is saved."""
+    first = Config.load(os.path.join(tiny_run, runfolder.CONFIG_FILE))
     second = tmp_path / "overlap"
-    done = run_cli("--phase", "layering", *TINY_ARGS, "--epochs", "2", "--steps-per-epoch", "2",
-                   "--out", str(first))
+    done = run_cli("--phase", "overlap", "--init", os.path.join(tiny_run, "best.h5"),
+                   "--epochs", "1", "--steps-per-epoch", "2", "--out", str(second))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best validation meanAP" in done.stdout
-    done = run_cli("--phase", "overlap", "--init", str(first / "best.h5"), "--epochs", "1",
-                   "--steps-per-epoch", "2", "--out", str(second))
-    assert done.returncode == 0, done.stderr[-2000:]
     config = Config.load(str(second / runfolder.CONFIG_FILE))
-    assert config.phase == "overlap" and config.filters == 8 and config.head_filters == 16
+    assert first.phase == "layering" and config.phase == "overlap"
+    assert (config.filters, config.head_filters) == (first.filters, first.head_filters)
     history = runfolder.read_history(str(second / runfolder.HISTORY_FILE))
     assert len(history) == 1 and "overlap" in history[0] and np.isfinite(history[0]["overlap"])
     assignment = runfolder.load_arrays(str(second / runfolder.ASSIGNMENT_FILE))
@@ -70,20 +72,22 @@ def test_cli_phase1_then_phase2_from_best(tmp_path):
     assert layers.size and np.all((layers >= -1) & (layers < config.layers))
 
 
-def test_resume_continues_step_counter_and_history(tmp_path):
+def test_resume_continues_step_counter_and_history(tiny_run, tmp_path):
+    """A finished run (``tiny_run``: 1 epoch of 2 steps) asked for one more epoch, as a user
+    would after an interruption, continues at step 2."""
     run = tmp_path / "run"
-    done = run_cli(*TINY_ARGS, "--epochs", "1", "--steps-per-epoch", "3", "--out", str(run))
-    assert done.returncode == 0, done.stderr[-2000:]
+    shutil.copytree(tiny_run, run)
     config = json.loads((run / "config.json").read_text())
-    config["epochs"] = 2  # ask for one more epoch, as a user would after an interruption
+    assert config["epochs"] == 1 and config["steps_per_epoch"] == 2
+    config["epochs"] = 2
     (run / "config.json").write_text(json.dumps(config))
     done = run_cli("--resume", str(run))
     assert done.returncode == 0, done.stderr[-2000:]
     history = runfolder.read_history(str(run / runfolder.HISTORY_FILE))
     assert [row["epoch"] for row in history] == [1, 2]
-    assert [row["step"] for row in history] == [3, 6]
+    assert [row["step"] for row in history] == [2, 4]
     state = runfolder.load_json(str(run / runfolder.STATE_FILE))
-    assert state["epoch"] == 2 and state["step"] == 6
+    assert state["epoch"] == 2 and state["step"] == 4
 
 
 def test_cli_refuses_to_overwrite_a_run_and_phase2_without_init(tmp_path):

@@ -20,7 +20,6 @@ from datasets import MIN_VAL_IMAGES, load_source, split_indices, val_split  # no
 from layernet import runfolder  # noqa: E402
 from layernet.config import Config, ConfigError  # noqa: E402
 from layernet.training import TrainingError, load_training_data  # noqa: E402
-from tests.conftest import run_cli  # noqa: E402
 from layernet_commands.train import build_config, parse_args  # noqa: E402
 
 SYNTHETIC = ["--data", "synthetic", "--data-option", "size=64", "--data-option", "count=20",
@@ -151,10 +150,13 @@ def test_empty_validation_split_says_why(tmp_path) -> None:
 
 # ------------------------------------------------------------------ evaluate.py
 def scored_names(run: str, *args: str) -> list[str]:
+    """The images ``evaluate.py --model run --split val`` scores (its main, in this process:
+    the command line of the tiny run is tested in tests/test_evaluate_cli.py)."""
+    from layernet_commands import evaluate
+
     out = os.path.join(run, "eval")
-    result = run_cli("evaluate.py", "--model", run, "--split", "val", "--worst", "0",
-                     "--out", out, *args)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert evaluate.main(["--model", run, "--split", "val", "--worst", "0", "--out", out,
+                          *args]) == 0
     with open(os.path.join(out, "metrics.csv"), newline="") as handle:
         return [row["name"] for row in csv.DictReader(handle) if row["matching"] == "reference"]
 
