@@ -63,6 +63,8 @@ __all__ = [
     "foreground_loss",
     "foreground_dice_loss",
     "outline_band",
+    "foreground_target",
+    "weigh_outlines",
     "layering_loss",
     "combine_layering_sums",
     "object_layers",
@@ -85,13 +87,25 @@ FOREGROUND_DICE_SMOOTH = 1.0  # pixels added to both sides of the foreground Dic
 # foreground
 
 
+def foreground_target(stack: tf.Tensor) -> tf.Tensor:
+    """``(B, H, W)`` float32: 1 where any object of the label stack ``(B, H, W, L)`` is."""
+    return tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
+
+
+def weigh_outlines(per_pixel: tf.Tensor, foreground: tf.Tensor,
+                   outline_weight: float) -> tf.Tensor:
+    """``per_pixel`` losses ``(B, H, W)`` with the pixels of ``foreground``'s
+    :func:`outline_band` multiplied by ``outline_weight`` (returned as they are for 1)."""
+    if outline_weight == 1.0:
+        return per_pixel
+    return per_pixel * (1.0 + (outline_weight - 1.0) * outline_band(foreground))
+
+
 @tf.function(reduce_retracing=True, autograph=False)
 def _foreground_bce(stack: tf.Tensor, fg_pred: tf.Tensor, outline_weight: float) -> tf.Tensor:
-    target = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
+    target = foreground_target(stack)
     per_pixel = _binary_cross_entropy(target, fg_pred[..., 0])
-    if outline_weight != 1.0:
-        per_pixel = per_pixel * (1.0 + (outline_weight - 1.0) * outline_band(target))
-    return tf.reduce_mean(per_pixel)
+    return tf.reduce_mean(weigh_outlines(per_pixel, target, outline_weight))
 
 
 def outline_band(foreground: tf.Tensor) -> tf.Tensor:
@@ -224,7 +238,7 @@ def foreground_dice_loss(stack: tf.Tensor, fg_probability: tf.Tensor) -> tf.Tens
         Float32 scalar in ``[0, 1)``.
     """
     stack, fg_probability = as_tensors(stack, fg_probability)
-    target = tf.cast(tf.reduce_any(tf.cast(stack, tf.int32) > 0, axis=-1), tf.float32)
+    target = foreground_target(stack)
     probability = tf.cast(fg_probability, tf.float32)
     if probability.shape.rank == 4:
         probability = probability[..., 0]

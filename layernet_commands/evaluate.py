@@ -116,16 +116,6 @@ def _spec_folder(spec: str) -> str:
     return os.path.dirname(os.path.abspath(matches[0])) if matches else os.getcwd()
 
 
-def _refuse_trained_split(args: argparse.Namespace, config) -> None:
-    """A model trained with ``train_on_val`` scored on a split of its own dataset other than
-    ``test`` would be scored on images it was trained on: raise ``ValueError``."""
-    if config.train_on_val and args.split != "test":
-        raise ValueError(
-            f"{args.model}: trained on all of {config.data!r}'s training and validation images "
-            f"(train_on_val), so its {args.split!r} split would score images it was "
-            "trained on; use --split test")
-
-
 class _Source:
     """Ground truth, images and predictions of the images to score, by name."""
 
@@ -143,10 +133,14 @@ class _Source:
             from layernet.batch_predict import load_predictor
 
             self.model_path = runfolder.resolve_model_path(args.model)
-            if not args.gt:  # at once, before TensorFlow starts
-                model_config = runfolder.config_for_model(self.model_path)
-                if (args.data or model_config.data) == model_config.data:
-                    _refuse_trained_split(args, model_config)
+            if not args.gt:  # its own dataset's split: refused at once, before TensorFlow
+                trained = runfolder.config_for_model(self.model_path)
+                if ((args.data or trained.data) == trained.data and trained.train_on_val
+                        and args.split != "test"):
+                    raise ValueError(
+                        f"{args.model}: trained on all of {trained.data!r}'s training and "
+                        f"validation images (train_on_val), so its {args.split!r} split would "
+                        "score images it was trained on; use --split test")
             changes = threshold_overrides(args.tau, args.min_size)
             from layernet.model import resolve_precision
 
@@ -187,7 +181,6 @@ class _Source:
             data_dir = data_dir or config.data_dir
             # the run's own train/validation split: --split val scores its validation images
             seed, val_fraction = config.split_seed, config.val_fraction
-            _refuse_trained_split(args, config)
         options.update(parse_key_values(args.data_option))
         # --data-option val_fraction=F (folder datasets took it so before) = --val-fraction F
         val_fraction = options.pop("val_fraction", val_fraction)

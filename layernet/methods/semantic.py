@@ -90,7 +90,8 @@ def semantic_losses(outputs: Mapping, batch: Mapping, config: Config,
     """
     import tensorflow as tf
 
-    from layernet.losses import foreground_dice_loss, foreground_loss, outline_band
+    from layernet.losses import (foreground_dice_loss, foreground_loss, foreground_target,
+                                 weigh_outlines)
 
     check_baseline(config.method)
     if phase != "layering":
@@ -105,12 +106,8 @@ def semantic_losses(outputs: Mapping, batch: Mapping, config: Config,
                                        PROBABILITY_CLIP, 1.0)
         target = tf.one_hot(tf.cast(batch["semantic"], tf.int32), 3, dtype=tf.float32)
         per_pixel = -tf.reduce_sum(target * tf.math.log(probability), axis=-1)
-        if config.foreground_outline_weight != 1.0:
-            objects = tf.cast(tf.reduce_any(tf.cast(batch["stack"], tf.int32) > 0, axis=-1),
-                              tf.float32)
-            per_pixel = per_pixel * (1.0 + (float(config.foreground_outline_weight) - 1.0)
-                                     * outline_band(objects))
-        loss = tf.reduce_mean(per_pixel)
+        loss = tf.reduce_mean(weigh_outlines(per_pixel, foreground_target(batch["stack"]),
+                                             float(config.foreground_outline_weight)))
     losses = {"semantic": loss}
     if config.foreground_dice_weight > 0:
         foreground = foreground_of(tf.cast(outputs["semantic"], tf.float32), config.method)
